@@ -1,0 +1,135 @@
+"""Every domain error pollama raises, in one place.
+
+Each error subclasses a built-in exception that says what kind of failure it is (``LookupError`` for
+something missing, ``ValueError`` for bad input, ...), and its ``str()`` is the exact message an
+Ollama client expects to see. Nothing here knows about HTTP: ``pollama.server.errors`` maps these
+classes to status codes in one table, and the CLI prints ``Error: <str(err)>``.
+"""
+
+from __future__ import annotations
+
+
+class PollamaError(Exception):
+    """Base class of every error pollama raises on purpose."""
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+class InvalidRequest(PollamaError, ValueError):
+    """The request itself is wrong (HTTP 400)."""
+
+
+class InvalidModelName(InvalidRequest):
+    """A model name that does not follow Ollama's naming rules."""
+
+
+class InvalidDigest(InvalidRequest):
+    """A blob digest not of the form ``sha256:<64 hex>``."""
+
+    def __init__(self, message: str = "invalid digest format") -> None:
+        super().__init__(message)
+
+
+class DigestMismatch(InvalidRequest):
+    """Bytes that do not hash to the digest they were sent under."""
+
+
+class ModelfileError(InvalidRequest):
+    """A Modelfile that Ollama's parser would reject; the message is Ollama's."""
+
+
+class ParameterError(InvalidRequest):
+    """A model parameter (PARAMETER line, ``/set parameter``, ``options``) with a bad name or value."""
+
+
+class UnsupportedCapability(InvalidRequest):
+    """The model cannot do what was asked (``"x" does not support chat``, ``... does not support tools``)."""
+
+
+class NotSupportedYet(InvalidRequest):
+    """A feature Ollama has that pollama does not implement yet; the message says which."""
+
+
+class ConfigError(PollamaError, ValueError):
+    """An ``OLLAMA_*`` environment variable with a value that cannot be used; the message names it."""
+
+
+# --- template engine ----------------------------------------------------------------------------
+
+
+class TemplateError(PollamaError):
+    """A Go template (or Jinja chat template) failed. ``str()`` is Go's message without location."""
+
+    def __init__(self, message: str, *, location: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+        self.location = location
+
+    @property
+    def full_message(self) -> str:
+        """Go's whole error text: the location prefix (if known) followed by the message."""
+        return f"{self.location}{self.message}" if self.location else self.message
+
+
+class TemplateParseError(TemplateError, ValueError):
+    """The template text does not parse (Go's ``template: :LINE: ...`` errors)."""
+
+
+class TemplateExecError(TemplateError, RuntimeError):
+    """Executing a parsed template failed (Go's ``executing "" at <...>: ...`` errors)."""
+
+
+class TemplatePanic(TemplateError, RuntimeError):
+    """A case where Ollama's own Go code panics while building a prompt (an HTTP 500 there)."""
+
+
+# --- missing things ---------------------------------------------------------------------------
+
+
+class NotFound(PollamaError, LookupError):
+    """Something asked for does not exist (HTTP 404)."""
+
+
+class ModelNotFound(NotFound):
+    """No installed model by that name."""
+
+
+class BlobNotFound(NotFound):
+    """No blob with that digest in the store."""
+
+
+# --- runtime -----------------------------------------------------------------------------------
+
+
+class ServerBusy(PollamaError, RuntimeError):
+    """The scheduler's queue is full (HTTP 503)."""
+
+    def __init__(self) -> None:
+        super().__init__("server busy, please try again.  maximum pending requests exceeded")
+
+
+class RequestCanceled(PollamaError, RuntimeError):
+    """The client went away while its request waited (HTTP 499)."""
+
+    def __init__(self) -> None:
+        super().__init__("request canceled")
+
+
+class RunnerError(PollamaError, RuntimeError):
+    """The model runner failed or died (HTTP 500)."""
+
+
+class StoreError(PollamaError, OSError):
+    """The model store is damaged or could not be written (HTTP 500)."""
+
+
+# --- registry --------------------------------------------------------------------------------
+
+
+class RegistryError(PollamaError, RuntimeError):
+    """Talking to a model registry failed; the message is what Ollama would report."""
+
+
+class Unauthorized(RegistryError):
+    """The registry refused our credentials (HTTP 401 from the registry)."""
