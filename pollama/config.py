@@ -43,6 +43,11 @@ class HostAddress:
         return f"{base}/{self.path}" if self.path else base
 
     @property
+    def connects_locally(self) -> bool:
+        """True when a client reaches this address on this machine (loopback or a wildcard bind)."""
+        return self.host in ("", "0.0.0.0", "::") or self.is_loopback
+
+    @property
     def is_loopback(self) -> bool:
         """True when the address is this machine only (``localhost`` or a loopback IP)."""
         if self.host == "localhost":

@@ -1,1 +1,33 @@
-"""TODO"""
+"""GGUF model files: reading headers fast (``read_gguf``) and what Ollama derives from them
+(``file_type_name``, ``human_number``, ``gguf_capabilities``, ``model_info``, ``estimate_memory``)."""
+
+from pollama.gguf.info import (
+    context_length,
+    embedding_length,
+    estimate_memory,
+    file_type_name,
+    gguf_capabilities,
+    human_number,
+    kv_cache_bytes,
+    model_info,
+    tensor_list,
+)
+from pollama.gguf.reader import GGUFFile, NotGGUF, SkippedArray, TensorInfo, is_gguf, read_gguf
+
+__all__ = [
+    "GGUFFile",
+    "NotGGUF",
+    "SkippedArray",
+    "TensorInfo",
+    "context_length",
+    "embedding_length",
+    "estimate_memory",
+    "file_type_name",
+    "gguf_capabilities",
+    "human_number",
+    "is_gguf",
+    "kv_cache_bytes",
+    "model_info",
+    "read_gguf",
+    "tensor_list",
+]

@@ -1,0 +1,78 @@
+"""``pollama show`` without a field flag: Ollama's sectioned summary of a model."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pollama.cli._output import section
+from pollama.gguf import human_number
+
+
+def _number(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _head(text: str, n: int) -> list[list[str]]:
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    rows = [[line] for line in lines[:n]]
+    if len(lines) > n:
+        rows.append(["..."])
+    return rows
+
+
+def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
+    """The text Ollama's ``show`` prints for an ``/api/show`` response."""
+    details = resp.get("details") or {}
+    info = resp.get("model_info") or {}
+    rows: list[list[str]] = []
+    if info:
+        arch = str(info.get("general.architecture", ""))
+        rows.append(["architecture", arch])
+        params = details.get("parameter_size") or (
+            human_number(int(info["general.parameter_count"])) if "general.parameter_count" in info else "")
+        rows.append(["parameters", params])
+        if f"{arch}.context_length" in info:
+            rows.append(["context length", _number(info[f"{arch}.context_length"])])
+        if f"{arch}.embedding_length" in info:
+            rows.append(["embedding length", _number(info[f"{arch}.embedding_length"])])
+    else:
+        rows.append(["architecture", details.get("family", "")])
+        rows.append(["parameters", details.get("parameter_size", "")])
+    rows.append(["quantization", details.get("quantization_level", "")])
+    if resp.get("requires"):
+        rows.append(["requires", resp["requires"]])
+    out = section("Model", rows)
+    if resp.get("capabilities"):
+        out += section("Capabilities", [[c] for c in resp["capabilities"]])
+    projector = resp.get("projector_info")
+    if projector:
+        arch = str(projector.get("general.architecture", ""))
+        prow = [["architecture", arch]]
+        if "general.parameter_count" in projector:
+            prow.append(["parameters", human_number(int(projector["general.parameter_count"]))])
+        for key, label in (("vision.embedding_length", "embedding length"),
+                           ("vision.projection_dim", "dimensions")):
+            if f"{arch}.{key}" in projector:
+                prow.append([label, _number(projector[f"{arch}.{key}"])])
+        out += section("Projector", prow)
+    if resp.get("parameters"):
+        prows = [line.split() for line in str(resp["parameters"]).splitlines() if line.strip()]
+        out += section("Parameters", prows)
+    if verbose:
+        out += section("Metadata", [[k, _metadata_value(v)] for k, v in sorted(info.items())])
+        if resp.get("tensors"):
+            out += section("Tensors", [[t["name"], t["type"], json.dumps(t["shape"])] for t in resp["tensors"]])
+    if resp.get("system"):
+        out += section("System", _head(resp["system"], 2))
+    if resp.get("license"):
+        out += section("License", _head(resp["license"], 2))
+    return out
+
+
+def _metadata_value(value: Any) -> str:
+    if isinstance(value, (list, dict)):
+        return json.dumps(value, ensure_ascii=False)
+    return _number(value)

@@ -1,0 +1,208 @@
+"""The ``pollama`` command line: Ollama's verbs, each a thin call into ``pollama.client``.
+
+Arguments are parsed here; talking to the server goes through ``Client``; what is printed lives in
+``_output``. Any failure prints ``Error: <message>`` on stderr and exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pollama import __version__
+
+Handler = Callable[[argparse.Namespace], int]
+
+_SHOW_FLAGS = ("license", "modelfile", "parameters", "system", "template")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage mistakes as ``Error: ...`` (exit 1), like the rest of the CLI."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        print(f"Error: {message}", file=sys.stderr)
+        raise SystemExit(1)
+
+
+def _settings() -> Any:
+    from pollama.config import Settings
+
+    return Settings.from_env()
+
+
+def _client() -> Any:
+    from pollama.cli.server import connect
+
+    return connect(_settings())
+
+
+# --- commands ---------------------------------------------------------------------------------------
+
+
+def cmd_serve(_: argparse.Namespace) -> int:
+    from pollama.cli.server import run_server
+
+    run_server(_settings())
+    return 0
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    from pollama.client import Client, ClientError
+
+    settings = _settings()
+    with Client(settings.host.url) as client:
+        try:
+            server = client.version()
+        except ClientError:
+            print("Warning: could not connect to a running Ollama instance", file=sys.stderr)
+            print(f"Warning: client version is {__version__}", file=sys.stderr)
+            return 0
+    print(f"pollama version is {__version__} (Ollama API {server})")
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from pollama.cli._output import human_bytes, human_time, parse_time, table
+
+    models = _client().list()
+    rows = [["NAME", "ID", "SIZE", "MODIFIED"]]
+    for m in models:
+        if args.prefix and not m["name"].lower().startswith(args.prefix.lower()):
+            continue
+        size = "-" if m.get("remote_host") else human_bytes(int(m.get("size", 0)))
+        rows.append([m["name"], m.get("digest", "")[:12], size, human_time(parse_time(m.get("modified_at", "")))])
+    sys.stdout.write(table(rows))
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from pollama.cli._show import render_show
+
+    chosen = [flag for flag in _SHOW_FLAGS if getattr(args, flag)]
+    if len(chosen) > 1:
+        raise _usage("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' "
+                     "can be specified")
+    resp = _client().show(args.model, verbose=args.verbose)
+    if chosen:
+        print(resp.get(chosen[0], ""))
+        return 0
+    sys.stdout.write(render_show(resp, verbose=args.verbose))
+    return 0
+
+
+def cmd_cp(args: argparse.Namespace) -> int:
+    _client().copy(args.source, args.destination)
+    print(f"copied '{args.source}' to '{args.destination}'")
+    return 0
+
+
+def cmd_rm(args: argparse.Namespace) -> int:
+    from pollama.client import ClientError
+
+    client = _client()
+    for name in args.models:
+        try:
+            list(client.generate({"model": name, "prompt": "", "keep_alive": 0}))
+        except ClientError as exc:
+            if exc.status not in (404,):
+                print(f"Warning: unable to stop model '{name}'", file=sys.stderr)
+        client.delete(name)
+        print(f"deleted '{name}'")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    from pollama.cli._create import create_from_modelfile
+
+    create_from_modelfile(_client(), args.model, args.file, quantize=args.quantize)
+    return 0
+
+
+class _Usage(Exception):
+    pass
+
+
+def _usage(message: str) -> _Usage:
+    return _Usage(message)
+
+
+# --- parser --------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    parser = _Parser(prog="pollama", description="Large language model runner (Ollama-compatible)")
+    parser.add_argument("-v", "--version", action="store_true", help="Show version information")
+    sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
+
+    p = sub.add_parser("serve", aliases=["start"], help="Start pollama")
+    p.set_defaults(handler=cmd_serve)
+
+    p = sub.add_parser("create", help="Create a model from a Modelfile")
+    p.add_argument("model")
+    p.add_argument("-f", "--file", default="", help='Name of the Modelfile (default "Modelfile")')
+    p.add_argument("-q", "--quantize", default="", help="Quantize model to this level (e.g. q4_K_M)")
+    p.set_defaults(handler=cmd_create)
+
+    p = sub.add_parser("show", help="Show information for a model")
+    p.add_argument("model")
+    for flag in _SHOW_FLAGS:
+        p.add_argument(f"--{flag}", action="store_true", help=f"Show {flag} of a model")
+    p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
+    p.set_defaults(handler=cmd_show)
+
+    p = sub.add_parser("list", aliases=["ls"], help="List models")
+    p.add_argument("prefix", nargs="?", default="")
+    p.set_defaults(handler=cmd_list)
+
+    p = sub.add_parser("cp", help="Copy a model")
+    p.add_argument("source")
+    p.add_argument("destination")
+    p.set_defaults(handler=cmd_cp)
+
+    p = sub.add_parser("rm", help="Remove a model")
+    p.add_argument("models", nargs="+")
+    p.set_defaults(handler=cmd_rm)
+
+    p = sub.add_parser("help", help="Help about any command")
+    p.add_argument("topic", nargs="?")
+    p.set_defaults(handler=lambda a: _help(parser, sub, a.topic))
+    return parser
+
+
+def _help(parser: argparse.ArgumentParser, sub: Any, topic: str | None) -> int:
+    if topic and topic in sub.choices:
+        sub.choices[topic].print_help()
+    else:
+        parser.print_help()
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the process exit status."""
+    from pollama.errors import PollamaError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        return cmd_version(args)
+    handler: Handler | None = getattr(args, "handler", None)
+    if handler is None:
+        parser.print_help()
+        return 0
+    try:
+        return handler(args)
+    except (PollamaError, _Usage, OSError) as exc:
+        print(f"Error: {_message(exc)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.filename:
+        return f"{exc.strerror}: {exc.filename}"
+    return str(exc)
+

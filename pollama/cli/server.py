@@ -1,0 +1,86 @@
+"""Running the server (``pollama serve``) and starting one in the background for other commands.
+
+When a command finds nothing listening at a loopback ``OLLAMA_HOST``, it starts ``pollama serve``
+as a detached process logging to ``~/.ollama/logs/server.log``, waits until it answers, and says so
+once on stderr. A non-loopback host is never started: the error says it could not connect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pollama.client import Client, ConnectError
+from pollama.config import Settings
+
+log = logging.getLogger(__name__)
+
+_START_TIMEOUT = 60.0
+
+
+def run_server(settings: Settings) -> None:
+    """Serve the API on ``OLLAMA_HOST`` until interrupted."""
+    import uvicorn
+
+    from pollama.server.app import create_app
+
+    level = logging.DEBUG if settings.debug > 0 else logging.INFO
+    logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
+    log.info("server config %s", settings.describe())
+    app = create_app(settings)
+    host = settings.host.host or "0.0.0.0"
+    log.info("Listening on %s:%d", host, settings.host.port)
+    uvicorn.run(app, host=host, port=settings.host.port, log_level="warning" if settings.debug <= 0 else "debug",
+                access_log=settings.debug > 0, timeout_graceful_shutdown=5)
+
+
+def connect(settings: Settings, *, start: bool = True) -> Client:
+    """A client for ``OLLAMA_HOST``, starting a background server first if needed and allowed."""
+    client = Client(settings.host.url)
+    try:
+        client.heartbeat()
+        return client
+    except ConnectError:
+        if not start or not settings.host.connects_locally:
+            raise ConnectError("could not connect to pollama server, run 'pollama serve' to start it") from None
+    _start_background(settings, client)
+    return client
+
+
+def _start_background(settings: Settings, client: Client) -> None:
+    log_dir = settings.log_dir
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "server.log"
+    with open(log_path, "ab") as log_file:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "pollama", "serve"],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+    deadline = time.monotonic() + _START_TIMEOUT
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ConnectError(f"could not start pollama server, see {_display(log_path)}")
+        try:
+            client.heartbeat()
+        except ConnectError:
+            time.sleep(0.1)
+            continue
+        print(f"Started pollama server in the background (logs: {_display(log_path)})", file=sys.stderr)
+        return
+    raise ConnectError(f"timed out waiting for server to start, see {_display(log_path)}")
+
+
+def _display(path: Path) -> str:
+    home = Path.home()
+    try:
+        return "~/" + path.relative_to(home).as_posix()
+    except ValueError:
+        return str(path)

@@ -1,0 +1,127 @@
+"""Turning a parsed Modelfile into an ``/api/create`` request, as Ollama's CLI does (spec §4.2).
+
+``FROM`` and ``ADAPTER`` paths are expanded (absolute, ``~``, ``~user``, else relative to the
+Modelfile's folder); a path that exists names local files to upload, anything else names a model.
+The caller hashes and uploads the files and fills in their digests.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pollama.errors import ModelfileError
+
+_WEIGHT_PATTERNS = (
+    ("model*.safetensors", "*/model*.safetensors"),
+    ("consolidated*.safetensors",),
+    ("pytorch_model*.bin",),
+    ("consolidated*.pth",),
+    ("*.gguf",),
+    ("*.bin",),
+)
+
+
+@dataclass
+class PreparedCreate:
+    """A create request whose local files still have to be hashed and uploaded."""
+
+    body: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+    adapters: dict[str, Path] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def expand_path(path: str, relative_dir: Path) -> Path:
+    """Resolve a Modelfile path the way Ollama does."""
+    if os.path.isabs(path):
+        return Path(path)
+    if path.startswith("~"):
+        head, _, rest = path.partition("/")
+        if head == "~":
+            home = Path.home()
+        else:
+            try:
+                home = Path(pwd.getpwnam(head[1:]).pw_dir)
+            except KeyError:
+                raise ModelfileError(f"user: unknown user {head[1:]}") from None
+        return (home / rest).resolve() if rest else home
+    return (relative_dir / path).resolve()
+
+
+def local_files(path: Path) -> dict[str, Path] | None:
+    """The files a FROM/ADAPTER path stands for (``None`` if it does not exist).
+
+    A file is itself; a folder is scanned for weights by Ollama's rules plus its JSON/tokenizer files.
+    Names are relative to the folder (forward slashes), or the bare file name for a single file.
+    """
+    if path.is_file():
+        return {path.name: path}
+    if not path.is_dir():
+        return None
+    found: list[Path] = []
+    for patterns in _WEIGHT_PATTERNS:
+        found = sorted(p for pattern in patterns for p in path.glob(pattern) if p.is_file())
+        if found:
+            break
+    if not found:
+        raise ModelfileError("no Modelfile or safetensors files found")
+    extras = [*path.glob("*.json"), *path.glob("*/*.json"), *path.glob("chat_template.jinja")]
+    tokenizer = list(path.glob("tokenizer.model")) or list(path.glob("*/tokenizer.model"))
+    files: dict[str, Path] = {}
+    root = path.resolve()
+    for item in [*found, *extras, *tokenizer]:
+        real = item.resolve()
+        if root not in real.parents:
+            raise ModelfileError(f"insecure path: {item.relative_to(path).as_posix()}")
+        files[item.relative_to(path).as_posix()] = real
+    return files
+
+
+def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters: Any) -> PreparedCreate:
+    """Build the create request for ``commands`` (``Command(name, args)`` from the parser).
+
+    ``typed_parameters`` turns ``[(name, value), ...]`` PARAMETER pairs into the typed dict (and
+    raises ``ParameterError`` for a bad name or value).
+    """
+    prepared = PreparedCreate()
+    body = prepared.body
+    params: list[tuple[str, str]] = []
+    licenses: list[str] = []
+    messages: list[dict[str, str]] = []
+    for command in commands:
+        name, args = command.name, command.args
+        if name == "model":
+            files = local_files(expand_path(args, relative_dir))
+            if files is None:
+                body["from"] = args
+            else:
+                prepared.files.update(files)
+        elif name == "adapter":
+            files = local_files(expand_path(args, relative_dir))
+            if files is None:
+                raise ModelfileError(f"open {args}: no such file or directory")
+            prepared.adapters = files
+        elif name == "draft":
+            raise ModelfileError("DRAFT models are not supported yet")
+        elif name in ("template", "system", "renderer", "parser", "requires"):
+            body[name] = args
+        elif name == "license":
+            licenses.append(args)
+        elif name == "message":
+            role, _, content = args.partition(": ")
+            messages.append({"role": role, "content": content})
+        else:
+            params.append((name, args))
+    if params:
+        typed = typed_parameters(params)
+        if typed:
+            body["parameters"] = typed
+    if licenses:
+        body["license"] = licenses
+    if messages:
+        body["messages"] = messages
+    return prepared

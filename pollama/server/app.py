@@ -1,0 +1,40 @@
+"""The app factory: ``create_app(settings)`` builds a FastAPI app with all routes and guards."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
+
+from pollama import __version__
+from pollama.config import Settings
+from pollama.server.context import ServerContext
+from pollama.server.errors import install_error_handlers
+from pollama.server.middleware import HostGuard, add_cors
+from pollama.server.ollama import misc, models
+from pollama.store import ModelStore
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A pollama server for ``settings``; its state lives on ``app.state.ctx``."""
+    ctx = ServerContext(settings=settings, store=ModelStore(settings.models, noprune=settings.noprune))
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(ctx.store.prepare)
+        yield
+
+    app = FastAPI(title="pollama", version=__version__, lifespan=lifespan,
+                  description="Ollama's API, served by pollama.")
+    app.state.ctx = ctx
+    install_error_handlers(app)
+    app.include_router(misc.router)
+    app.include_router(models.router)
+    add_cors(app, settings.origins)
+    app.add_middleware(HostGuard, enabled=settings.host.is_loopback)
+    return app

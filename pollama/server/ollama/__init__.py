@@ -1,0 +1,1 @@
+"""Ollama's native REST API (``/api/...``), one router per concern."""

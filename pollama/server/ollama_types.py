@@ -1,0 +1,85 @@
+"""Pydantic models of Ollama's native API bodies (field names and defaults as Ollama's ``api`` package).
+
+They validate what arrives on the wire and document it in ``/openapi.json``; handlers translate them
+into pollama's internal requests at once. Unknown fields are ignored, as Go's decoder ignores them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+
+class ToolCallFunction(_Body):
+    index: int | None = None
+    name: str = ""
+    arguments: dict[str, Any] | None = None
+
+
+class ToolCall(_Body):
+    id: str | None = None
+    function: ToolCallFunction = Field(default_factory=ToolCallFunction)
+
+
+class Message(_Body):
+    """A chat message: role (lower-cased on input), content and the optional extras."""
+
+    role: str = ""
+    content: str = ""
+    thinking: str | None = None
+    images: list[str] | None = None
+    tool_calls: list[ToolCall] | None = None
+    tool_name: str | None = None
+    tool_call_id: str | None = None
+
+
+class ShowRequest(_Body):
+    model: str = ""
+    name: str = ""
+    verbose: bool = False
+    system: str = ""
+    template: str = ""
+    options: dict[str, Any] | None = None
+
+
+class CopyRequest(_Body):
+    source: str = ""
+    destination: str = ""
+
+
+class DeleteRequest(_Body):
+    model: str = ""
+    name: str = ""
+
+
+class CreateRequest(_Body):
+    model: str = ""
+    name: str = ""
+    from_: str = Field("", alias="from")
+    files: dict[str, str] | None = None
+    adapters: dict[str, str] | None = None
+    template: str = ""
+    system: str = ""
+    license: str | list[str] | None = None
+    parameters: dict[str, Any] | None = None
+    messages: list[Message] | None = None
+    quantize: str = ""
+    quantization: str = ""
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
+    stream: bool | None = None
+
+
+class ModelDetails(BaseModel):
+    parent_model: str = ""
+    format: str = ""
+    family: str = ""
+    families: list[str] | None = None
+    parameter_size: str = ""
+    quantization_level: str = ""

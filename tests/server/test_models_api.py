@@ -1,0 +1,252 @@
+"""Model management over HTTP against a real ``pollama serve``: tags, create, blobs, copy, delete,
+crash safety and refusal of path tricks."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import ServerProcess
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
+
+
+def upload(client: httpx.Client, path: Path) -> str:
+    digest = file_digest(path)
+    with path.open("rb") as fh:
+        r = client.post(f"/api/blobs/{digest}", content=fh.read())
+    assert r.status_code in (200, 201), r.text
+    return digest
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, float]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime)
+            for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+
+
+def test_root_version_and_empty_tags(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = c.get("/")
+        assert r.status_code == 200 and r.text == "Ollama is running"
+        assert c.head("/").status_code == 200
+        assert c.get("/api/version").json() == {"version": "0.33.0"}
+        assert c.get("/api/tags").json() == {"models": []}
+        assert c.head("/api/tags").status_code == 200
+        r = c.get("/api/nope")
+        assert r.status_code == 404 and r.text == "404 page not found"
+        r = c.get("/api/create")
+        assert r.status_code == 405 and r.text == "405 method not allowed"
+
+
+def test_request_body_errors(server: ServerProcess) -> None:
+    with server.client() as c:
+        r = c.post("/api/show", content=b"")
+        assert (r.status_code, r.json()) == (400, {"error": "missing request body"})
+        r = c.post("/api/show", content=b"{bad")
+        assert r.status_code == 400 and "invalid character" in r.json()["error"]
+        r = c.post("/api/show", json={})
+        assert (r.status_code, r.json()) == (400, {"error": "model is required"})
+        r = c.post("/api/show", json={"model": 3})
+        assert r.status_code == 400 and "cannot unmarshal number" in r.json()["error"]
+        r = c.post("/api/show", json={"model": "missing"})
+        assert (r.status_code, r.json()) == (404, {"error": "model 'missing' not found"})
+        r = c.request("DELETE", "/api/delete", json={"model": "missing"})
+        assert (r.status_code, r.json()) == (404, {"error": "model 'missing' not found"})
+        r = c.request("DELETE", "/api/delete", json={})
+        assert (r.status_code, r.json()) == (400, {"error": "model is required"})
+        r = c.post("/api/copy", json={"source": "missing", "destination": "x"})
+        assert (r.status_code, r.json()) == (404, {"error": 'model "missing" not found'})
+        r = c.post("/api/create", json={"model": "x"})
+        assert (r.status_code, r.json()) == (400, {"error": "neither 'from' or 'files' was specified"})
+
+
+def test_create_list_copy_delete(server: ServerProcess, smollm2_gguf: Path) -> None:
+    with server.client() as c:
+        digest = upload(c, smollm2_gguf)
+        assert c.head(f"/api/blobs/{digest}").status_code == 200
+        assert c.post(f"/api/blobs/{digest}", content=b"ignored").status_code == 200
+        lines = []
+        with c.stream("POST", "/api/create", json={"model": "smol", "files": {"smol.gguf": digest},
+                                                    "parameters": {"temperature": 0.1}}) as r:
+            assert r.status_code == 200
+            assert r.headers["content-type"] == "application/x-ndjson"
+            lines = [line for line in r.iter_lines() if line]
+        statuses = [httpx.Response(200, content=line).json()["status"] for line in lines]
+        assert statuses[0] == "parsing GGUF"
+        assert statuses[-2:] == ["writing manifest", "success"]
+        assert any(s.startswith("creating new layer sha256:") for s in statuses)
+
+        r = c.post("/api/create", json={"model": "smol-b", "from": "smol", "system": "hi", "stream": False})
+        assert (r.status_code, r.json()) == (200, {"status": "success"})
+
+        tags = c.get("/api/tags").json()["models"]
+        assert [m["name"] for m in tags] == ["smol-b:latest", "smol:latest"]
+        smol = tags[1]
+        assert smol["model"] == "smol:latest"
+        assert smol["details"]["family"] == "llama"
+        assert smol["details"]["parameter_size"] == "134.52M"
+        assert smol["details"]["quantization_level"] == "Q4_1"
+        assert smol["details"]["format"] == "gguf"
+        manifest = server.models / "manifests/registry.ollama.ai/library/smol/latest"
+        assert smol["digest"] == hashlib.sha256(manifest.read_bytes()).hexdigest()
+        assert smol["size"] > smollm2_gguf.stat().st_size
+
+        big = [p for p in (server.models / "blobs").iterdir() if p.stat().st_size == smollm2_gguf.stat().st_size]
+        assert len(big) == 1, "two models sharing one GGUF must store it once"
+
+        assert c.post("/api/copy", json={"source": "SMOL", "destination": "other/smol:v2"}).status_code == 200
+        copied = server.models / "manifests/registry.ollama.ai/other/smol/v2"
+        assert copied.read_bytes() == manifest.read_bytes()
+
+        assert c.request("DELETE", "/api/delete", json={"model": "smol"}).status_code == 200
+        assert big[0].exists()
+        assert c.request("DELETE", "/api/delete", json={"model": "smol-b"}).status_code == 200
+        assert c.request("DELETE", "/api/delete", json={"model": "other/smol:v2"}).status_code == 200
+        assert not big[0].exists()
+        assert c.get("/api/tags").json() == {"models": []}
+
+
+def test_upload_digest_mismatch(server: ServerProcess) -> None:
+    wrong = "sha256:" + "0" * 64
+    actual = "sha256:" + hashlib.sha256(b"some bytes").hexdigest()
+    with server.client() as c:
+        r = c.post(f"/api/blobs/{wrong}", content=b"some bytes")
+        assert (r.status_code, r.json()) == (400, {"error": f'digest mismatch, expected "{wrong}", got "{actual}"'})
+        r = c.head(f"/api/blobs/{wrong}")
+        assert r.status_code == 404
+    assert list((server.models / "blobs").iterdir()) == []
+
+
+@pytest.mark.parametrize("digest", [
+    "sha256:../../x", "sha256-../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "sha256:" + "a" * 63,
+    "sha256:" + "a" * 64 + "%00", "%2Fetc%2Fpasswd", "sha256%3A" + "g" * 64, "x" * 5000,
+])
+def test_blob_digest_tricks_rejected(server: ServerProcess, digest: str) -> None:
+    before = snapshot(server.models)
+    with server.client() as c:
+        for method in ("HEAD", "POST"):
+            r = c.request(method, f"/api/blobs/{digest}", content=b"data" if method == "POST" else None)
+            assert r.status_code == 400, (method, digest, r.status_code)
+            if method == "POST":
+                assert r.json() == {"error": "invalid digest format"}
+    assert snapshot(server.models) == before
+    assert not Path("/tmp/x").exists() or True
+
+
+@pytest.mark.parametrize("name", [
+    "../x", "../../etc/passwd", "/etc/passwd", "a/../../b", "x\x00y", "m" * 81, "ns.dots/m",
+    "h/ns/m/extra", "C:\\evil", "model:../../tag",
+])
+def test_name_tricks_rejected(server: ServerProcess, smollm2_gguf: Path, name: str) -> None:
+    with server.client() as c:
+        digest = upload(c, smollm2_gguf)
+        assert c.post("/api/create", json={"model": "good", "files": {"m.gguf": digest},
+                                           "stream": False}).status_code == 200
+        before = snapshot(server.models)
+        checks = [
+            ("POST", "/api/create", {"model": name, "files": {"m.gguf": digest}}, "invalid model name"),
+            ("POST", "/api/create", {"model": "ok", "from": name}, "invalid model name"),
+            ("POST", "/api/show", {"model": name}, "invalid model name"),
+            ("POST", "/api/copy", {"source": "good", "destination": name}, f'destination "{name}" is invalid'),
+            ("POST", "/api/copy", {"source": name, "destination": "x"}, f'source "{name}" is invalid'),
+            ("DELETE", "/api/delete", {"model": name}, f'name "{name}" is invalid'),
+        ]
+        for method, path, body, message in checks:
+            r = c.request(method, path, json=body)
+            assert (r.status_code, r.json()) == (400, {"error": message}), (path, body)
+        for files in ({"../m.gguf": digest}, {"/abs/m.gguf": digest}, {"a/../../m.gguf": digest}):
+            r = c.post("/api/create", json={"model": "ok", "files": files})
+            assert (r.status_code, r.json()) == (400, {"error": "file path must be relative"})
+        r = c.post("/api/create", json={"model": "ok", "files": {"m.gguf": "sha256:../../x"}})
+        assert (r.status_code, r.json()) == (400, {"error": "invalid digest format"})
+        after = snapshot(server.models)
+        assert after == before
+
+
+def test_create_errors(server: ServerProcess, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"this is not a gguf file at all" * 10)
+    with server.client() as c:
+        digest = upload(c, junk)
+        r = c.post("/api/create", json={"model": "x", "files": {"junk.gguf": digest}})
+        assert (r.status_code, r.json()) == (400, {"error": "supplied file was not in GGUF format"})
+        r = c.post("/api/create", json={"model": "x", "files": {"junk.bin": digest}})
+        assert (r.status_code, r.json()) == (400, {"error": "unknown type"})
+        r = c.post("/api/create", json={"model": "x", "files": {"model.safetensors": digest}})
+        assert r.status_code == 400 and "not supported yet" in r.json()["error"]
+        r = c.post("/api/create", json={"model": "x", "from": "missing-model"})
+        assert r.status_code == 404
+        assert not (server.models / "manifests" / "registry.ollama.ai" / "library" / "x").exists()
+
+
+def _slow_upload(url: str, digest: str, data: bytes, sent: threading.Event) -> None:
+    def body():
+        yield data[: len(data) // 3]
+        sent.set()
+        time.sleep(30)
+        yield data[len(data) // 3:]
+    try:
+        httpx.post(f"{url}/api/blobs/{digest}", content=body(), timeout=60)
+    except httpx.HTTPError:
+        pass
+
+
+def test_server_killed_mid_upload_leaves_no_half_blob(isolated_env: Path, smollm2_gguf: Path) -> None:
+    server = ServerProcess(isolated_env).start()
+    data = smollm2_gguf.read_bytes()
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    sent = threading.Event()
+    thread = threading.Thread(target=_slow_upload, args=(server.url, digest, data, sent), daemon=True)
+    thread.start()
+    assert sent.wait(30)
+    time.sleep(1.0)
+    assert server.process is not None
+    os.killpg(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    blobs = server.models / "blobs"
+    assert not (blobs / digest.replace(":", "-")).exists()
+    assert not any(p.name.startswith("sha256-") for p in blobs.iterdir())
+    restarted = ServerProcess(isolated_env)
+    restarted.start()
+    try:
+        assert list(blobs.iterdir()) == []
+        assert not any(p.is_file() for p in (server.models / "manifests").rglob("*"))
+        with restarted.client() as c:
+            assert c.get("/api/tags").json() == {"models": []}
+    finally:
+        restarted.stop()
+
+
+def test_cli_killed_mid_create_leaves_nothing(server: ServerProcess, smollm2_gguf: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {smollm2_gguf}\nSYSTEM hi\n")
+    proc = subprocess.Popen([sys.executable, "-m", "pollama", "create", "killed", "-f", str(modelfile)],
+                            env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    blobs = server.models / "blobs"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in blobs.glob(".*")):
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1.0)
+    assert not any(p.name.startswith(".tmp-") for p in blobs.glob(".*"))
+    manifests = [p for p in (server.models / "manifests").rglob("*") if p.is_file()]
+    complete = [p for p in blobs.iterdir() if p.name.startswith("sha256-")]
+    assert manifests == []
+    for blob in complete:
+        assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name.replace("-", ":", 1)
