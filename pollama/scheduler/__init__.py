@@ -1,1 +1,7 @@
-"""TODO"""
+"""Which runners are loaded: ``Scheduler`` (queueing, keep-alive, eviction), ``LoadSpec`` (what a
+runner is loaded with), and system memory probing."""
+
+from pollama.scheduler.scheduler import Lease, Loaded, Runner, Scheduler
+from pollama.scheduler.spec import LoadSpec
+
+__all__ = ["Lease", "LoadSpec", "Loaded", "Runner", "Scheduler"]
