@@ -8,12 +8,15 @@ The caller hashes and uploads the files and fills in their digests.
 from __future__ import annotations
 
 import os
+import re
 import pwd
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pollama.errors import ModelfileError
+
+_SEMVER = re.compile(r"\d+\.\d+\.\d+(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?")
 
 _WEIGHT_PATTERNS = (
     ("model*.safetensors", "*/model*.safetensors"),
@@ -107,7 +110,12 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
             prepared.adapters = files
         elif name == "draft":
             raise ModelfileError("DRAFT models are not supported yet")
-        elif name in ("template", "system", "renderer", "parser", "requires"):
+        elif name == "requires":
+            version = args[1:] if args.startswith("v") else args
+            if not _SEMVER.fullmatch(version):
+                raise ModelfileError("requires must be a valid semver (e.g. 0.14.0)")
+            body[name] = version
+        elif name in ("template", "system", "renderer", "parser"):
             body[name] = args
         elif name == "license":
             licenses.append(args)
@@ -117,7 +125,7 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
         else:
             params.append((name, args))
     if params:
-        typed = typed_parameters(params)
+        typed = typed_parameters(params, warnings=prepared.warnings)
         if typed:
             body["parameters"] = typed
     if licenses:

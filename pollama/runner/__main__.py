@@ -1,0 +1,7 @@
+"""``python -m pollama.runner``: the model runner subprocess (see ``pollama.runner.process``)."""
+
+import sys
+
+from pollama.runner.process import main
+
+sys.exit(main())

@@ -1,0 +1,210 @@
+"""The server's handle on a runner subprocess: start it, talk to it, notice when it dies, stop it.
+
+``RunnerProcess.start(spec)`` launches ``python -m pollama.runner`` for a ``LoadSpec`` and waits for
+its ready line (bounded by the load timeout). Each call opens its own connection to the runner's
+Unix socket, so cancelling a call (the HTTP client went away) closes the connection and the runner
+frees the slot. If the process exits mid-request the call fails with Ollama's "runner has
+unexpectedly stopped" error and the scheduler forgets the runner, so the next request reloads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from pollama.errors import InvalidRequest, RunnerError
+from pollama.scheduler.spec import LoadSpec
+
+log = logging.getLogger(__name__)
+
+RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
+                  "error, check ollama server logs for details")
+
+
+def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> list[str]:
+    """The command line that starts a runner for ``spec``."""
+    cmd = [sys.executable, "-m", "pollama.runner", "--model", str(spec.model_path), "--socket", socket_path,
+           "--ctx-size", str(spec.num_ctx), "--parallel", str(spec.num_parallel),
+           "--batch-size", str(spec.num_batch), "--kv-cache-type", spec.kv_cache_type]
+    if spec.num_thread > 0:
+        cmd += ["--threads", str(spec.num_thread)]
+    if spec.num_gpu >= 0:
+        cmd += ["--n-gpu-layers", str(spec.num_gpu)]
+    if spec.main_gpu is not None:
+        cmd += ["--main-gpu", str(spec.main_gpu)]
+    if spec.use_mmap is False:
+        cmd.append("--no-mmap")
+    if spec.use_mlock:
+        cmd.append("--mlock")
+    for adapter in spec.adapters:
+        cmd += ["--lora", str(adapter)]
+    if spec.embedding:
+        cmd.append("--embedding")
+    if spec.flash_attention is not None:
+        cmd += ["--flash-attn", "on" if spec.flash_attention else "off"]
+    if debug:
+        cmd.append("--verbose")
+    return cmd
+
+
+class RunnerProcess:
+    """One running model."""
+
+    def __init__(self, spec: LoadSpec, proc: asyncio.subprocess.Process, workdir: str, socket_path: str) -> None:
+        self.spec = spec
+        self._proc = proc
+        self._workdir = workdir
+        self.socket_path = socket_path
+        self.info: dict[str, Any] = {}
+        self._stderr: deque[str] = deque(maxlen=40)
+        self._stderr_task: asyncio.Task[None] | None = None
+        self._stopping = False
+
+    @classmethod
+    async def start(cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False,
+                    env: dict[str, str] | None = None) -> RunnerProcess:
+        """Launch a runner and wait until its model is loaded."""
+        workdir = tempfile.mkdtemp(prefix="pollama-runner-")
+        socket_path = os.path.join(workdir, "sock")
+        proc = await asyncio.create_subprocess_exec(
+            *runner_command(spec, socket_path, debug=debug),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=env, start_new_session=True)
+        runner = cls(spec, proc, workdir, socket_path)
+        runner._stderr_task = asyncio.get_running_loop().create_task(runner._pump_stderr())
+        try:
+            assert proc.stdout is not None
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=load_timeout if load_timeout > 0 else None)
+            if not line:
+                await proc.wait()
+                raise RunnerError(runner._exit_message())
+            runner.info = json.loads(line)
+        except TimeoutError:
+            await runner.stop()
+            raise RunnerError("timed out waiting for llama runner to start") from None
+        except BaseException:
+            await runner.stop()
+            raise
+        return runner
+
+    async def _pump_stderr(self) -> None:
+        assert self._proc.stderr is not None
+        while True:
+            line = await self._proc.stderr.readline()
+            if not line:
+                return
+            text = line.decode("utf-8", "replace").rstrip()
+            self._stderr.append(text)
+            log.debug("%s", text)
+
+    def _exit_message(self) -> str:
+        errors = [line for line in self._stderr if "error" in line.lower() or "Error" in line]
+        detail = errors[-1] if errors else (self._stderr[-1] if self._stderr else "")
+        code = self._proc.returncode
+        base = f"llama runner process has terminated: exit status {code}"
+        return f"{base}: {detail}" if detail else base
+
+    # --- Runner protocol (scheduler) --------------------------------------------------------------
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.returncode is None
+
+    @property
+    def memory(self) -> int:
+        return self.spec.estimated_memory or int(self.info.get("model_size", 0))
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    async def wait_exit(self) -> None:
+        await self._proc.wait()
+
+    async def stop(self) -> None:
+        """Terminate the process (SIGTERM, then SIGKILL after 5 s) and remove its socket folder."""
+        self._stopping = True
+        if self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self._proc.wait(), timeout=5)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    self._proc.kill()
+                await self._proc.wait()
+        if self._proc.stdin is not None:
+            with contextlib.suppress(Exception):
+                self._proc.stdin.close()
+        if self._stderr_task is not None:
+            self._stderr_task.cancel()
+        shutil.rmtree(self._workdir, ignore_errors=True)
+
+    # --- requests ---------------------------------------------------------------------------------
+
+    async def _open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if not self.alive:
+            raise RunnerError(RUNNER_STOPPED)
+        try:
+            return await asyncio.open_unix_connection(self.socket_path, limit=64 * 1024 * 1024)
+        except OSError:
+            raise RunnerError(RUNNER_STOPPED) from None
+
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Send one request and yield the runner's replies until the last one."""
+        reader, writer = await self._open()
+        try:
+            writer.write(json.dumps(request, separators=(",", ":")).encode() + b"\n")
+            await writer.drain()
+            while True:
+                line = await reader.readline()
+                if not line:
+                    raise RunnerError(RUNNER_STOPPED)
+                event = json.loads(line)
+                if "error" in event:
+                    if event.get("status") == 400:
+                        raise InvalidRequest(event["error"])
+                    raise RunnerError(event["error"])
+                yield event
+                if event.get("done") or request.get("op") != "completion":
+                    return
+        except ConnectionError:
+            raise RunnerError(RUNNER_STOPPED) from None
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request that has a single reply."""
+        async for event in self.stream(request):
+            return event
+        raise RunnerError(RUNNER_STOPPED)
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        return list((await self.call({"op": "tokenize", "content": text, "add_special": add_special}))["tokens"])
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        return str((await self.call({"op": "detokenize", "tokens": tokens}))["content"])
+
+    async def embed(self, inputs: list[list[int]]) -> dict[str, Any]:
+        return await self.call({"op": "embed", "inputs": inputs})
+
+    async def health(self) -> dict[str, Any]:
+        return await self.call({"op": "health"})
+
+
+async def launch_runner(spec: LoadSpec, *, load_timeout: float, debug: bool = False) -> RunnerProcess:
+    """The scheduler's launcher: start a runner for ``spec``."""
+    return await RunnerProcess.start(spec, load_timeout=load_timeout, debug=debug)
+

@@ -1,0 +1,392 @@
+"""Continuous batching over one llama.cpp context: slots, prompt evaluation, sampling, stop strings.
+
+The engine owns a context with ``num_parallel`` sequences ("slots"). Requests wait in a queue and
+join a free slot between decode steps; every step builds one batch holding the next token of each
+generating slot plus as many pending prompt tokens as fit in ``num_batch``, decodes it, and samples
+each slot from its own output with its own sampler chain. A slot keeps the tokens of its last
+request in the KV cache, so a request whose prompt shares a prefix with them evaluates only the rest.
+
+The engine runs on one thread (``run``); ``submit`` and ``cancel`` may be called from any thread.
+Results flow back through each job's ``emit`` callback, also called on the engine thread.
+"""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pollama.errors import InvalidRequest, RunnerError
+from pollama.runner.native import Batch, Context, Model, SamplerChain, SamplingParams
+
+log = logging.getLogger(__name__)
+
+PROMPT_TOO_LONG = (
+    "the prompt is longer than the context length currently available to the model; shorten the prompt, "
+    "adjust the context length in settings, or use a model with a longer context length"
+)
+
+Emit = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class CompletionJob:
+    """One generation request as the engine sees it."""
+
+    tokens: list[int]
+    sampling: SamplingParams
+    emit: Emit
+    num_predict: int = -1
+    num_keep: int = 4
+    stop: tuple[str, ...] = ()
+    shift: bool = True
+    truncate: bool = True
+    cancelled: bool = False
+
+
+@dataclass
+class EmbedJob:
+    """Embed some token lists (one vector each)."""
+
+    inputs: list[list[int]]
+    emit: Emit
+    cancelled: bool = False
+
+
+@dataclass
+class _Slot:
+    seq: int
+    cache: list[int] = field(default_factory=list)
+    job: CompletionJob | None = None
+    pending: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    chain: SamplerChain | None = None
+    decoder: Any = None
+    held: str = ""
+    generated: list[int] = field(default_factory=list)
+    prompt_count: int = 0
+    started: float = 0.0
+    prompt_done: float = 0.0
+    last_used: float = 0.0
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the shared prefix of two token lists."""
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
+    """Split pending text into (emit now, hold back, stopped).
+
+    A stop string found anywhere ends the text there; otherwise any tail that could begin a stop
+    string is held back until more text arrives.
+    """
+    if not stops:
+        return text, "", False
+    cut = -1
+    for stop in stops:
+        if stop:
+            i = text.find(stop)
+            if i >= 0 and (cut < 0 or i < cut):
+                cut = i
+    if cut >= 0:
+        return text[:cut], "", True
+    hold = 0
+    for stop in stops:
+        for k in range(min(len(stop) - 1, len(text)), 0, -1):
+            if text.endswith(stop[:k]):
+                hold = max(hold, k)
+                break
+    return (text[: len(text) - hold], text[len(text) - hold:], False) if hold else (text, "", False)
+
+
+class Engine:
+    """The batching loop for one loaded model."""
+
+    def __init__(self, model: Model, ctx: Context, *, num_ctx: int, num_parallel: int, num_batch: int) -> None:
+        self.model = model
+        self.ctx = ctx
+        self.num_ctx = num_ctx
+        self.num_batch = max(1, min(num_batch, ctx.n_batch))
+        self._slots = [_Slot(seq=i) for i in range(max(1, num_parallel))]
+        self._batch = Batch(self.num_batch)
+        self._queue: deque[CompletionJob | EmbedJob] = deque()
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+
+    # --- control (any thread) -----------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the loop on a daemon thread."""
+        self._thread = threading.Thread(target=self.run, name="pollama-engine", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop the loop and wait for it."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        self._batch.close()
+        for slot in self._slots:
+            if slot.chain is not None:
+                slot.chain.close()
+                slot.chain = None
+
+    def submit(self, job: CompletionJob | EmbedJob) -> None:
+        """Queue a job; it joins a slot at the next step."""
+        with self._cond:
+            self._queue.append(job)
+            self._cond.notify_all()
+
+    def cancel(self, job: CompletionJob | EmbedJob) -> None:
+        """Stop a job (queued or running); its slot is freed at the next step."""
+        with self._cond:
+            job.cancelled = True
+            self._cond.notify_all()
+
+    @property
+    def busy(self) -> int:
+        """Slots in use plus jobs waiting."""
+        with self._cond:
+            return len(self._queue) + sum(1 for s in self._slots if s.job is not None)
+
+    # --- the loop (engine thread) -------------------------------------------------------------
+
+    def run(self) -> None:
+        """Step until stopped."""
+        while True:
+            with self._cond:
+                while not self._stopping and not self._queue and not any(s.job for s in self._slots):
+                    self._cond.wait()
+                if self._stopping:
+                    break
+                embed = self._admit()
+            if embed is not None:
+                self._embed(embed)
+                continue
+            try:
+                self._step()
+            except Exception as exc:  # noqa: BLE001 - every running job gets the failure
+                log.exception("decode step failed")
+                for slot in self._slots:
+                    if slot.job is not None:
+                        self._fail(slot, str(exc))
+                        self.ctx.seq_remove(slot.seq)
+                        slot.cache = []
+        for slot in self._slots:
+            if slot.job is not None:
+                self._fail(slot, "runner is shutting down")
+
+    def _admit(self) -> EmbedJob | None:
+        """Move queued jobs into free slots (called with the lock held)."""
+        while self._queue:
+            head = self._queue[0]
+            if head.cancelled:
+                self._queue.popleft()
+                continue
+            if isinstance(head, EmbedJob):
+                if any(s.job for s in self._slots):
+                    return None  # embeddings wait for the slots to drain
+                self._queue.popleft()
+                return head
+            free = [s for s in self._slots if s.job is None]
+            if not free:
+                return None
+            self._queue.popleft()
+            slot = max(free, key=lambda s: (common_prefix(s.cache, head.tokens), -s.last_used))
+            try:
+                self._start(slot, head)
+            except InvalidRequest as exc:
+                head.emit({"error": str(exc), "status": 400})
+            except Exception as exc:  # noqa: BLE001
+                head.emit({"error": str(exc)})
+        return None
+
+    def _start(self, slot: _Slot, job: CompletionJob) -> None:
+        tokens = job.tokens
+        if not tokens:
+            raise InvalidRequest("empty prompt")
+        if len(tokens) > self.num_ctx - 1:
+            if not job.shift or not job.truncate:
+                raise InvalidRequest(PROMPT_TOO_LONG)
+            keep = min(job.num_keep + (1 if tokens[0] == self.model.bos else 0), self.num_ctx // 2)
+            target = self.num_ctx - max((self.num_ctx - keep) // 2, 1)
+            tokens = tokens[:keep] + tokens[len(tokens) - (target - keep):]
+            log.warning("truncating input prompt to %d tokens", len(tokens))
+        reuse = common_prefix(slot.cache, tokens)
+        if reuse >= len(tokens):
+            reuse = len(tokens) - 1  # the last prompt token must be evaluated to get logits
+        if not self.ctx.seq_remove(slot.seq, reuse, -1):
+            self.ctx.seq_remove(slot.seq)
+            reuse = 0
+        slot.cache = tokens[:reuse]
+        slot.pending = tokens[reuse:]
+        slot.chain = SamplerChain(self.model, job.sampling, tokens)
+        slot.job = job
+        slot.next_token = None
+        slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        slot.held = ""
+        slot.generated = []
+        slot.prompt_count = len(slot.pending)
+        slot.started = time.perf_counter()
+        slot.prompt_done = 0.0
+
+    def _step(self) -> None:
+        batch = self._batch
+        batch.clear()
+        sampling: list[tuple[_Slot, int]] = []
+        for slot in self._slots:
+            job = slot.job
+            if job is None:
+                continue
+            if job.cancelled:
+                self._finish(slot, None)
+                continue
+            if slot.pending or slot.next_token is None:
+                continue
+            if len(slot.cache) >= self.num_ctx:
+                if not job.shift or not self.ctx.can_shift:
+                    self._finish(slot, "length")
+                    continue
+                self._shift(slot, job)
+            token = slot.next_token
+            index = batch.add(token, len(slot.cache), slot.seq, True)
+            slot.cache.append(token)
+            slot.next_token = None
+            sampling.append((slot, index))
+        for slot in self._slots:
+            if slot.job is None or not slot.pending:
+                continue
+            room = self.num_batch - batch.n
+            if room <= 0:
+                break
+            take = slot.pending[:room]
+            for k, token in enumerate(take):
+                last = k == len(take) - 1 and len(take) == len(slot.pending)
+                index = batch.add(token, len(slot.cache), slot.seq, last)
+                slot.cache.append(token)
+                if last:
+                    sampling.append((slot, index))
+            slot.pending = slot.pending[len(take):]
+        if batch.n == 0:
+            return
+        self.ctx.decode(batch)
+        now = time.perf_counter()
+        for slot, index in sampling:
+            if slot.job is None or slot.chain is None:
+                continue
+            if not slot.prompt_done:
+                slot.prompt_done = now
+            token = slot.chain.sample(self.ctx, index)
+            self._accept(slot, slot.job, token)
+
+    def _shift(self, slot: _Slot, job: CompletionJob) -> None:
+        """Make room: keep ``num_keep`` tokens, drop half of the rest (Ollama's context shift)."""
+        keep = min(job.num_keep + (1 if slot.cache and slot.cache[0] == self.model.bos else 0), len(slot.cache) - 2)
+        keep = max(keep, 0)
+        discard = (len(slot.cache) - keep) // 2
+        self.ctx.seq_remove(slot.seq, keep, keep + discard)
+        self.ctx.seq_shift(slot.seq, keep + discard, len(slot.cache), -discard)
+        del slot.cache[keep:keep + discard]
+        log.debug("context shift on slot %d: kept %d, dropped %d", slot.seq, keep, discard)
+
+    def _accept(self, slot: _Slot, job: CompletionJob, token: int) -> None:
+        if self.model.is_eog(token):
+            self._finish(slot, "stop")
+            return
+        slot.generated.append(token)
+        text = slot.held + slot.decoder.decode(self.model.piece(token))
+        out, slot.held, stopped = split_stop(text, job.stop)
+        if out:
+            job.emit({"content": out})
+        if stopped:
+            self._finish(slot, "stop")
+            return
+        if 0 <= job.num_predict <= len(slot.generated):
+            self._finish(slot, "length")
+            return
+        slot.next_token = token
+
+    def _finish(self, slot: _Slot, reason: str | None) -> None:
+        job = slot.job
+        assert job is not None
+        if reason is not None:
+            tail = slot.held + slot.decoder.decode(b"", final=True)
+            if tail:  # held text that never became a stop string is real output
+                job.emit({"content": tail})
+            end = time.perf_counter()
+            prompt_done = slot.prompt_done or end
+            job.emit({
+                "done": True,
+                "done_reason": reason,
+                "prompt_eval_count": slot.prompt_count,
+                "prompt_eval_duration": int((prompt_done - slot.started) * 1e9),
+                "eval_count": len(slot.generated),
+                "eval_duration": int((end - prompt_done) * 1e9),
+                "tokens": slot.generated,
+            })
+        self._release(slot)
+
+    def _fail(self, slot: _Slot, message: str) -> None:
+        if slot.job is not None:
+            slot.job.emit({"error": message})
+        self._release(slot)
+
+    def _release(self, slot: _Slot) -> None:
+        if slot.pending:
+            # The prompt was only partly evaluated: the cache holds what was decoded.
+            slot.pending = []
+        if slot.chain is not None:
+            slot.chain.close()
+            slot.chain = None
+        slot.job = None
+        slot.next_token = None
+        slot.last_used = time.monotonic()
+
+    # --- embeddings -----------------------------------------------------------------------------
+
+    def _embed(self, job: EmbedJob) -> None:
+        vectors: list[list[float]] = []
+        count = 0
+        try:
+            for tokens in job.inputs:
+                if job.cancelled:
+                    return
+                if len(tokens) > self.num_batch or len(tokens) > self.num_ctx:
+                    raise InvalidRequest("the input length exceeds the context length")
+                self.ctx.clear()
+                for slot in self._slots:
+                    slot.cache = []
+                batch = self._batch
+                batch.clear()
+                for pos, token in enumerate(tokens):
+                    batch.add(token, pos, 0, True)
+                self.ctx.decode(batch)
+                vector = self.ctx.embedding(0)
+                if vector is None:
+                    vector = self.ctx.embedding_ith(len(tokens) - 1)
+                if vector is None:
+                    raise RunnerError("model produced no embedding")
+                vectors.append(vector)
+                count += len(tokens)
+        except InvalidRequest as exc:
+            job.emit({"error": str(exc), "status": 400})
+            return
+        except Exception as exc:  # noqa: BLE001
+            job.emit({"error": str(exc)})
+            return
+        finally:
+            self.ctx.clear()
+        job.emit({"done": True, "embeddings": vectors, "prompt_eval_count": count})

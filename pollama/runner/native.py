@@ -1,0 +1,411 @@
+"""Owners of llama.cpp's native handles: model, context, batch, sampler chain and LoRA adapter.
+
+Each class wraps one C handle from ``llama_cpp.llama_cpp`` (llama-cpp-python's ctypes binding),
+frees it exactly once in ``close()`` (also as a context manager), and exposes only what the engine
+needs. Everything here runs inside the runner subprocess; nothing knows about HTTP or any API.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import llama_cpp.llama_cpp as C
+
+from pollama.errors import RunnerError
+
+log = logging.getLogger(__name__)
+
+_backend_lock = threading.Lock()
+_backend_ready: list[bool] = []  # filled once per process; llama_backend_init is process-wide
+
+
+def init_backend(*, quiet: bool = True) -> None:
+    """Initialise llama.cpp once per process (and silence its logging unless debugging)."""
+    with _backend_lock:
+        if _backend_ready:
+            return
+        if quiet:
+            C.llama_log_set(_SILENT_LOG, ctypes.c_void_p(0))
+        C.llama_backend_init()
+        _backend_ready.append(True)
+
+
+@C.llama_log_callback  # type: ignore[misc]
+def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+    if level >= 4 and text:  # GGML_LOG_LEVEL_ERROR
+        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+
+
+_SILENT_LOG = _silent_log
+
+
+def physical_cores() -> int:
+    """Physical CPU cores available to this process (llama.cpp's best thread count on CPU)."""
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores: set[tuple[str, str]] = set()
+    try:
+        block: dict[str, str] = {}
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in [*fh, "\n"]:
+                if not line.strip():
+                    if "core id" in block:
+                        cores.add((block.get("physical id", "0"), block["core id"]))
+                    block = {}
+                    continue
+                key, _, value = line.partition(":")
+                block[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return max(1, min(len(cores) or available, available))
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """Load-time options for the weights."""
+
+    path: Path
+    n_gpu_layers: int = -1
+    main_gpu: int = 0
+    use_mmap: bool = True
+    use_mlock: bool = False
+    vocab_only: bool = False
+
+
+class Model:
+    """A loaded GGUF model (weights and vocabulary)."""
+
+    def __init__(self, params: ModelParams) -> None:
+        init_backend()
+        p = C.llama_model_default_params()
+        # num_gpu -1 means "as many layers as fit"; with a CPU-only build the value is ignored.
+        p.n_gpu_layers = 999 if params.n_gpu_layers < 0 else params.n_gpu_layers
+        p.main_gpu = params.main_gpu
+        p.use_mmap = params.use_mmap
+        p.use_mlock = params.use_mlock
+        p.vocab_only = params.vocab_only
+        handle = C.llama_model_load_from_file(str(params.path).encode(), p)
+        if not handle:
+            raise RunnerError(f"unable to load model: {params.path}")
+        self._handle: Any = handle
+        self.vocab = C.llama_model_get_vocab(handle)
+        self.n_vocab = C.llama_vocab_n_tokens(self.vocab)
+        self.n_ctx_train = C.llama_model_n_ctx_train(handle)
+        self.n_embd = C.llama_model_n_embd(handle)
+        self.add_bos = bool(C.llama_vocab_get_add_bos(self.vocab))
+        self.add_eos = bool(C.llama_vocab_get_add_eos(self.vocab))
+        self.bos = C.llama_vocab_bos(self.vocab)
+        self.eos = C.llama_vocab_eos(self.vocab)
+        self.has_encoder = bool(C.llama_model_has_encoder(handle))
+        self.has_decoder = bool(C.llama_model_has_decoder(handle))
+        self.size = int(C.llama_model_size(handle))
+        self._pieces: dict[int, bytes] = {}
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise RunnerError("model is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the weights."""
+        if self._handle is not None:
+            C.llama_model_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def meta(self, key: str) -> str | None:
+        """A GGUF metadata value as text, or None."""
+        buf = ctypes.create_string_buffer(4096)
+        n = C.llama_model_meta_val_str(self.handle, key.encode(), buf, len(buf))
+        return buf.value.decode("utf-8", "replace") if n >= 0 else None
+
+    def tokenize(self, text: str, *, add_special: bool = True, parse_special: bool = True) -> list[int]:
+        """Text to token ids (``add_special`` adds BOS/EOS as the model wants)."""
+        data = text.encode("utf-8")
+        capacity = len(data) + 16
+        buf = (C.llama_token * capacity)()
+        n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        if n < 0:
+            capacity = -n
+            buf = (C.llama_token * capacity)()
+            n = C.llama_tokenize(self.vocab, data, len(data), buf, capacity, add_special, parse_special)
+        return list(buf[:n])
+
+    def piece(self, token: int) -> bytes:
+        """The bytes one token stands for (special tokens render as nothing)."""
+        cached = self._pieces.get(token)
+        if cached is not None:
+            return cached
+        buf = ctypes.create_string_buffer(64)
+        n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        piece = buf.raw[:n]
+        self._pieces[token] = piece
+        return piece
+
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """Token ids back to text (without special tokens)."""
+        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+
+    def is_eog(self, token: int) -> bool:
+        """True for end-of-generation tokens (EOS, EOT, ...)."""
+        return bool(C.llama_vocab_is_eog(self.vocab, token))
+
+
+class LoraAdapter:
+    """A LoRA adapter file loaded against a model."""
+
+    def __init__(self, model: Model, path: Path) -> None:
+        handle = C.llama_adapter_lora_init(model.handle, str(path).encode())
+        if not handle:
+            raise RunnerError(f"unable to load adapter: {path}")
+        self._handle: Any = handle
+
+    @property
+    def handle(self) -> Any:
+        return self._handle
+
+    def close(self) -> None:
+        if self._handle is not None:
+            C.llama_adapter_lora_free(self._handle)
+            self._handle = None
+
+
+@dataclass(frozen=True)
+class ContextParams:
+    """Load-time options for the KV cache and compute."""
+
+    n_ctx: int
+    n_batch: int
+    n_seq_max: int = 1
+    n_threads: int = 0
+    embeddings: bool = False
+    flash_attention: bool | None = None
+    kv_cache_type: str = "f16"
+
+
+_KV_TYPES = {"f16": C.GGML_TYPE_F16, "q8_0": C.GGML_TYPE_Q8_0, "q4_0": C.GGML_TYPE_Q4_0}
+
+
+class Context:
+    """A llama.cpp context: the KV cache for ``n_seq_max`` sequences plus compute buffers."""
+
+    def __init__(self, model: Model, params: ContextParams, adapters: Sequence[LoraAdapter] = ()) -> None:
+        p = C.llama_context_default_params()
+        p.n_ctx = params.n_ctx
+        p.n_batch = params.n_batch
+        p.n_ubatch = params.n_batch
+        p.n_seq_max = params.n_seq_max
+        threads = params.n_threads or physical_cores()
+        p.n_threads = threads
+        p.n_threads_batch = threads
+        p.embeddings = params.embeddings
+        if params.embeddings:
+            arch = model.meta("general.architecture") or ""
+            if model.meta(f"{arch}.pooling_type") is None:
+                # A generative model asked for embeddings: average its token states.
+                p.pooling_type = C.LLAMA_POOLING_TYPE_MEAN
+        p.kv_unified = False  # one cache stream per slot: a slot sees the same layout whoever else runs
+        p.no_perf = True
+        if params.flash_attention is not None:
+            p.flash_attn_type = 1 if params.flash_attention else 0
+        kv_type = _KV_TYPES.get(params.kv_cache_type, C.GGML_TYPE_F16)
+        if kv_type != C.GGML_TYPE_F16 and params.flash_attention is False:
+            kv_type = C.GGML_TYPE_F16  # quantized K/V needs flash attention, as in Ollama
+        p.type_k = kv_type
+        p.type_v = kv_type
+        handle = C.llama_init_from_model(model.handle, p)
+        if not handle:
+            raise RunnerError("unable to create context (out of memory?)")
+        self._handle: Any = handle
+        self.model = model
+        self.n_ctx = C.llama_n_ctx(handle)
+        self.n_batch = C.llama_n_batch(handle)
+        self.memory = C.llama_get_memory(handle)
+        self.can_shift = bool(C.llama_memory_can_shift(self.memory))
+        self.pooling = C.llama_pooling_type(handle)
+        if adapters:
+            arr = (C.llama_adapter_lora_p_ctypes * len(adapters))(*(a.handle for a in adapters))
+            scales = (ctypes.c_float * len(adapters))(*([1.0] * len(adapters)))
+            if C.llama_set_adapters_lora(handle, arr, len(adapters), scales) != 0:
+                raise RunnerError("unable to apply LoRA adapters")
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise RunnerError("context is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the KV cache and buffers."""
+        if self._handle is not None:
+            C.llama_free(self._handle)
+            self._handle = None
+
+    def decode(self, batch: Batch) -> None:
+        """Evaluate a batch; raises on failure (1 = no KV slot, <0 = error)."""
+        fn = C.llama_encode if (self.model.has_encoder and not self.model.has_decoder) else C.llama_decode
+        rc = fn(self.handle, batch.struct)
+        if rc != 0:
+            raise RunnerError(f"llama_decode failed with status {rc}" + (" (KV cache full)" if rc == 1 else ""))
+
+    def seq_remove(self, seq: int, p0: int = 0, p1: int = -1) -> bool:
+        """Drop positions [p0, p1) of a sequence from the KV cache."""
+        return bool(C.llama_memory_seq_rm(self.memory, seq, p0, p1))
+
+    def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
+        """Move positions [p0, p1) of a sequence by ``delta`` (context shift)."""
+        C.llama_memory_seq_add(self.memory, seq, p0, p1, delta)
+
+    def clear(self) -> None:
+        """Empty the whole KV cache."""
+        C.llama_memory_clear(self.memory, True)
+
+    def embedding(self, seq: int) -> list[float] | None:
+        """The pooled embedding of a sequence after decoding it (None if the model does not pool)."""
+        ptr = C.llama_get_embeddings_seq(self.handle, seq)
+        if not ptr:
+            return None
+        return list(ptr[: self.model.n_embd])
+
+    def embedding_ith(self, i: int) -> list[float] | None:
+        """The embedding of the i-th output of the last batch (for unpooled models)."""
+        ptr = C.llama_get_embeddings_ith(self.handle, i)
+        if not ptr:
+            return None
+        return list(ptr[: self.model.n_embd])
+
+
+class Batch:
+    """A reusable ``llama_batch`` of up to ``capacity`` tokens, each in one sequence."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._batch: Any = C.llama_batch_init(capacity, 0, 1)
+        self.struct = self._batch
+        self.n = 0
+
+    def close(self) -> None:
+        if self._batch is not None:
+            C.llama_batch_free(self._batch)
+            self._batch = None
+
+    def clear(self) -> None:
+        self.n = 0
+        self._batch.n_tokens = 0
+
+    def add(self, token: int, pos: int, seq: int, logits: bool) -> int:
+        """Append a token; returns its index in the batch (the index to sample from)."""
+        i = self.n
+        if i >= self.capacity:
+            raise RunnerError("batch overflow")
+        b = self._batch
+        b.token[i] = token
+        b.pos[i] = pos
+        b.n_seq_id[i] = 1
+        b.seq_id[i][0] = seq
+        b.logits[i] = logits
+        self.n = i + 1
+        b.n_tokens = self.n
+        return i
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Per-request sampling options, in Ollama's names and meanings."""
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.9
+    min_p: float = 0.0
+    typical_p: float = 1.0
+    repeat_last_n: int = 64
+    repeat_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    mirostat: int = 0
+    mirostat_tau: float = 5.0
+    mirostat_eta: float = 0.1
+    seed: int = -1
+    grammar: str | None = None
+
+
+class SamplerChain:
+    """One request's sampler chain: penalties, grammar, truncation, temperature, then a draw.
+
+    The order follows llama.cpp's common defaults (penalties → top_k → typical → top_p → min_p →
+    temperature → dist), with the grammar first so that it only ever offers legal tokens, and
+    mirostat or greedy replacing the tail when asked.
+    """
+
+    def __init__(self, model: Model, params: SamplingParams, context_tokens: Sequence[int] = ()) -> None:
+        cp = C.llama_sampler_chain_default_params()
+        cp.no_perf = True
+        self._chain: Any = C.llama_sampler_chain_init(cp)
+        self._penalties: Any = None
+        seed = C.LLAMA_DEFAULT_SEED if params.seed is None or params.seed < 0 else params.seed & 0xFFFFFFFF
+        try:
+            if params.grammar:
+                grammar = C.llama_sampler_init_grammar(model.vocab, params.grammar.encode(), b"root")
+                if not grammar:
+                    raise RunnerError("failed to parse grammar")
+                self._add(grammar)
+            penalize = params.repeat_last_n != 0 and (
+                params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+            if penalize:
+                last_n = model.n_vocab if params.repeat_last_n < 0 else params.repeat_last_n
+                self._penalties = C.llama_sampler_init_penalties(
+                    model.n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
+                self._add(self._penalties)
+                for token in list(context_tokens)[-last_n:]:
+                    C.llama_sampler_accept(self._penalties, token)
+            if params.temperature <= 0:
+                self._add(C.llama_sampler_init_greedy())
+            elif params.mirostat == 1:
+                self._add(C.llama_sampler_init_temp(params.temperature))
+                self._add(C.llama_sampler_init_mirostat(
+                    model.n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100))
+            elif params.mirostat == 2:
+                self._add(C.llama_sampler_init_temp(params.temperature))
+                self._add(C.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))
+            else:
+                if params.top_k > 0:
+                    self._add(C.llama_sampler_init_top_k(params.top_k))
+                if 0 < params.typical_p < 1:
+                    self._add(C.llama_sampler_init_typical(params.typical_p, 1))
+                if 0 < params.top_p < 1:
+                    self._add(C.llama_sampler_init_top_p(params.top_p, 1))
+                if params.min_p > 0:
+                    self._add(C.llama_sampler_init_min_p(params.min_p, 1))
+                self._add(C.llama_sampler_init_temp(params.temperature))
+                self._add(C.llama_sampler_init_dist(seed))
+        except BaseException:
+            self.close()
+            raise
+
+    def _add(self, sampler: Any) -> None:
+        C.llama_sampler_chain_add(self._chain, sampler)  # the chain now owns it
+
+    def sample(self, ctx: Context, index: int) -> int:
+        """Draw (and accept) a token from output ``index`` of the last batch."""
+        return int(C.llama_sampler_sample(self._chain, ctx.handle, index))
+
+    def close(self) -> None:
+        """Free the chain and every sampler in it."""
+        if self._chain is not None:
+            C.llama_sampler_free(self._chain)
+            self._chain = None

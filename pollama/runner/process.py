@@ -1,0 +1,225 @@
+"""The runner subprocess: loads one model, runs the engine, answers requests on a Unix socket.
+
+Started by the server as ``python -m pollama.runner --model PATH --socket PATH ...``. Once the model
+is loaded it prints one JSON line on stdout (``{"status": "ready", ...}``) and serves connections.
+Each connection carries one request as a JSON line and gets JSON lines back:
+
+* ``{"op": "completion", "prompt" | "tokens", "options": {...}, "stop": [...], ...}`` → ``{"content"}``
+  lines, then ``{"done": true, "done_reason", counts and durations, "tokens"}``; closing the connection
+  cancels the generation and frees its slot.
+* ``{"op": "tokenize", "content", "add_special"}`` → ``{"tokens"}``; ``{"op": "detokenize", "tokens"}``
+  → ``{"content"}``; ``{"op": "embed", "inputs": [[tokens], ...]}`` → ``{"embeddings", ...}``;
+  ``{"op": "health"}`` → ``{"status": "ok", "busy": n}``.
+* Any failure → ``{"error": "...", "status"?: 400}``.
+
+The runner exits when its stdin closes (the server went away) or on SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+from pollama.runner.engine import CompletionJob, EmbedJob, Engine
+from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
+
+log = logging.getLogger("pollama.runner")
+
+_SAMPLING_FIELDS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pollama-runner")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--socket", required=True)
+    p.add_argument("--ctx-size", type=int, default=4096, help="context per slot (num_ctx)")
+    p.add_argument("--parallel", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--n-gpu-layers", type=int, default=-1)
+    p.add_argument("--main-gpu", type=int, default=0)
+    p.add_argument("--no-mmap", action="store_true")
+    p.add_argument("--mlock", action="store_true")
+    p.add_argument("--lora", action="append", type=Path, default=[])
+    p.add_argument("--embedding", action="store_true")
+    p.add_argument("--flash-attn", choices=("on", "off", "auto"), default="auto")
+    p.add_argument("--kv-cache-type", default="f16")
+    p.add_argument("--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def sampling_from(options: dict[str, Any], grammar: str | None) -> SamplingParams:
+    """Ollama options (already validated by the server) → sampler settings."""
+    values = {k: options[k] for k in _SAMPLING_FIELDS if options.get(k) is not None}
+    return SamplingParams(**values, grammar=grammar or None)
+
+
+class RunnerServer:
+    """Socket front end of one engine."""
+
+    def __init__(self, model: Model, engine: Engine) -> None:
+        self.model = model
+        self.engine = engine
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await reader.readline()
+            if not line:
+                return
+            request = json.loads(line)
+            op = request.get("op")
+            if op == "completion":
+                await self._completion(request, reader, writer)
+            elif op == "embed":
+                await self._embed(request, writer)
+            elif op == "tokenize":
+                tokens = self.model.tokenize(request.get("content", ""), add_special=bool(request.get("add_special")))
+                await _send(writer, {"tokens": tokens})
+            elif op == "detokenize":
+                await _send(writer, {"content": self.model.detokenize(request.get("tokens", []))})
+            elif op == "health":
+                await _send(writer, {"status": "ok", "busy": self.engine.busy})
+            else:
+                await _send(writer, {"error": f"unknown op {op!r}", "status": 400})
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - the caller gets the error
+            log.exception("request failed")
+            with contextlib.suppress(Exception):
+                await _send(writer, {"error": str(exc)})
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def _completion(self, request: dict[str, Any], reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        if request.get("tokens") is not None:
+            tokens = [int(t) for t in request["tokens"]]
+        else:
+            tokens = self.model.tokenize(request.get("prompt", ""), add_special=True, parse_special=True)
+        options = request.get("options") or {}
+        grammar = request.get("grammar")
+        if request.get("json_schema") is not None:
+            from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+            try:
+                grammar = json_schema_to_gbnf(json.dumps(request["json_schema"]))
+            except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
+                await _send(writer, {"error": f"invalid JSON schema in format: {exc}", "status": 400})
+                return
+        job = CompletionJob(
+            tokens=tokens,
+            sampling=sampling_from(options, grammar),
+            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            num_predict=int(options.get("num_predict", -1) if options.get("num_predict") is not None else -1),
+            num_keep=int(options.get("num_keep", 4) if options.get("num_keep") is not None else 4),
+            stop=tuple(s for s in (options.get("stop") or []) if s),
+            shift=bool(request.get("shift", True)),
+            truncate=bool(request.get("truncate", True)),
+        )
+        self.engine.submit(job)
+        await _send(writer, {"prompt_tokens": len(tokens)})
+        gone = loop.create_task(reader.read())  # EOF = the client went away
+        try:
+            while True:
+                getter = loop.create_task(events.get())
+                done, _ = await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    self.engine.cancel(job)
+                    return
+                event = getter.result()
+                await _send(writer, event)
+                if event.get("done") or "error" in event:
+                    return
+        except (ConnectionError, asyncio.CancelledError):
+            self.engine.cancel(job)
+            raise
+        finally:
+            gone.cancel()
+
+    async def _embed(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future[dict[str, Any]] = loop.create_future()
+        job = EmbedJob(inputs=[[int(t) for t in toks] for toks in request.get("inputs", [])],
+                       emit=lambda event: loop.call_soon_threadsafe(_settle, result, event))
+        self.engine.submit(job)
+        try:
+            await _send(writer, await result)
+        finally:
+            self.engine.cancel(job)
+
+
+def _settle(future: asyncio.Future[dict[str, Any]], event: dict[str, Any]) -> None:
+    if not future.done():
+        future.set_result(event)
+
+
+async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
+    writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    await writer.drain()
+
+
+async def _serve(args: argparse.Namespace, model: Model, engine: Engine, ready: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    front = RunnerServer(model, engine)
+    server = await asyncio.start_unix_server(front.handle, path=args.socket, limit=64 * 1024 * 1024)
+    os.chmod(args.socket, 0o600)
+    print(json.dumps(ready), flush=True)
+
+    async def watch_stdin() -> None:
+        stdin = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(stdin), sys.stdin)
+        await stdin.read()
+        stop.set()
+
+    watcher = loop.create_task(watch_stdin())
+    await stop.wait()
+    watcher.cancel()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the runner subprocess."""
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="runner: %(levelname)s %(message)s", stream=sys.stderr)
+    model = Model(ModelParams(path=args.model, n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu,
+                              use_mmap=not args.no_mmap, use_mlock=args.mlock))
+    adapters = [LoraAdapter(model, path) for path in args.lora]
+    parallel = 1 if args.embedding else max(1, args.parallel)
+    num_ctx = max(4, args.ctx_size)
+    batch = min(2048, num_ctx) if args.embedding else max(1, args.batch_size)
+    flash = {"on": True, "off": False}.get(args.flash_attn)
+    ctx = Context(model, ContextParams(n_ctx=num_ctx * parallel, n_batch=batch, n_seq_max=parallel,
+                                       n_threads=args.threads, embeddings=args.embedding,
+                                       flash_attention=flash, kv_cache_type=args.kv_cache_type),
+                  adapters)
+    engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch)
+    engine.start()
+    ready = {"status": "ready", "pid": os.getpid(), "n_ctx": num_ctx, "parallel": parallel,
+             "model_size": model.size, "n_ctx_train": model.n_ctx_train}
+    try:
+        asyncio.run(_serve(args, model, engine, ready))
+    finally:
+        engine.stop()
+        ctx.close()
+        for adapter in adapters:
+            adapter.close()
+        model.close()
+        with contextlib.suppress(OSError):
+            os.unlink(args.socket)
+    return 0

