@@ -130,3 +130,47 @@ def start_server(isolated_env: Path) -> Iterator[object]:
     yield start
     for proc in started:
         proc.stop()
+
+
+CHATML_TEMPLATE = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
+)
+
+
+def create_from_gguf(client: httpx.Client, name: str, gguf: Path, **extra: object) -> None:
+    """Upload ``gguf`` (if missing) and create ``name`` from it through ``/api/create``."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with gguf.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    digest = "sha256:" + h.hexdigest()
+    if client.head(f"/api/blobs/{digest}").status_code != 200:
+        with gguf.open("rb") as fh:
+            r = client.post(f"/api/blobs/{digest}", content=fh.read())
+        assert r.status_code in (200, 201), r.text
+    r = client.post("/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False, **extra})
+    assert r.status_code == 200, r.text
+
+
+@pytest.fixture(scope="module")
+def smollm2_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
+    """One server per test module with ``smollm2`` (ChatML template, 4 slots) installed."""
+    home = tmp_path_factory.mktemp("home")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_")}
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update({**env, "HOME": str(home), "OLLAMA_MODELS": str(home / ".ollama" / "models")})
+    try:
+        proc = ServerProcess(home, {"OLLAMA_NUM_PARALLEL": "4", "OLLAMA_CONTEXT_LENGTH": "2048"}).start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        with proc.client() as c:
+            create_from_gguf(c, "smollm2", smollm2_gguf, template=CHATML_TEMPLATE,
+                             parameters={"stop": ["<|im_start|>", "<|im_end|>"]})
+        yield proc
+    finally:
+        proc.stop()

@@ -46,6 +46,8 @@ class CompletionJob:
     stop: tuple[str, ...] = ()
     shift: bool = True
     truncate: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
     cancelled: bool = False
 
 
@@ -290,7 +292,8 @@ class Engine:
             if not slot.prompt_done:
                 slot.prompt_done = now
             token = slot.chain.sample(self.ctx, index)
-            self._accept(slot, slot.job, token)
+            probs = self._logprobs(index, token, slot.job.top_logprobs) if slot.job.logprobs else None
+            self._accept(slot, slot.job, token, probs)
 
     def _shift(self, slot: _Slot, job: CompletionJob) -> None:
         """Make room: keep ``num_keep`` tokens, drop half of the rest (Ollama's context shift)."""
@@ -302,14 +305,34 @@ class Engine:
         del slot.cache[keep:keep + discard]
         log.debug("context shift on slot %d: kept %d, dropped %d", slot.seq, keep, discard)
 
-    def _accept(self, slot: _Slot, job: CompletionJob, token: int) -> None:
+    def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
+        """Log-probability of the sampled token (and the ``top`` likeliest), from the raw logits."""
+        import numpy as np
+
+        logits = self.ctx.logits(index).astype(np.float64)
+        peak = logits.max()
+        logprobs = logits - (peak + np.log(np.exp(logits - peak).sum()))
+        entry = self._token_entry(token, float(logprobs[token]))
+        if top > 0:
+            best = np.argpartition(-logprobs, top)[:top]
+            best = best[np.argsort(-logprobs[best])]
+            entry["top_logprobs"] = [self._token_entry(int(t), float(logprobs[t])) for t in best]
+        return entry
+
+    def _token_entry(self, token: int, logprob: float) -> dict[str, Any]:
+        piece = self.model.piece(token)
+        return {"token": piece.decode("utf-8", "replace"), "logprob": logprob, "bytes": list(piece)}
+
+    def _accept(self, slot: _Slot, job: CompletionJob, token: int, probs: dict[str, Any] | None = None) -> None:
         if self.model.is_eog(token):
             self._finish(slot, "stop")
             return
         slot.generated.append(token)
         text = slot.held + slot.decoder.decode(self.model.piece(token))
         out, slot.held, stopped = split_stop(text, job.stop)
-        if out:
+        if probs is not None:
+            job.emit({"content": out, "logprobs": [probs]})
+        elif out:
             job.emit({"content": out})
         if stopped:
             self._finish(slot, "stop")

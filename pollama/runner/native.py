@@ -282,6 +282,13 @@ class Context:
             return None
         return list(ptr[: self.model.n_embd])
 
+    def logits(self, i: int) -> Any:
+        """The logits of output ``i`` of the last batch, as a numpy array over the vocabulary."""
+        import numpy as np
+
+        ptr = C.llama_get_logits_ith(self.handle, i)
+        return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
+
     def embedding_ith(self, i: int) -> list[float] | None:
         """The embedding of the i-th output of the last batch (for unpooled models)."""
         ptr = C.llama_get_embeddings_ith(self.handle, i)

@@ -126,6 +126,8 @@ class RunnerServer:
             stop=tuple(s for s in (options.get("stop") or []) if s),
             shift=bool(request.get("shift", True)),
             truncate=bool(request.get("truncate", True)),
+            logprobs=bool(request.get("logprobs")),
+            top_logprobs=int(request.get("top_logprobs") or 0),
         )
         self.engine.submit(job)
         await _send(writer, {"prompt_tokens": len(tokens)})

@@ -83,3 +83,63 @@ class ModelDetails(BaseModel):
     families: list[str] | None = None
     parameter_size: str = ""
     quantization_level: str = ""
+
+
+class Tool(BaseModel):
+    """A tool the model may call (kept as sent; properties keep their order)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = "function"
+    function: dict[str, Any] = Field(default_factory=dict)
+
+
+class GenerateRequest(_Body):
+    model: str = ""
+    prompt: str = ""
+    suffix: str = ""
+    system: str = ""
+    template: str = ""
+    context: list[int] | None = None
+    stream: bool | None = None
+    raw: bool = False
+    format: Any = None
+    images: list[str] | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+    think: bool | str | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class ChatRequest(_Body):
+    model: str = ""
+    messages: list[Message] | None = None
+    tools: list[Tool] | None = None
+    stream: bool | None = None
+    format: Any = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+    think: bool | str | None = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+
+
+class EmbedRequest(_Body):
+    model: str = ""
+    input: str | list[str] | None = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+
+
+class EmbeddingsRequest(_Body):
+    model: str = ""
+    prompt: str = ""
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None

@@ -47,10 +47,11 @@ def model_capabilities(model: StoredModel, gguf: GGUFFile | None) -> list[str]:
 
 def prompt_capabilities(model: StoredModel, gguf: GGUFFile | None) -> set[str]:
     """Capabilities implied by how prompts are built: the Go TEMPLATE, else the GGUF's Jinja template."""
-    from pollama.template import parse_template, template_capabilities
     from pollama.template.jinja import jinja_capabilities
 
     if model.template is not None:
+        from pollama.template import parse_template, template_capabilities
+
         try:
             return set(template_capabilities(parse_template(model.template)))
         except ValueError:

@@ -181,3 +181,25 @@ def test_embed_job_requires_embedding_context(smollm2_gguf: Path) -> None:
         eng.stop()
         ctx.close()
         model.close()
+
+
+def test_logprobs_of_greedy_tokens(engine: Engine) -> None:
+    events: list[dict] = []
+    done = threading.Event()
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if event.get("done"):
+            done.set()
+
+    engine.submit(CompletionJob(tokens=engine.model.tokenize("The capital of France is"), sampling=GREEDY,
+                                emit=emit, num_predict=5, logprobs=True, top_logprobs=3))
+    assert done.wait(60)
+    entries = [p for e in events for p in e.get("logprobs", [])]
+    assert len(entries) == 5
+    for entry in entries:
+        top = entry["top_logprobs"]
+        assert len(top) == 3 and top[0]["logprob"] >= top[1]["logprob"] >= top[2]["logprob"]
+        assert entry["token"] == top[0]["token"] and entry["logprob"] == top[0]["logprob"] <= 0
+        assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
+    assert "".join(e["token"] for e in entries) == "".join(e.get("content", "") for e in events)
