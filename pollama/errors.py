@@ -133,3 +133,11 @@ class RegistryError(PollamaError, RuntimeError):
 
 class Unauthorized(RegistryError):
     """The registry refused our credentials (HTTP 401 from the registry)."""
+
+
+class RegistryUnreachable(RegistryError):
+    """The registry could not be reached at all (DNS failure, refused or timed-out connection)."""
+
+
+class RegistryUnavailable(RegistryError):
+    """The registry answered 429 or 5xx: a transient failure worth retrying."""

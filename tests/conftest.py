@@ -24,7 +24,7 @@ def package_file(distribution: str, relative: str) -> Path:
     try:
         path = Path(str(importlib.metadata.distribution(distribution).locate_file(relative)))
     except importlib.metadata.PackageNotFoundError:
-        pytest.skip(f"{distribution} is not installed")
+        pytest.fail(f"{distribution} is not installed (the test extra installs it)")
     assert path.is_file(), f"{relative} missing from {distribution}"
     return path
 

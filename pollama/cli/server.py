@@ -28,6 +28,7 @@ def run_server(settings: Settings) -> None:
 
     from pollama.server.app import create_app
 
+    ensure_server_key(settings)
     level = logging.DEBUG if settings.debug > 0 else logging.INFO
     logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
     log.info("server config %s", settings.describe())
@@ -36,6 +37,18 @@ def run_server(settings: Settings) -> None:
     log.info("Listening on %s:%d", host, settings.host.port)
     uvicorn.run(app, host=host, port=settings.host.port, log_level="warning" if settings.debug <= 0 else "debug",
                 access_log=settings.debug > 0, timeout_graceful_shutdown=5)
+
+
+def ensure_server_key(settings: Settings) -> None:
+    """Make ``~/.ollama/id_ed25519`` on first start and show its public key, as ``ollama serve`` does."""
+    from pollama.registry.keys import PRIVATE_KEY_FILE, ensure_keypair
+
+    path = settings.home / PRIVATE_KEY_FILE
+    if path.exists():
+        return
+    print(f"Couldn't find '{path}'. Generating new private key.", flush=True)
+    key, _ = ensure_keypair(settings.home)
+    print(f"Your new public key is: \n\n{key.authorized_key}", flush=True)
 
 
 def connect(settings: Settings, *, start: bool = True) -> Client:

@@ -71,8 +71,8 @@ def test_killed_runner_fails_the_request(smollm2_gguf: Path) -> None:
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         try:
             with pytest.raises(RunnerError) as err:
-                async for event in runner.stream({"op": "completion", "prompt": "Tell me a long story.",
-                                                  "options": {"num_predict": 100000}}):
+                async for event in runner.stream({"op": "completion", "prompt": "Count from 1 to 1000: 1, 2, 3,",
+                                                  "options": {"num_predict": 100000, "temperature": 0}}):
                     if "content" in event:
                         os.kill(runner.pid, signal.SIGKILL)
             assert str(err.value) == RUNNER_STOPPED

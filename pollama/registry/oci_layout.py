@@ -1,0 +1,271 @@
+"""Carrying models between machines as OCI image layouts in a tar file (``pollama export``/``import``).
+
+The archive is an OCI image layout (image-spec ``image-layout.md``)::
+
+    oci-layout                 {"imageLayoutVersion": "1.0.0"}
+    index.json                 an image index; each manifest carries the model's full name in the
+                               ``org.opencontainers.image.ref.name`` annotation
+    blobs/sha256/<hex>         the manifest (byte for byte, so the model keeps its ID), config, layers
+
+so other OCI tools (``oras``, ``skopeo``, ``crane``) can read it or push it to a registry. Export is
+deterministic (fixed order, zero timestamps and owners): the same model gives the same tar.
+
+Both directions work on the local models directory directly (``ModelStore``, from ``OLLAMA_MODELS``)
+rather than through the server: a model of many gigabytes is not streamed through HTTP twice, and
+the commands work with no server running. Import checks every blob's SHA-256 and size against its
+name before it enters the store (as every write to the store does), and writes manifests only after
+all blobs are in; if anything fails, blobs this import added are removed again and no manifest is
+written. Nothing is extracted by path: members are looked up by the names the index implies, so a
+crafted archive cannot write outside the store.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import os
+import tarfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from pollama.errors import DigestMismatch, InvalidModelName, InvalidRequest, StoreError
+from pollama.names import ModelName, parse_name
+from pollama.registry.progress import ByteCounter, in_background
+from pollama.store.blobs import parse_digest
+from pollama.store.files import fsync_dir, temp_name
+from pollama.store.manifest import MANIFEST_V2, OCI_MANIFEST, Manifest
+from pollama.store.progress import Progress
+from pollama.store.store import ModelStore
+
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+REF_NAME = "org.opencontainers.image.ref.name"
+CONTAINERD_NAME = "io.containerd.image.name"
+_LAYOUT = {"imageLayoutVersion": "1.0.0"}
+_CHUNK = 4 << 20
+_MAX_JSON = 16 << 20
+
+
+def _member_info(name: str, size: int, *, directory: bool = False) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = 0 if directory else size
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    info.mode = 0o755 if directory else 0o644
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    return info
+
+
+class _CountingReader(io.RawIOBase):
+    def __init__(self, fh: IO[bytes], counter: ByteCounter) -> None:
+        self.fh = fh
+        self.counter = counter
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.fh.read(size)
+        self.counter.add(len(data))
+        return data
+
+
+def export_model(store: ModelStore, name: ModelName, target: Path) -> Iterator[Progress]:
+    """Write ``name`` as an OCI image layout tar at ``target`` (replaced atomically), with progress."""
+    found, manifest, _ = store.read_manifest(name)
+    raw = manifest.to_bytes()
+    manifest_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
+    index = {
+        "schemaVersion": 2,
+        "mediaType": OCI_INDEX,
+        "manifests": [{
+            "mediaType": manifest.media_type or MANIFEST_V2,
+            "digest": manifest_digest,
+            "size": len(raw),
+            "annotations": {REF_NAME: found.full},
+        }],
+    }
+    target = target.absolute()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(target.parent, "export-")
+    try:
+        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+            _add_bytes(tar, "oci-layout", json.dumps(_LAYOUT).encode())
+            _add_bytes(tar, "index.json", json.dumps(index, indent=2).encode() + b"\n")
+            tar.addfile(_member_info("blobs", 0, directory=True))
+            tar.addfile(_member_info("blobs/sha256", 0, directory=True))
+            _add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", raw)
+            seen = {manifest_digest}
+            for layer in [manifest.config, *manifest.layers]:
+                digest = parse_digest(layer.digest)
+                if digest in seen:
+                    continue
+                seen.add(digest)
+                path = store.blobs.path(digest)
+                size = store.blobs.size(digest)
+
+                def add(counter: ByteCounter, path: Path = path, digest: str = digest, size: int = size) -> None:
+                    with path.open("rb") as fh:
+                        tar.addfile(_member_info(f"blobs/sha256/{digest[7:]}", size), _CountingReader(fh, counter))
+
+                yield from in_background(add, f"exporting {digest[7:19]}", digest, size)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    yield Progress(f"exported {found.display} to {target}")
+    yield Progress("success")
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    tar.addfile(_member_info(name, len(data)), io.BytesIO(data))
+
+
+@dataclass
+class _Planned:
+    name: ModelName
+    manifest: Manifest
+
+
+def import_layout(store: ModelStore, source: Path, name: ModelName | None = None) -> Iterator[Progress]:
+    """Install the models of the OCI image layout tar ``source`` (``name`` renames a single model)."""
+    created: list[str] = []
+    try:
+        tar = tarfile.open(source, "r:*")  # noqa: SIM115 - closed by the with below
+    except tarfile.TarError as exc:
+        raise InvalidRequest(f"{source.name} is not a tar file: {exc}") from None
+    try:
+        with tar:
+            members = {_clean(m.name): m for m in tar.getmembers()}
+            layout = _read_json(tar, members, "oci-layout")
+            if not str(layout.get("imageLayoutVersion", "")).startswith("1."):
+                raise InvalidRequest(f"{source.name}: unsupported OCI layout version "
+                                     f"{layout.get('imageLayoutVersion')!r}")
+            index = _read_json(tar, members, "index.json")
+            descriptors = index.get("manifests")
+            if not isinstance(descriptors, list) or not descriptors:
+                raise InvalidRequest(f"{source.name}: index.json lists no manifests")
+            if name is not None and len(descriptors) != 1:
+                raise InvalidRequest(f"{source.name} holds {len(descriptors)} models; a name can only be "
+                                     f"given for one")
+            planned = [_plan(tar, members, source, d, name) for d in descriptors]
+            for item in planned:
+                for layer in item.manifest.all_blobs():
+                    digest = parse_digest(layer.digest)
+                    if store.blobs.exists(digest):
+                        store.blobs.touch(digest)
+                        yield Progress(f"importing {digest[7:19]}", digest, layer.size, layer.size)
+                        continue
+                    member = _member(members, source, digest)
+                    if member.size != layer.size:
+                        raise DigestMismatch(f"{source.name}: blob {digest} has {member.size} bytes, the "
+                                             f"manifest says {layer.size}")
+
+                    def copy(counter: ByteCounter, member: tarfile.TarInfo = member, digest: str = digest) -> None:
+                        _copy_blob(store, tar, member, digest, counter, source)
+
+                    yield from in_background(copy, f"importing {digest[7:19]}", digest, layer.size)
+                    created.append(digest)
+            yield Progress("writing manifest")
+            for item in planned:
+                store.write_manifest(item.name, item.manifest)
+    except tarfile.TarError as exc:
+        if created:
+            store.remove_unreferenced(created)
+        raise InvalidRequest(f"{source.name} is damaged: {exc}") from None
+    except BaseException:
+        if created:
+            store.remove_unreferenced(created)
+        raise
+    for item in planned:
+        yield Progress(f"imported {item.name.display}")
+    yield Progress("success")
+
+
+def _clean(member_name: str) -> str:
+    while member_name.startswith("./"):
+        member_name = member_name[2:]
+    return member_name.rstrip("/")
+
+
+def _member(members: dict[str, tarfile.TarInfo], source: Path, digest: str) -> tarfile.TarInfo:
+    member = members.get(f"blobs/sha256/{digest[7:]}")
+    if member is None:
+        raise StoreError(f"{source.name}: blob {digest} is missing from the archive")
+    if not member.isfile():
+        raise InvalidRequest(f"{source.name}: blobs/sha256/{digest[7:]} is not a regular file")
+    return member
+
+
+def _read_member(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    if member.size > limit:
+        raise InvalidRequest(f"{member.name} is too large")
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise InvalidRequest(f"{member.name} is not a regular file")
+    return fh.read()
+
+
+def _read_json(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], member_name: str) -> dict[str, Any]:
+    member = members.get(member_name)
+    if member is None or not member.isfile():
+        raise InvalidRequest(f"not an OCI image layout: {member_name} is missing")
+    try:
+        data = json.loads(_read_member(tar, member, _MAX_JSON))
+    except ValueError as exc:
+        raise InvalidRequest(f"{member_name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequest(f"{member_name} is not a JSON object")
+    return data
+
+
+def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Path, descriptor: Any,
+          name: ModelName | None) -> _Planned:
+    """Read and check one manifest of the index; decide the name it is installed under."""
+    if not isinstance(descriptor, dict):
+        raise InvalidRequest(f"{source.name}: index.json has a malformed manifest entry")
+    media_type = descriptor.get("mediaType")
+    if media_type not in (MANIFEST_V2, OCI_MANIFEST):
+        raise InvalidRequest(f"{source.name}: unsupported manifest type {media_type!r}")
+    digest = parse_digest(str(descriptor.get("digest", "")))
+    raw = _read_member(tar, _member(members, source, digest), _MAX_JSON)
+    actual = "sha256:" + hashlib.sha256(raw).hexdigest()
+    if actual != digest:
+        raise DigestMismatch(f'{source.name}: digest mismatch, expected "{digest}", got "{actual}"')
+    manifest = Manifest.from_bytes(raw)
+    if name is None:
+        annotations = descriptor.get("annotations") if isinstance(descriptor.get("annotations"), dict) else {}
+        ref = str(annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME) or "")
+        if not ref or ("/" not in ref and ":" not in ref):
+            raise InvalidRequest(f"{source.name}: the archive does not name its model "
+                                 f"({REF_NAME} is {ref!r}); give a name: pollama import FILE NAME")
+        try:
+            name = parse_name(ref)
+        except InvalidModelName:
+            raise InvalidModelName(f"{source.name}: invalid model name {ref!r}") from None
+    return _Planned(name, manifest)
+
+
+def _copy_blob(store: ModelStore, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str,
+               counter: ByteCounter, source: Path) -> None:
+    fh = tar.extractfile(member)
+    if fh is None:
+        raise InvalidRequest(f"{member.name} is not a regular file")
+
+    def chunks() -> Iterator[bytes]:
+        while chunk := fh.read(_CHUNK):
+            counter.add(len(chunk))
+            yield chunk
+
+    try:
+        store.blobs.write_stream(digest, chunks())
+    except DigestMismatch as exc:
+        raise DigestMismatch(f"{source.name}: blob {digest} is corrupt: {exc}") from None
