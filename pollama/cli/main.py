@@ -99,17 +99,38 @@ def cmd_cp(args: argparse.Namespace) -> int:
 
 
 def cmd_rm(args: argparse.Namespace) -> int:
+    from pollama.cli._run import RunError, stop_model
     from pollama.client import ClientError
 
     client = _client()
     for name in args.models:
         try:
-            list(client.generate({"model": name, "prompt": "", "keep_alive": 0}))
-        except ClientError as exc:
-            if exc.status not in (404,):
+            stop_model(client, name)
+        except (ClientError, RunError) as exc:
+            if "not found" not in str(exc).lower() and "couldn't find model" not in str(exc):
                 print(f"Warning: unable to stop model '{name}'", file=sys.stderr)
         client.delete(name)
         print(f"deleted '{name}'")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pollama.cli._run import run_command
+
+    return run_command(_client(), args)
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    from pollama.cli._output import ps_table
+
+    sys.stdout.write(ps_table(_client().ps(), args.prefix))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from pollama.cli._run import stop_model
+
+    stop_model(_client(), args.model)
     return 0
 
 
@@ -117,6 +138,53 @@ def cmd_create(args: argparse.Namespace) -> int:
     from pollama.cli._create import create_from_modelfile
 
     create_from_modelfile(_client(), args.model, args.file, quantize=args.quantize)
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from pollama.cli._pull import pull_model
+
+    pull_model(_client(), args.model, insecure=args.insecure)
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from pollama.cli._pull import push_model
+
+    push_model(_client(), args.model, insecure=args.insecure)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pollama.cli._progress import TransferProgress
+    from pollama.names import parse_name
+    from pollama.registry.oci_layout import export_model
+    from pollama.store import ModelStore
+
+    settings = _settings()
+    store = ModelStore(settings.models, noprune=True)
+    with TransferProgress() as progress:
+        for item in export_model(store, parse_name(args.model), Path(args.output)):
+            progress.update(item.to_json())
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pollama.cli._progress import TransferProgress
+    from pollama.names import parse_name
+    from pollama.registry.oci_layout import import_layout
+    from pollama.store import ModelStore
+
+    settings = _settings()
+    store = ModelStore(settings.models, noprune=settings.noprune)
+    name = parse_name(args.name) if args.name else None
+    with TransferProgress() as progress:
+        for item in import_layout(store, Path(args.file), name):
+            progress.update(item.to_json())
     return 0
 
 
@@ -129,6 +197,37 @@ def _usage(message: str) -> _Usage:
 
 
 # --- parser --------------------------------------------------------------------------------------
+
+
+_RUN_ENV_HELP = """Environment Variables:
+      OLLAMA_EDITOR              Path to the editor for interactive prompt editing (Ctrl+G)
+      OLLAMA_HOST                IP Address for the ollama server (default 127.0.0.1:11434)
+      OLLAMA_NOHISTORY           Do not preserve readline history
+"""
+
+# flags that may be given bare (``--think``) or with ``=value``, as cobra's NoOptDefVal allows
+_OPTIONAL_VALUE_FLAGS = ("--think", "--truncate")
+
+
+def _go_bool(text: str) -> bool:
+    """A flag value read with Go's ``strconv.ParseBool``."""
+    if text in ("1", "t", "T", "TRUE", "true", "True"):
+        return True
+    if text in ("0", "f", "F", "FALSE", "false", "False"):
+        return False
+    raise argparse.ArgumentTypeError(
+        f'invalid argument "{text}": strconv.ParseBool: parsing "{text}": invalid syntax')
+
+
+def _normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Give bare ``--think``/``--truncate`` their implicit ``=true`` so they never swallow the next word."""
+    out: list[str] = []
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            out.extend(argv[i:])
+            break
+        out.append(f"{arg}=true" if arg in _OPTIONAL_VALUE_FLAGS else arg)
+    return out
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -153,6 +252,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
     p.set_defaults(handler=cmd_show)
 
+    p = sub.add_parser("run", help="Run a model", epilog=_RUN_ENV_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model")
+    p.add_argument("prompt", nargs="*")
+    p.add_argument("--keepalive", default="", help="Duration to keep a model loaded (e.g. 5m)")
+    p.add_argument("--verbose", action="store_true", help="Show timings for response")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
+    p.add_argument("--nowordwrap", action="store_true", help="Don't wrap words to the next line automatically")
+    p.add_argument("--format", default="", help="Response format (e.g. json)")
+    p.add_argument("--think", default=None, metavar="[=LEVEL]",
+                   help="Enable thinking mode: true/false or high/medium/low/max for supported models")
+    p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
+    p.add_argument("--truncate", default=None, type=_go_bool, metavar="[=BOOL]",
+                   help="For embedding models: truncate inputs exceeding context length (default: true). "
+                        "Set --truncate=false to error instead")
+    p.add_argument("--dimensions", default=0, type=int,
+                   help="Truncate output embeddings to specified dimension (embedding models only)")
+    p.set_defaults(handler=cmd_run)
+
+    p = sub.add_parser("stop", help="Stop a running model")
+    p.add_argument("model")
+    p.set_defaults(handler=cmd_stop)
+
+    p = sub.add_parser("ps", help="List running models")
+    p.add_argument("prefix", nargs="?", default="")
+    p.set_defaults(handler=cmd_ps)
+
     p = sub.add_parser("list", aliases=["ls"], help="List models")
     p.add_argument("prefix", nargs="?", default="")
     p.set_defaults(handler=cmd_list)
@@ -165,6 +291,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rm", help="Remove a model")
     p.add_argument("models", nargs="+")
     p.set_defaults(handler=cmd_rm)
+
+    p = sub.add_parser("pull", help="Pull a model from a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.set_defaults(handler=cmd_pull)
+
+    p = sub.add_parser("push", help="Push a model to a registry")
+    p.add_argument("model")
+    p.add_argument("--insecure", action="store_true", help="Use an insecure registry (plain http)")
+    p.set_defaults(handler=cmd_push)
+
+    p = sub.add_parser("export", help="Write a model to an OCI image layout tar file")
+    p.add_argument("model")
+    p.add_argument("-o", "--output", required=True, help="The tar file to write")
+    p.set_defaults(handler=cmd_export)
+
+    p = sub.add_parser("import", help="Install the models of an OCI image layout tar file")
+    p.add_argument("file")
+    p.add_argument("name", nargs="?", default="", help="Install the (single) model under this name")
+    p.set_defaults(handler=cmd_import)
 
     p = sub.add_parser("help", help="Help about any command")
     p.add_argument("topic", nargs="?")
@@ -185,7 +331,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from pollama.errors import PollamaError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(_normalize_argv(sys.argv[1:] if argv is None else argv))
+    if extra:
+        if getattr(args, "handler", None) is cmd_run and not any(a.startswith("-") for a in extra):
+            args.prompt = [*args.prompt, *extra]  # prompt words after flags, as cobra allows
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.version:
         return cmd_version(args)
     handler: Handler | None = getattr(args, "handler", None)

@@ -276,3 +276,33 @@ def test_embed(smollm2_server: ServerProcess, inputs: str | list[str]) -> None:
         assert len(legacy) == 576 and abs(sum(v * v for v in legacy) - 1.0) > 1e-3
         r = c.post("/api/embed", json={"model": "smollm2", "input": "word " * 3000, "truncate": False})
         assert (r.status_code, r.json()) == (400, {"error": "the input length exceeds the context length"})
+
+
+def test_load_options_reload_and_max_loaded_models(start_server: object, smollm2_gguf: Path) -> None:
+    from tests.conftest import create_from_gguf
+
+    srv = start_server(OLLAMA_MAX_LOADED_MODELS="1")  # type: ignore[operator]
+    with srv.client() as c:
+        create_from_gguf(c, "a", smollm2_gguf)
+        r = c.post("/api/create", json={"model": "b", "from": "a", "system": "x", "stream": False})
+        assert r.status_code == 200
+        generate_opts = {"prompt": "hi", "stream": False}
+        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 1024,
+                                                                                    "num_predict": 1}})
+        assert r.status_code == 200, r.text
+        assert [(m["name"], m["context_length"]) for m in c.get("/api/ps").json()["models"]] == [("a:latest", 1024)]
+        # A different num_ctx is a load-time option: the runner is replaced.
+        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512,
+                                                                                    "num_predict": 1}})
+        assert r.json()["load_duration"] > 0
+        assert [(m["name"], m["context_length"]) for m in c.get("/api/ps").json()["models"]] == [("a:latest", 512)]
+        # Sampling options never reload.
+        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512,
+                                                                                    "temperature": 0.1,
+                                                                                    "num_predict": 1}})
+        assert r.json()["load_duration"] == 0
+        # "b" shares a's weights blob: Ollama keys runners by weights, so it reuses the loaded runner.
+        r = c.post("/api/generate", json={"model": "b", **generate_opts, "options": {"num_ctx": 512,
+                                                                                    "num_predict": 1}})
+        assert r.status_code == 200
+        assert len(c.get("/api/ps").json()["models"]) == 1
