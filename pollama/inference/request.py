@@ -68,9 +68,6 @@ class Chunk:
     stats: Stats | None = None
     context: list[int] | None = None
     model: str = ""
-    # Per generated token, in Ollama's shape: {token, logprob, bytes?, top_logprobs?: [...]}; empty
-    # while the runner does not report log probabilities.
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
     # Per generated token, when asked: {"token", "logprob", "bytes", "top_logprobs": [...]}.
     logprobs: list[dict[str, Any]] = field(default_factory=list)
 

@@ -20,7 +20,7 @@ from typing import Any
 from starlette.concurrency import run_in_threadpool
 
 from pollama.config import Settings
-from pollama.errors import InvalidRequest, ModelNotFound, UnsupportedCapability
+from pollama.errors import InvalidRequest, ModelNotFound, ParameterError, PollamaError, UnsupportedCapability
 from pollama.gguf import GGUFFile, read_gguf
 from pollama.gguf.info import context_length, estimate_memory
 from pollama.inference.grammar import JSON_GRAMMAR
@@ -157,7 +157,10 @@ class InferenceService:
         from pollama.modelfile import validate_options
 
         options = dict(model.params)
-        options.update(validate_options(requested or {}))
+        try:
+            options.update(validate_options(requested or {}))
+        except ParameterError as exc:
+            raise PollamaError(str(exc)) from None  # Ollama answers a mistyped option with a 500
         return options
 
     # --- completions ----------------------------------------------------------------------------
@@ -173,6 +176,8 @@ class InferenceService:
             yield Chunk(done=True, done_reason="unload", model=display)
             return
         info = await self.model_info(model)
+        if req.think is None and "thinking" in info.capabilities:
+            req.think = True  # Ollama turns thinking on for models that can think (≥0.12.4)
         self._check(req, model, info)
         options = self.merged_options(model, req.options)
         spec = self.load_spec(model, info, options, embedding=False)
@@ -194,7 +199,6 @@ class InferenceService:
 
     def _check(self, req: CompletionRequest, model: StoredModel, info: _ModelInfo) -> None:
         caps = info.capabilities
-        short = model.name.display
         full = model.name.full
         if req.raw and (req.template or req.system or req.context):
             raise InvalidRequest("raw mode does not support template, system, or context")
@@ -205,12 +209,10 @@ class InferenceService:
         if req.suffix and "insert" not in caps:
             raise UnsupportedCapability(f"{full} does not support insert")
         if req.think not in (None, False) and "thinking" not in caps:
-            raise UnsupportedCapability(f'"{short}" does not support thinking')
+            raise UnsupportedCapability(f'"{req.model}" does not support thinking')
         has_images = bool(req.images) or any(m.get("images") for m in req.messages)
         if has_images and "vision" not in caps:
             raise InvalidRequest("this model is missing data required for image input")
-        if isinstance(req.think, str) and req.think not in ("high", "medium", "low", "max"):
-            raise InvalidRequest(f'invalid think value: "{req.think}" (must be "high", "medium", "low", true, or false)')
 
     async def _prompt(self, req: CompletionRequest, model: StoredModel, info: _ModelInfo,
                       runner: RunnerProcess, num_ctx: int) -> _Prompt:

@@ -72,6 +72,7 @@ class _Slot:
     held: str = ""
     generated: list[int] = field(default_factory=list)
     prompt_count: int = 0
+    prompt_total: int = 0
     started: float = 0.0
     prompt_done: float = 0.0
     last_used: float = 0.0
@@ -242,6 +243,7 @@ class Engine:
         slot.held = ""
         slot.generated = []
         slot.prompt_count = len(slot.pending)
+        slot.prompt_total = len(tokens)
         slot.started = time.perf_counter()
         slot.prompt_done = 0.0
 
@@ -354,7 +356,10 @@ class Engine:
             job.emit({
                 "done": True,
                 "done_reason": reason,
-                "prompt_eval_count": slot.prompt_count,
+                # Ollama counts the whole prompt, cached tokens included; "prompt_cached" says how
+                # many of them came from the slot's KV cache instead of being evaluated.
+                "prompt_eval_count": slot.prompt_total,
+                "prompt_cached": slot.prompt_total - slot.prompt_count,
                 "prompt_eval_duration": int((prompt_done - slot.started) * 1e9),
                 "eval_count": len(slot.generated),
                 "eval_duration": int((end - prompt_done) * 1e9),

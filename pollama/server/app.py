@@ -11,10 +11,13 @@ from starlette.concurrency import run_in_threadpool
 
 from pollama import __version__
 from pollama.config import Settings
+from pollama.inference.service import InferenceService
+from pollama.server import anthropic, openai
 from pollama.server.context import ServerContext
 from pollama.server.errors import install_error_handlers
 from pollama.server.middleware import HostGuard, add_cors
-from pollama.server.ollama import misc, models
+from pollama.server.ollama import inference, misc, models
+from pollama.server.ollama import registry as registry_api
 from pollama.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -23,11 +26,17 @@ log = logging.getLogger(__name__)
 def create_app(settings: Settings) -> FastAPI:
     """A pollama server for ``settings``; its state lives on ``app.state.ctx``."""
     ctx = ServerContext(settings=settings, store=ModelStore(settings.models, noprune=settings.noprune))
+    inference_service = InferenceService(settings, ctx.store)
+    ctx.services["inference"] = inference_service
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.store.prepare)
-        yield
+        inference_service.start()
+        try:
+            yield
+        finally:
+            await inference_service.close()
 
     app = FastAPI(title="pollama", version=__version__, lifespan=lifespan,
                   description="Ollama's API, served by pollama.")
@@ -35,6 +44,10 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(misc.router)
     app.include_router(models.router)
+    app.include_router(registry_api.router)
+    app.include_router(inference.router)
+    app.include_router(openai.router)
+    app.include_router(anthropic.router)
     add_cors(app, settings.origins)
     app.add_middleware(HostGuard, enabled=settings.host.is_loopback)
     return app

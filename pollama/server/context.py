@@ -45,10 +45,32 @@ def context(request: Request) -> ServerContext:
 
 
 def body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` describing a JSON request body that a handler decodes itself."""
+    """``openapi_extra`` describing a JSON request body that a handler decodes itself.
+
+    Pydantic puts nested models under ``$defs`` and points at them with ``#/$defs/...``, which would
+    not resolve inside the OpenAPI document; they are inlined instead (a recursive reference, which
+    could not be inlined, becomes ``{}``: any value).
+    """
+    schema = model.model_json_schema(by_alias=True)
+    defs = schema.pop("$defs", {})
     return {
         "requestBody": {
             "required": True,
-            "content": {"application/json": {"schema": model.model_json_schema(by_alias=True)}},
+            "content": {"application/json": {"schema": _inline_refs(schema, defs, ())}},
         }
     }
+
+
+def _inline_refs(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
+    if isinstance(node, list):
+        return [_inline_refs(item, defs, seen) for item in node]
+    if not isinstance(node, dict):
+        return node
+    ref = node.get("$ref")
+    if isinstance(ref, str) and ref.startswith("#/$defs/"):
+        name = ref[len("#/$defs/"):]
+        siblings = {k: _inline_refs(v, defs, seen) for k, v in node.items() if k != "$ref"}
+        if name in seen or name not in defs:
+            return siblings
+        return {**_inline_refs(defs[name], defs, (*seen, name)), **siblings}
+    return {k: _inline_refs(v, defs, seen) for k, v in node.items()}

@@ -107,7 +107,7 @@ class GenerateRequest(_Body):
     images: list[str] | None = None
     options: dict[str, Any] | None = None
     keep_alive: Any = None
-    think: bool | str | None = None
+    think: Any = None
     truncate: bool | None = None
     shift: bool | None = None
     logprobs: bool = False
@@ -122,7 +122,7 @@ class ChatRequest(_Body):
     format: Any = None
     options: dict[str, Any] | None = None
     keep_alive: Any = None
-    think: bool | str | None = None
+    think: Any = None
     truncate: bool | None = None
     shift: bool | None = None
     logprobs: bool = False

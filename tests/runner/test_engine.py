@@ -85,7 +85,9 @@ def test_greedy_is_deterministic_and_counts(engine: Engine) -> None:
     assert a == b and a
     assert fa["done_reason"] == "length" and fa["eval_count"] == 12
     # The second run reuses the cached prompt: only the last prompt token is evaluated again.
-    assert fb["prompt_eval_count"] == 1
+    assert fb["prompt_eval_count"] == fa["prompt_eval_count"] == len(engine.model.tokenize("The capital of France is"))
+    assert fa["prompt_cached"] == 0 or fa["prompt_cached"] == fa["prompt_eval_count"] - 1
+    assert fb["prompt_cached"] == fb["prompt_eval_count"] - 1
 
 
 def test_parallel_jobs_match_solo(engine: Engine) -> None:

@@ -43,6 +43,17 @@ def parse_format(value: Any) -> Any:
     raise InvalidRequest(f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
 
 
+def parse_think(value: Any) -> bool | str | None:
+    """``think``: a bool or a level (spec §2.0)."""
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if value in ("high", "medium", "low", "max"):
+            return value
+        raise InvalidRequest(f'invalid think value: "{value}" (must be "high", "medium", "low", "max", true, or false)')
+    raise InvalidRequest('think must be a boolean or string ("high", "medium", "low", "max", true, or false)')
+
+
 def _check_logprobs(top_logprobs: int) -> None:
     if top_logprobs < 0 or top_logprobs > 20:
         raise InvalidRequest("top_logprobs must be between 0 and 20")
@@ -137,7 +148,7 @@ async def generate(request: Request) -> Response:
         model=body.model, endpoint="generate", prompt=body.prompt, suffix=body.suffix,
         system=body.system or None, template=body.template or None, raw=body.raw, context=body.context,
         images=list(body.images or []), format=parse_format(body.format), options=dict(body.options or {}),
-        think=body.think, keep_alive=keep_alive_seconds(body.keep_alive),
+        think=parse_think(body.think), keep_alive=keep_alive_seconds(body.keep_alive),
         truncate=body.truncate is not False, shift=body.shift is not False,
         logprobs=body.logprobs, top_logprobs=body.top_logprobs)
     chunks = service(request).complete(req)
@@ -157,7 +168,7 @@ async def chat(request: Request) -> Response:
     req = CompletionRequest(
         model=body.model, endpoint="chat", messages=messages,
         tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
-        format=parse_format(body.format), options=dict(body.options or {}), think=body.think,
+        format=parse_format(body.format), options=dict(body.options or {}), think=parse_think(body.think),
         keep_alive=keep_alive_seconds(body.keep_alive), truncate=body.truncate is not False,
         shift=body.shift is not False, logprobs=body.logprobs, top_logprobs=body.top_logprobs)
     if not req.model:

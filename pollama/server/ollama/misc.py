@@ -10,11 +10,13 @@ from pollama import OLLAMA_VERSION
 router = APIRouter(tags=["misc"])
 
 
-@router.api_route("/", methods=["GET", "HEAD"], summary="Liveness")
+@router.head("/", summary="Liveness (headers only)", operation_id="root_head")
+@router.get("/", summary="Liveness", operation_id="root_get")
 async def root() -> PlainTextResponse:
     return PlainTextResponse("Ollama is running")
 
 
-@router.api_route("/api/version", methods=["GET", "HEAD"], summary="Server version")
+@router.head("/api/version", summary="Server version (headers only)", operation_id="version_head")
+@router.get("/api/version", summary="Server version", operation_id="version_get")
 async def version() -> JSONResponse:
     return JSONResponse({"version": OLLAMA_VERSION})

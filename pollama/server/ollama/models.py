@@ -61,7 +61,8 @@ def list_entry(model: StoredModel, capabilities: list[str]) -> dict[str, Any]:
     return entry
 
 
-@router.api_route("/api/tags", methods=["GET", "HEAD"], summary="List installed models")
+@router.head("/api/tags", summary="List installed models (headers only)", operation_id="list_models_head")
+@router.get("/api/tags", summary="List installed models", operation_id="list_models_get")
 async def list_models(request: Request) -> JSONResponse:
     ctx = context(request)
 
