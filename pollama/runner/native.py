@@ -39,7 +39,7 @@ def init_backend(*, quiet: bool = True) -> None:
 
 @C.llama_log_callback  # type: ignore[misc]
 def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-    if level >= 4 and text:  # GGML_LOG_LEVEL_ERROR
+    if level == 4 and text:  # GGML_LOG_LEVEL_ERROR (5 continues the previous line)
         log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
 
 

@@ -25,6 +25,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,25 @@ class RunnerServer:
     def __init__(self, model: Model, engine: Engine) -> None:
         self.model = model
         self.engine = engine
+        # Events from the engine thread wait here and are handed to the event loop in one wake-up
+        # per decode step rather than one per token per request (each wake-up is a syscall).
+        self._outbox: list[tuple[asyncio.Queue[dict[str, Any]], dict[str, Any]]] = []
+        self._outbox_lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _post(self, queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
+        """Called on the engine thread: queue ``event`` for delivery on the event loop."""
+        with self._outbox_lock:
+            wake = not self._outbox
+            self._outbox.append((queue, event))
+        if wake and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._deliver)
+
+    def _deliver(self) -> None:
+        with self._outbox_lock:
+            pending, self._outbox = self._outbox, []
+        for queue, event in pending:
+            queue.put_nowait(event)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -102,6 +122,7 @@ class RunnerServer:
     async def _completion(self, request: dict[str, Any], reader: asyncio.StreamReader,
                           writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
+        self._loop = loop
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         if request.get("tokens") is not None:
             tokens = [int(t) for t in request["tokens"]]
@@ -120,7 +141,7 @@ class RunnerServer:
         job = CompletionJob(
             tokens=tokens,
             sampling=sampling_from(options, grammar),
-            emit=lambda event: loop.call_soon_threadsafe(events.put_nowait, event),
+            emit=lambda event: self._post(events, event),
             num_predict=int(options.get("num_predict", -1) if options.get("num_predict") is not None else -1),
             num_keep=int(options.get("num_keep", 4) if options.get("num_keep") is not None else 4),
             stop=tuple(s for s in (options.get("stop") or []) if s),
@@ -134,15 +155,23 @@ class RunnerServer:
         gone = loop.create_task(reader.read())  # EOF = the client went away
         try:
             while True:
-                getter = loop.create_task(events.get())
-                done, _ = await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
+                if events.empty():
+                    await writer.drain()
+                    getter = loop.create_task(events.get())
+                    done, _ = await asyncio.wait({getter, gone}, return_when=asyncio.FIRST_COMPLETED)
+                    if getter not in done:
+                        getter.cancel()
+                        self.engine.cancel(job)
+                        return
+                    event = getter.result()
+                else:
+                    event = events.get_nowait()
+                if gone.done():
                     self.engine.cancel(job)
                     return
-                event = getter.result()
-                await _send(writer, event)
+                writer.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
                 if event.get("done") or "error" in event:
+                    await writer.drain()
                     return
         except (ConnectionError, asyncio.CancelledError):
             self.engine.cancel(job)
