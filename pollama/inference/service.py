@@ -71,6 +71,7 @@ class InferenceService:
             max_queue=settings.max_queue,
         )
         self._info: dict[str, _ModelInfo] = {}
+        self._templates: dict[str, Any] = {}
 
     async def _launch(self, spec: LoadSpec) -> RunnerProcess:
         return await launch_runner(spec, load_timeout=self.settings.load_timeout, debug=bool(self.settings.debug))
@@ -235,7 +236,12 @@ class InferenceService:
             return await self._with_context(req, runner, _Prompt(text))
 
         source = model.template if model.template is not None else "{{ .Prompt }}"
-        template = parse_template(source)
+        template = self._templates.get(source)
+        if template is None:
+            template = parse_template(source)
+            if len(self._templates) > 64:
+                self._templates.clear()
+            self._templates[source] = template
         if req.endpoint == "chat":
             preq = PromptRequest(endpoint="chat", messages=req.messages, tools=req.tools, think=req.think,
                                  model_system=model.system or None, model_messages=model.messages)
@@ -255,6 +261,8 @@ class InferenceService:
         text = build_prompt(template, preq)
         if req.endpoint != "chat" or not req.truncate or len(preq.messages) <= 1:
             return text
+        if len(text.encode("utf-8")) + 2 <= num_ctx:
+            return text  # every token covers at least one byte: it fits without counting
         count = len(await runner.tokenize(text, add_special=True))
         if count <= num_ctx:
             return text
