@@ -1,4 +1,4 @@
-"""Glue between the conformance corpora in ``../shared/conformance`` and pollama's public API.
+"""Glue between the conformance corpora (``../shared/conformance``, copied in ``tests/data``) and pollama's public API.
 
 Three thin functions, one per corpus; each translates a case into calls of pollama's public API
 and nothing else. A held-back part of every corpus is run through these same functions.

@@ -174,3 +174,25 @@ def smollm2_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
         yield proc
     finally:
         proc.stop()
+
+
+def conformance_cases(file_name: str) -> list[dict[str, object]]:
+    """The visible cases of a conformance corpus.
+
+    Looked up in ``$POLLAMA_CONFORMANCE_DIR``, then ``../shared/conformance`` next to the checkout
+    (where the project keeps the golden data), then the copy in ``tests/data/conformance``, so a
+    clone anywhere still runs every case. A missing corpus fails collection instead of passing
+    with no cases.
+    """
+    import json
+
+    repo = Path(__file__).resolve().parents[1]
+    places = [Path(p) for p in [os.environ.get("POLLAMA_CONFORMANCE_DIR", "")] if p]
+    places += [repo.parent / "shared" / "conformance", repo / "tests" / "data" / "conformance"]
+    for place in places:
+        path = place / file_name
+        if path.is_file():
+            cases = json.loads(path.read_text(encoding="utf-8"))["cases"]
+            assert cases, f"{path} has no cases"
+            return list(cases)
+    raise FileNotFoundError(f"conformance corpus {file_name} not found in {', '.join(map(str, places))}")

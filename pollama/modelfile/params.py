@@ -272,6 +272,12 @@ def _underscores_ok(text: str) -> bool:
 # --- API JSON values ------------------------------------------------------------------------------
 
 
+# Mirostat is gone from Ollama's options (its PARAMETER names are deprecated and dropped), but
+# llama.cpp still samples with it, so pollama's API accepts these three in ``options``.
+_SAMPLER_EXTENSIONS = {"mirostat": ParamType.INT, "mirostat_tau": ParamType.FLOAT,
+                       "mirostat_eta": ParamType.FLOAT}
+
+
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """Check an ``options`` object (JSON values) as Ollama's ``Options.FromMap`` does.
 
@@ -282,7 +288,7 @@ def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:
     """
     normalized: dict[str, Any] = {}
     for key, value in options.items():
-        kind = PARAMETER_TYPES.get(key)
+        kind = PARAMETER_TYPES.get(key) or _SAMPLER_EXTENSIONS.get(key)
         if kind is None:
             logger.warning("invalid option provided: option=%s", key)
             continue

@@ -103,9 +103,10 @@ def test_modelfile_to_create_request_parameters(tmp_path: Any) -> None:
 def test_validate_options_normalizes() -> None:
     options = validate_options({"num_ctx": 2048.9, "num_predict": -3.7, "temperature": 1,
                                 "top_p": 0.5, "use_mmap": False, "stop": ["a", "b"], "seed": 7,
-                                "main_gpu": None, "unknown": "ignored", "mirostat": 2})
+                                "main_gpu": None, "unknown": "ignored", "mirostat": 2, "use_mlock": True})
+    # mirostat is a pollama extension (llama.cpp still samples with it); use_mlock stays dropped.
     assert options == {"num_ctx": 2048, "num_predict": -3, "temperature": 1.0, "top_p": 0.5,
-                       "use_mmap": False, "stop": ["a", "b"], "seed": 7}
+                       "use_mmap": False, "stop": ["a", "b"], "seed": 7, "mirostat": 2}
     assert isinstance(options["temperature"], float)
 
 

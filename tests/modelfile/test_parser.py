@@ -16,9 +16,9 @@ try:
     from tests.conformance import parse_modelfile_case
 except ModuleNotFoundError:  # plain `pytest` (not `python -m pytest`) leaves the repo root off sys.path
     from conformance import parse_modelfile_case  # type: ignore[no-redef]
+from tests.conftest import conformance_cases
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "modelfile.json"
-CASES: list[dict[str, Any]] = json.loads(CORPUS.read_text(encoding="utf-8"))["cases"]
+CASES: list[dict[str, Any]] = conformance_cases("modelfile.json")  # type: ignore[assignment]
 INVALID = ('command must be one of "from", "license", "template", "system", "adapter", "draft", '
            '"renderer", "parser", "parameter", "message", or "requires"')
 ROLE = 'message role must be one of "system", "user", or "assistant"'

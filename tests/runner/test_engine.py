@@ -205,3 +205,24 @@ def test_logprobs_of_greedy_tokens(engine: Engine) -> None:
         assert entry["token"] == top[0]["token"] and entry["logprob"] == top[0]["logprob"] <= 0
         assert bytes(entry["bytes"]).decode("utf-8", "replace") == entry["token"]
     assert "".join(e["token"] for e in entries) == "".join(e.get("content", "") for e in events)
+
+
+@pytest.mark.parametrize("mirostat", [1, 2])
+def test_mirostat_sampling_is_seeded(engine: Engine, mirostat: int) -> None:
+    params = SamplingParams(temperature=0.8, mirostat=mirostat, mirostat_tau=5.0, mirostat_eta=0.1, seed=11)
+    a, fa = run_job(engine, "Once upon a time", num_predict=16, sampling=params)
+    b, _ = run_job(engine, "Once upon a time", num_predict=16, sampling=params)
+    assert a == b and fa["eval_count"] == 16
+
+
+def test_penalties_and_truncation_samplers_change_output(engine: Engine) -> None:
+    plain, _ = run_job(engine, "Repeat after me: la la la la la", num_predict=24)
+    penalized, _ = run_job(engine, "Repeat after me: la la la la la", num_predict=24,
+                           sampling=SamplingParams(temperature=0, repeat_penalty=1.8, repeat_last_n=64,
+                                                   presence_penalty=1.0, frequency_penalty=1.0))
+    assert plain != penalized
+    a, _ = run_job(engine, "My favourite animal is", num_predict=16,
+                   sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4))
+    b, _ = run_job(engine, "My favourite animal is", num_predict=16,
+                   sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4))
+    assert a == b and a

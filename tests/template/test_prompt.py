@@ -23,14 +23,13 @@ try:
 except ImportError:  # tests/ itself is on sys.path (pytest's rootdir insertion)
     from conformance import run_chat_case  # type: ignore[no-redef]
 
-CORPUS = Path(__file__).resolve().parents[2].parent / "shared" / "conformance" / "gotemplate-chat.json"
 ERRORS = {"parse": TemplateParseError, "exec": TemplateExecError, "panic": TemplatePanic}
 
 
 def _cases() -> list[dict[str, Any]]:
-    if not CORPUS.is_file():
-        return []
-    return list(json.loads(CORPUS.read_text(encoding="utf-8"))["cases"])
+    from tests.conftest import conformance_cases
+
+    return conformance_cases("gotemplate-chat.json")  # type: ignore[return-value]
 
 
 CASES = _cases()
