@@ -35,6 +35,7 @@ class CompletionRequest:
     shift: bool = True
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = False  # answer with the rendered prompt instead of generating
 
     @property
     def is_empty(self) -> bool:
@@ -70,6 +71,7 @@ class Chunk:
     model: str = ""
     # Per generated token, when asked: {"token", "logprob", "bytes", "top_logprobs": [...]}.
     logprobs: list[dict[str, Any]] = field(default_factory=list)
+    debug_info: dict[str, Any] | None = None  # ``_debug_render_only``: the rendered prompt
 
 
 @dataclass

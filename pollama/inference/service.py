@@ -192,6 +192,13 @@ class InferenceService:
         try:
             runner: RunnerProcess = lease.runner  # type: ignore[assignment]
             prompt = await self._prompt(req, model, info, runner, lease.spec.num_ctx)
+            if req.debug_render_only:
+                images = len(req.images) + sum(len(m.get("images") or []) for m in req.messages)
+                debug: dict[str, Any] = {"rendered_template": prompt.text}
+                if images:
+                    debug["image_count"] = images
+                yield Chunk(done=True, model=display, debug_info=debug)
+                return
             async for chunk in self._run(req, prompt, options, runner, lease, started):
                 chunk.model = display
                 yield chunk

@@ -112,6 +112,7 @@ class GenerateRequest(_Body):
     shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class ChatRequest(_Body):
@@ -127,6 +128,7 @@ class ChatRequest(_Body):
     shift: bool | None = None
     logprobs: bool = False
     top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class EmbedRequest(_Body):

@@ -317,3 +317,16 @@ def test_load_options_reload_and_max_loaded_models(start_server: object, smollm2
                                                                                     "num_predict": 1}})
         assert r.status_code == 200
         assert len(c.get("/api/ps").json()["models"]) == 1
+
+
+def test_debug_render_only(smollm2_server: ServerProcess) -> None:
+    with smollm2_server.client() as c:
+        r = c.post("/api/chat", json={"model": "smollm2", "_debug_render_only": True,
+                                      "messages": [{"role": "system", "content": "Be brief."},
+                                                   {"role": "user", "content": "Hi"}]})
+        body = r.json()
+        assert body["done"] is True and body["message"]["content"] == ""
+        assert body["_debug_info"] == {"rendered_template": "<|im_start|>system\nBe brief.<|im_end|>\n"
+                                                             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"}
+        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "_debug_render_only": True})
+        assert r.json()["_debug_info"]["rendered_template"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"

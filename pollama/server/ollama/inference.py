@@ -85,6 +85,8 @@ def render_generate(chunk: Chunk) -> dict[str, Any]:
         out["context"] = chunk.context
     if chunk.logprobs:
         out["logprobs"] = chunk.logprobs
+    if chunk.debug_info is not None:
+        out["_debug_info"] = chunk.debug_info
     return _stats(chunk, out)
 
 
@@ -100,6 +102,8 @@ def render_chat(chunk: Chunk) -> dict[str, Any]:
         out["done_reason"] = chunk.done_reason
     if chunk.logprobs:
         out["logprobs"] = chunk.logprobs
+    if chunk.debug_info is not None:
+        out["_debug_info"] = chunk.debug_info
     return _stats(chunk, out)
 
 
@@ -150,9 +154,9 @@ async def generate(request: Request) -> Response:
         images=list(body.images or []), format=parse_format(body.format), options=dict(body.options or {}),
         think=parse_think(body.think), keep_alive=keep_alive_seconds(body.keep_alive),
         truncate=body.truncate is not False, shift=body.shift is not False,
-        logprobs=body.logprobs, top_logprobs=body.top_logprobs)
+        logprobs=body.logprobs, top_logprobs=body.top_logprobs, debug_render_only=body.debug_render_only)
     chunks = service(request).complete(req)
-    stream = body.stream is not False and not req.is_empty
+    stream = body.stream is not False and not req.is_empty and not req.debug_render_only
     return await stream_or_collect(_rendered(chunks, render_generate), stream=stream, collect=_collect_generate)
 
 
@@ -170,11 +174,12 @@ async def chat(request: Request) -> Response:
         tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
         format=parse_format(body.format), options=dict(body.options or {}), think=parse_think(body.think),
         keep_alive=keep_alive_seconds(body.keep_alive), truncate=body.truncate is not False,
-        shift=body.shift is not False, logprobs=body.logprobs, top_logprobs=body.top_logprobs)
+        shift=body.shift is not False, logprobs=body.logprobs, top_logprobs=body.top_logprobs,
+        debug_render_only=body.debug_render_only)
     if not req.model:
         raise InvalidRequest("model is required")
     chunks = service(request).complete(req)
-    stream = body.stream is not False and not req.is_empty
+    stream = body.stream is not False and not req.is_empty and not req.debug_render_only
     return await stream_or_collect(_rendered(chunks, render_chat), stream=stream, collect=_collect_chat)
 
 
