@@ -28,7 +28,7 @@ from pollama.server.anthropic.types import MessageParam, MessagesRequest, ToolPa
 from pollama.server.context import body_schema, context
 from pollama.server.errors import status_for
 from pollama.server.ollama.inference import service
-from pollama.server.openai.stream import arguments_json, close, collect, first_chunk, go_type, sse, sse_response
+from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.wire import read_json
 
 log = logging.getLogger(__name__)
@@ -357,14 +357,8 @@ class _MessageStream:
         return events
 
     async def events(self, first: Chunk | None, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                for event in self.convert(first):
-                    yield event
-            async for chunk in chunks:
-                for event in self.convert(chunk):
-                    yield event
-        except Exception as exc:  # noqa: BLE001 - a failure mid-stream becomes an error event
-            yield self._event("error", {"error": _error_object(exc)})
-        finally:
-            await close(chunks)
+        def failed(exc: Exception) -> list[bytes]:
+            return [self._event("error", {"error": _error_object(exc)})]
+
+        async for event in converted(first, chunks, self.convert, failed):
+            yield event

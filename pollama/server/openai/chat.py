@@ -24,7 +24,7 @@ from pollama.inference import Chunk, CompletionRequest, Stats
 from pollama.server.context import body_schema
 from pollama.server.ollama.inference import parse_format, service
 from pollama.server.openai.errors import OpenAIRoute, error_for
-from pollama.server.openai.stream import arguments_json, close, collect, first_chunk, go_type, sse, sse_response
+from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import ChatCompletion, ChatCompletionRequest, ChatMessage, ResponseFormat, documented
 from pollama.server.openai.types import ToolCall as ToolCallBody
 from pollama.server.wire import read_json
@@ -325,15 +325,6 @@ class _ChatStream:
         return out
 
     async def events(self, first: Chunk | None, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                for event in self.convert(first):
-                    yield event
-            async for chunk in chunks:
-                for event in self.convert(chunk):
-                    yield event
-        except Exception as exc:  # noqa: BLE001 - a failure mid-stream becomes an error event
-            yield sse(error_for(exc))
-        finally:
-            await close(chunks)
+        async for event in converted(first, chunks, self.convert, lambda exc: [sse(error_for(exc))]):
+            yield event
         yield sse("[DONE]")

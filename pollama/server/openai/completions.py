@@ -18,7 +18,7 @@ from pollama.server.context import body_schema
 from pollama.server.ollama.inference import service
 from pollama.server.openai.chat import check_top_logprobs, usage
 from pollama.server.openai.errors import OpenAIRoute, error_for
-from pollama.server.openai.stream import close, collect, first_chunk, go_type, sse, sse_response
+from pollama.server.openai.stream import collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import Completion, documented
 from pollama.server.openai.types import CompletionRequest as CompletionBody
 from pollama.server.wire import read_json
@@ -108,15 +108,6 @@ async def _events(completion_id: str, model: str, include_usage: bool, first: Ch
                             "usage": usage(chunk.stats or Stats())}))
         return out
 
-    try:
-        if first is not None:
-            for item in event(first):
-                yield item
-        async for chunk in chunks:
-            for item in event(chunk):
-                yield item
-    except Exception as exc:  # noqa: BLE001 - a failure mid-stream becomes an error event
-        yield sse(error_for(exc))
-    finally:
-        await close(chunks)
+    async for item in converted(first, chunks, event, lambda exc: [sse(error_for(exc))]):
+        yield item
     yield sse("[DONE]")

@@ -26,7 +26,7 @@ from pollama.server.errors import status_for
 from pollama.server.ollama.inference import parse_format, service
 from pollama.server.openai.chat import decode_image, think_from_effort, tool_calls_out
 from pollama.server.openai.errors import OpenAIRoute, error_type
-from pollama.server.openai.stream import close, collect, first_chunk, sse, sse_response
+from pollama.server.openai.stream import collect, converted, first_chunk, sse, sse_response
 from pollama.server.openai.types import ResponseObject, ResponsesRequest, ResponsesTool, documented
 from pollama.server.wire import read_json
 
@@ -413,16 +413,10 @@ class _ResponsesStream:
         return output
 
     async def events(self, first: Chunk | None, chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
-        try:
-            if first is not None:
-                for event in self.convert(first):
-                    yield event
-            async for chunk in chunks:
-                for event in self.convert(chunk):
-                    yield event
-        except Exception as exc:  # noqa: BLE001 - a failure mid-stream becomes response.failed
-            failed = self._response("failed", self._output())
-            failed["error"] = {"code": error_type(status_for(exc)), "message": str(exc) or exc.__class__.__name__}
-            yield self._event("response.failed", {"response": failed})
-        finally:
-            await close(chunks)
+        def failed(exc: Exception) -> list[bytes]:
+            response = self._response("failed", self._output())
+            response["error"] = {"code": error_type(status_for(exc)), "message": str(exc) or exc.__class__.__name__}
+            return [self._event("response.failed", {"response": response})]
+
+        async for event in converted(first, chunks, self.convert, failed):
+            yield event

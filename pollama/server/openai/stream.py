@@ -5,7 +5,7 @@ and the Go-flavoured bits of Ollama's messages (JSON tool arguments, ``%T`` type
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,26 @@ async def first_chunk(chunks: AsyncIterator[Chunk]) -> Chunk | None:
         return await chunks.__anext__()
     except StopAsyncIteration:
         return None
+
+
+async def converted(first: Chunk | None, chunks: AsyncIterator[Chunk],
+                    convert: Callable[[Chunk], list[bytes]],
+                    on_error: Callable[[Exception], list[bytes]]) -> AsyncIterator[bytes]:
+    """The events of a stream: ``convert`` applied to ``first`` and then to every later chunk; a
+    failure mid-stream becomes ``on_error``'s events (the status is already sent); ``chunks`` is
+    always closed, so a client that goes away releases its runner slot."""
+    try:
+        if first is not None:
+            for event in convert(first):
+                yield event
+        async for chunk in chunks:
+            for event in convert(chunk):
+                yield event
+    except Exception as exc:  # noqa: BLE001 - every failure becomes the protocol's error event
+        for event in on_error(exc):
+            yield event
+    finally:
+        await close(chunks)
 
 
 async def close(chunks: AsyncIterator[Chunk]) -> None:
