@@ -226,6 +226,9 @@ async def _serve(args: argparse.Namespace, model: Model, engine: Engine, ready: 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the runner subprocess."""
     args = parse_args(argv)
+    # The engine thread wants the GIL back the moment llama_decode returns; with the default 5 ms
+    # switch interval it could wait that long behind the socket thread on every decode step.
+    sys.setswitchinterval(0.0005)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="runner: %(levelname)s %(message)s", stream=sys.stderr)
     model = Model(ModelParams(path=args.model, n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu,
