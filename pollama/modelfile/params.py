@@ -26,6 +26,7 @@ from typing import Any
 
 from pollama.errors import ParameterError
 from pollama.modelfile._gofmt import go_quote
+from pollama.template.gostrconv import underscore_ok
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ def _parse_float32(text: str) -> float | None:
     if special is not None:
         return special
     if "_" in text:
-        if not _underscores_ok(text):
+        if not underscore_ok(text):
             return None
         text = text.replace("_", "")
     try:
@@ -244,29 +245,6 @@ def _go_special(value: float) -> str:
     if math.isnan(value):
         return "NaN"
     return "+Inf" if value > 0 else "-Inf"
-
-
-def _underscores_ok(text: str) -> bool:
-    """Go's ``underscoreOK``: each ``_`` sits between digits (or after a base prefix)."""
-    if text[:1] in ("+", "-"):
-        text = text[1:]
-    saw = "^"
-    hexadecimal = False
-    start = 0
-    if len(text) >= 2 and text[0] == "0" and text[1].lower() in ("b", "o", "x"):
-        start, saw, hexadecimal = 2, "0", text[1].lower() == "x"
-    for ch in text[start:]:
-        if "0" <= ch <= "9" or (hexadecimal and "a" <= ch.lower() <= "f"):
-            saw = "0"
-        elif ch == "_":
-            if saw != "0":
-                return False
-            saw = "_"
-        else:
-            if saw == "_":
-                return False
-            saw = "!"
-    return saw != "_"
 
 
 # --- API JSON values ------------------------------------------------------------------------------

@@ -65,7 +65,8 @@ def trim_space(s: str) -> str:
 # -- numbers -------------------------------------------------------------------------------------
 
 
-def _underscore_ok(s: str) -> bool:
+def underscore_ok(s: str) -> bool:
+    """Go's ``underscoreOK``: each ``_`` in a number literal sits between digits (or after a base prefix)."""
     saw = "^"
     i = 0
     if s[:1] in ("-", "+"):
@@ -106,7 +107,7 @@ def parse_uint(s: str) -> int:
             base, body = 16, s[2:]
         else:
             base, body = 8, s[1:]
-    if "_" in s and not _underscore_ok(s):
+    if "_" in s and not underscore_ok(s):
         raise SyntaxErr()
     body = body.replace("_", "")
     if base == 8 and body == "" and s == "0":
@@ -153,7 +154,7 @@ def parse_float(s: str) -> float:
             return math.nan
         return -math.inf if s[0] == "-" else math.inf
     if _HEX_FLOAT.match(s):
-        if "_" in s and not _underscore_ok(s):
+        if "_" in s and not underscore_ok(s):
             raise SyntaxErr()
         body = s.replace("_", "")
         sign = -1.0 if body[0] == "-" else 1.0
@@ -165,7 +166,7 @@ def parse_float(s: str) -> float:
         return sign * value
     if not _DEC_FLOAT.match(s) or not any(c.isdigit() for c in s):
         raise SyntaxErr()
-    if "_" in s and not _underscore_ok(s):
+    if "_" in s and not underscore_ok(s):
         raise SyntaxErr()
     value = float(s.replace("_", ""))
     if math.isinf(value):
