@@ -598,34 +598,16 @@ class _Printer:
             else:
                 self.bad_verb(verb)
             return
-        t = type(arg)
-        if t is str:
-            self.fmt_string(arg, verb)
-        elif t is int:
-            self.fmt_int(arg, True, verb)
-        elif t is bool:
-            self.fmt_bool(arg, verb)
-        elif t is float:
-            self.fmt_flt(arg, verb)
-        elif t is Uint8:
-            self.fmt_int(arg, False, verb)
-        elif t is complex:
-            self.fmt_complex(arg, verb)
-        elif t is bytes:
+        if self._print_basic(arg, verb):
+            return
+        if type(arg) is bytes:
             self.fmt_bytes(arg, verb, "[]byte")
-        else:
-            if not self.handle_methods(verb):
-                self.print_value(arg, verb, 0)
+        elif not self.handle_methods(verb):
+            self.print_value(arg, verb, 0)
 
-    def print_value(self, value: Any, verb: str, depth: int) -> None:
-        if depth > 0 and value is not INVALID:
-            inner = value.v if isinstance(value, Iface) else value
-            if inner is not None:
-                self.arg = inner
-                if self.handle_methods(verb):
-                    return
-        self.arg = None
-        self.value = value
+    def _print_basic(self, value: Any, verb: str) -> bool:
+        """Format a string, integer, bool, float, byte or complex value (the type switch Go's
+        ``printArg`` and ``printValue`` share); False for any other type."""
         t = type(value)
         if t is str:
             self.fmt_string(value, verb)
@@ -639,7 +621,22 @@ class _Printer:
             self.fmt_int(value, False, verb)
         elif t is complex:
             self.fmt_complex(value, verb)
-        elif value is INVALID:
+        else:
+            return False
+        return True
+
+    def print_value(self, value: Any, verb: str, depth: int) -> None:
+        if depth > 0 and value is not INVALID:
+            inner = value.v if isinstance(value, Iface) else value
+            if inner is not None:
+                self.arg = inner
+                if self.handle_methods(verb):
+                    return
+        self.arg = None
+        self.value = value
+        if self._print_basic(value, verb):
+            return
+        if value is INVALID:
             if depth == 0:
                 self.fmt_s("<invalid reflect.Value>")
             elif verb == "v":
