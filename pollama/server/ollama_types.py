@@ -94,41 +94,35 @@ class Tool(BaseModel):
     function: dict[str, Any] = Field(default_factory=dict)
 
 
-class GenerateRequest(_Body):
+class CompletionBody(_Body):
+    """The fields ``/api/generate`` and ``/api/chat`` share."""
+
     model: str = ""
+    stream: bool | None = None
+    format: Any = None
+    options: dict[str, Any] | None = None
+    keep_alive: Any = None
+    think: Any = None
+    truncate: bool | None = None
+    shift: bool | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    debug_render_only: bool = Field(False, alias="_debug_render_only")
+
+
+class GenerateRequest(CompletionBody):
     prompt: str = ""
     suffix: str = ""
     system: str = ""
     template: str = ""
     context: list[int] | None = None
-    stream: bool | None = None
     raw: bool = False
-    format: Any = None
     images: list[str] | None = None
-    options: dict[str, Any] | None = None
-    keep_alive: Any = None
-    think: Any = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
-class ChatRequest(_Body):
-    model: str = ""
+class ChatRequest(CompletionBody):
     messages: list[Message] | None = None
     tools: list[Tool] | None = None
-    stream: bool | None = None
-    format: Any = None
-    options: dict[str, Any] | None = None
-    keep_alive: Any = None
-    think: Any = None
-    truncate: bool | None = None
-    shift: bool | None = None
-    logprobs: bool = False
-    top_logprobs: int = 0
-    debug_render_only: bool = Field(False, alias="_debug_render_only")
 
 
 class EmbedRequest(_Body):

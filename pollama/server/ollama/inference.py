@@ -20,7 +20,7 @@ from pollama.inference import Chunk, CompletionRequest, EmbedRequest
 from pollama.inference.service import InferenceService
 from pollama.server.context import body_schema, context
 from pollama.server.ollama.models import model_details
-from pollama.server.ollama_types import ChatRequest, EmbeddingsRequest, GenerateRequest
+from pollama.server.ollama_types import ChatRequest, EmbeddingsRequest, GenerateRequest, CompletionBody
 from pollama.server.ollama_types import EmbedRequest as EmbedBody
 from pollama.server.wire import local_time, read_json, stream_or_collect, utc_now
 
@@ -139,6 +139,23 @@ def _collect_chat(items: list[dict[str, Any]]) -> dict[str, Any]:
     return final
 
 
+def _completion_fields(body: CompletionBody) -> dict[str, Any]:
+    """The internal request's fields that come the same way from a generate or a chat body."""
+    _check_logprobs(body.top_logprobs)
+    return {"model": body.model, "format": parse_format(body.format), "options": dict(body.options or {}),
+            "think": parse_think(body.think), "keep_alive": keep_alive_seconds(body.keep_alive),
+            "truncate": body.truncate is not False, "shift": body.shift is not False,
+            "logprobs": body.logprobs, "top_logprobs": body.top_logprobs,
+            "debug_render_only": body.debug_render_only}
+
+
+async def _complete(request: Request, req: CompletionRequest, stream: bool | None, render: Any,
+                    collect: Any) -> Response:
+    chunks = service(request).complete(req)
+    streaming = stream is not False and not req.is_empty and not req.debug_render_only
+    return await stream_or_collect(_rendered(chunks, render), stream=streaming, collect=collect)
+
+
 async def _rendered(chunks: AsyncIterator[Chunk], render: Any) -> AsyncIterator[dict[str, Any]]:
     async for chunk in chunks:
         yield render(chunk)
@@ -147,40 +164,28 @@ async def _rendered(chunks: AsyncIterator[Chunk], render: Any) -> AsyncIterator[
 @router.post("/api/generate", summary="Generate a completion", openapi_extra=body_schema(GenerateRequest))
 async def generate(request: Request) -> Response:
     body = await read_json(request, GenerateRequest)
-    _check_logprobs(body.top_logprobs)
     req = CompletionRequest(
-        model=body.model, endpoint="generate", prompt=body.prompt, suffix=body.suffix,
-        system=body.system or None, template=body.template or None, raw=body.raw, context=body.context,
-        images=list(body.images or []), format=parse_format(body.format), options=dict(body.options or {}),
-        think=parse_think(body.think), keep_alive=keep_alive_seconds(body.keep_alive),
-        truncate=body.truncate is not False, shift=body.shift is not False,
-        logprobs=body.logprobs, top_logprobs=body.top_logprobs, debug_render_only=body.debug_render_only)
-    chunks = service(request).complete(req)
-    stream = body.stream is not False and not req.is_empty and not req.debug_render_only
-    return await stream_or_collect(_rendered(chunks, render_generate), stream=stream, collect=_collect_generate)
+        endpoint="generate", prompt=body.prompt, suffix=body.suffix, system=body.system or None,
+        template=body.template or None, raw=body.raw, context=body.context, images=list(body.images or []),
+        **_completion_fields(body))
+    return await _complete(request, req, body.stream, render_generate, _collect_generate)
 
 
 @router.post("/api/chat", summary="Chat with a model", openapi_extra=body_schema(ChatRequest))
 async def chat(request: Request) -> Response:
     body = await read_json(request, ChatRequest)
-    _check_logprobs(body.top_logprobs)
+    fields = _completion_fields(body)
     messages = []
     for m in body.messages or []:
         msg = m.model_dump(exclude_none=True)
         msg["role"] = msg.get("role", "").lower()
         messages.append(msg)
     req = CompletionRequest(
-        model=body.model, endpoint="chat", messages=messages,
-        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
-        format=parse_format(body.format), options=dict(body.options or {}), think=parse_think(body.think),
-        keep_alive=keep_alive_seconds(body.keep_alive), truncate=body.truncate is not False,
-        shift=body.shift is not False, logprobs=body.logprobs, top_logprobs=body.top_logprobs,
-        debug_render_only=body.debug_render_only)
+        endpoint="chat", messages=messages,
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None, **fields)
     if not req.model:
         raise InvalidRequest("model is required")
-    chunks = service(request).complete(req)
-    stream = body.stream is not False and not req.is_empty and not req.debug_render_only
-    return await stream_or_collect(_rendered(chunks, render_chat), stream=stream, collect=_collect_chat)
+    return await _complete(request, req, body.stream, render_chat, _collect_chat)
 
 
 @router.post("/api/embed", summary="Embed text", openapi_extra=body_schema(EmbedBody))
