@@ -318,7 +318,8 @@ class InferenceService:
 
         body: dict[str, Any] = {"op": "completion", "prompt": prompt.text, "shift": req.shift,
                                 "truncate": req.truncate, "options": _runner_options(options),
-                                "logprobs": req.logprobs or req.top_logprobs > 0, "top_logprobs": req.top_logprobs}
+                                "logprobs": req.logprobs or req.top_logprobs > 0, "top_logprobs": req.top_logprobs,
+                                "return_tokens": req.endpoint == "generate" and not req.raw}
         if req.format == "json":
             body["grammar"] = JSON_GRAMMAR
         elif isinstance(req.format, dict):
@@ -331,10 +332,10 @@ class InferenceService:
         if req.tools and prompt.tool_tag:
             names = [t.get("function", {}).get("name", "") for t in req.tools]
             tools = ToolCallParser(prompt.tool_tag, [n for n in names if n])
-        prompt_tokens = 0
+        prompt_tokens: list[int] = []
         async for event in runner.stream(body):
             if "prompt_tokens" in event:
-                prompt_tokens = int(event["prompt_tokens"])
+                prompt_tokens = list(event.get("tokens", []))
                 continue
             if "content" in event:
                 chunk = _parse(event["content"], thinker, tools)
@@ -356,8 +357,7 @@ class InferenceService:
                 )
                 context = None
                 if req.endpoint == "generate" and not req.raw:
-                    context = (await runner.tokenize(prompt.text, add_special=True))[:prompt_tokens or None]
-                    context = context + list(event.get("tokens", []))
+                    context = prompt_tokens + list(event.get("tokens", []))
                 reason = event.get("done_reason") or "stop"
                 yield Chunk(done=True, done_reason=reason, stats=stats, context=context)
                 return

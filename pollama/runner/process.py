@@ -151,7 +151,10 @@ class RunnerServer:
             top_logprobs=int(request.get("top_logprobs") or 0),
         )
         self.engine.submit(job)
-        await _send(writer, {"prompt_tokens": len(tokens)})
+        first: dict[str, Any] = {"prompt_tokens": len(tokens)}
+        if request.get("return_tokens"):
+            first["tokens"] = tokens  # the caller wants them (Ollama's ``context``): no second tokenization
+        await _send(writer, first)
         gone = loop.create_task(reader.read())  # EOF = the client went away
         try:
             while True:
