@@ -141,3 +141,12 @@ class RegistryUnreachable(RegistryError):
 
 class RegistryUnavailable(RegistryError):
     """The registry answered 429 or 5xx: a transient failure worth retrying."""
+
+
+class TemplateLimitExceeded(TemplateExecError, InvalidRequest):
+    """A template render was stopped by a budget: steps, wall time, output size or nesting depth (HTTP 400).
+
+    ``str()`` starts with ``template: `` and names the limit (``template: execution exceeded the time
+    limit of 2s``), except Go's own recursion limit, whose message and location are Go's
+    (``exceeded maximum template depth (100000)``).
+    """

@@ -11,10 +11,13 @@ sorted key order), ``{{template}}`` calls, printing, and Go's error messages wit
 from __future__ import annotations
 
 import datetime
+from collections.abc import Iterator
+from itertools import repeat
 from typing import Any
 
-from pollama.errors import TemplateExecError
+from pollama.errors import TemplateExecError, TemplateLimitExceeded
 from pollama.template import gofmt, gostrconv
+from pollama.template.limits import MAX_NESTING, Budget, nesting_error, utf8_len
 from pollama.template.funcs import Deref, FuncError, GoFunc
 from pollama.template.nodes import (
     ActionNode,
@@ -77,11 +80,48 @@ class _Continue(Exception):
     pass
 
 
+class _Output:
+    """The output of one execution, counted against the budget as it is written.
+
+    Pieces are joined every few hundred writes, so a render made of millions of one-byte writes
+    keeps about its output size in memory, not a pointer per write.
+    """
+
+    __slots__ = ("budget", "chunks", "pieces")
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.chunks: list[str] = []
+        self.pieces: list[str] = []
+
+    def write(self, text: str) -> None:
+        self.budget.wrote(utf8_len(text))
+        pieces = self.pieces
+        pieces.append(text)
+        if len(pieces) >= 512:
+            self.chunks.append("".join(pieces))
+            pieces.clear()
+
+    def getvalue(self) -> str:
+        return "".join(self.chunks) + "".join(self.pieces)
+
+
+# What a walker generator yields: walk ``node`` with this state and dot, then resume me.
+_Request = tuple["State", Any, Node]
+
+
 class State:
-    """One execution (Go's ``state``): output buffer, variable stack, current node for errors."""
+    """One execution (Go's ``state``): output, variable stack, current node for errors.
+
+    A ``{{template}}`` call gets a new state sharing the output, budget and definitions, as Go's
+    ``newState := *s`` does.
+    """
+
+    __slots__ = ("text", "trees", "funcs", "missingkey", "now", "name", "node", "vars", "depth", "out", "budget")
 
     def __init__(self, *, text: str, trees: dict[str, ListNode], funcs: dict[str, GoFunc], missingkey: str,
-                 now: datetime.date | datetime.datetime | None, name: str = "") -> None:
+                 now: datetime.date | datetime.datetime | None, name: str = "", budget: Budget | None = None,
+                 out: _Output | None = None) -> None:
         self.text = text
         self.trees = trees
         self.funcs = funcs
@@ -91,7 +131,8 @@ class State:
         self.node: Node | None = None
         self.vars: list[list[Any]] = []
         self.depth = 0
-        self.out: list[str] = []
+        self.budget = Budget() if budget is None else budget
+        self.out = _Output(self.budget) if out is None else out
 
     # -- errors --------------------------------------------------------------------------------
 
@@ -127,26 +168,33 @@ class State:
         self.errorf(f"undefined variable: {name}")
 
     # -- walking -------------------------------------------------------------------------------
+    #
+    # Go's walk recurses; here every node that contains other nodes is a generator that yields
+    # (state, dot, child) requests to ``_drive``, which keeps the suspended walkers on an explicit
+    # stack. Nesting and ``{{template}}`` recursion (down to Go's limit of 100000 calls) therefore
+    # use heap memory, not Python's recursion limit or the thread's C stack. ``break`` and
+    # ``continue`` are exceptions thrown into the walkers from the inside out, up to their range.
 
-    def walk(self, dot: Any, node: Node) -> None:
+    def enter(self, dot: Any, node: Node) -> Iterator[_Request] | None:
+        """Start walking ``node``: leaves are done at once, containers return their walker."""
         self.node = node
         t = type(node)
         if t is TextNode:
-            self.out.append(node.text)  # type: ignore[attr-defined]
+            self.out.write(node.text)  # type: ignore[attr-defined]
         elif t is ActionNode:
             pipe = node.pipe  # type: ignore[attr-defined]
             val = self.eval_pipeline(dot, pipe)
             if not pipe.decl:
                 self.print_value(node, val)
         elif t is ListNode:
-            for n in node.nodes:  # type: ignore[attr-defined]
-                self.walk(dot, n)
+            if node.nodes:  # type: ignore[attr-defined]
+                return self.walk_list(dot, node)  # type: ignore[arg-type]
         elif t is IfNode or t is WithNode:
-            self.walk_if_or_with(t is WithNode, dot, node)  # type: ignore[arg-type]
+            return self.walk_if_or_with(t is WithNode, dot, node)  # type: ignore[arg-type]
         elif t is RangeNode:
-            self.walk_range(dot, node)  # type: ignore[arg-type]
+            return self.walk_range(dot, node)  # type: ignore[arg-type]
         elif t is TemplateNode:
-            self.walk_template(dot, node)  # type: ignore[arg-type]
+            return self.walk_template(dot, node)  # type: ignore[arg-type]
         elif t is BreakNode:
             raise _Break
         elif t is ContinueNode:
@@ -155,22 +203,45 @@ class State:
             pass
         else:
             self.errorf(f"unknown node: {node}")
+        return None
 
-    def walk_if_or_with(self, is_with: bool, dot: Any, node: IfNode | WithNode) -> None:
-        mark = len(self.vars)
+    def walk_list(self, dot: Any, node: ListNode, mark: int = -1) -> Iterator[_Request]:
+        """Walk a list's nodes; with ``mark`` >= 0, drop the variables declared past it at the end."""
+        step = self.budget.step
         try:
-            val = self.eval_pipeline(dot, node.pipe)
-            ok_truth, ok = is_true(indirect_interface(val))
-            if not ok:
-                self.errorf(f"if/with can't use {gofmt.sprint_value(val)}")
-            if ok_truth:
-                self.walk(val if is_with else dot, node.list)
-            elif node.else_list is not None:
-                self.walk(dot, node.else_list)
+            for n in node.nodes:
+                t = type(n)
+                if t is TextNode:
+                    step()
+                    self.node = n
+                    self.out.write(n.text)  # type: ignore[attr-defined]
+                elif t is ActionNode:
+                    step()
+                    self.node = n
+                    pipe = n.pipe  # type: ignore[attr-defined]
+                    val = self.eval_pipeline(dot, pipe)
+                    if not pipe.decl:
+                        self.print_value(n, val)
+                else:
+                    yield self, dot, n
         finally:
-            del self.vars[mark:]
+            if mark >= 0:
+                del self.vars[mark:]
 
-    def walk_range(self, dot: Any, r: RangeNode) -> None:
+    def walk_if_or_with(self, is_with: bool, dot: Any, node: IfNode | WithNode) -> Iterator[_Request] | None:
+        # No walker of its own: the chosen branch's walker drops the pipeline's variables when done.
+        mark = len(self.vars)
+        val = self.eval_pipeline(dot, node.pipe)
+        ok_truth, ok = is_true(indirect_interface(val))
+        if not ok:
+            self.errorf(f"if/with can't use {gofmt.sprint_value(val)}")
+        branch = node.list if ok_truth else node.else_list
+        if branch is None or not branch.nodes:
+            del self.vars[mark:]
+            return None
+        return self.walk_list(val if is_with and ok_truth else dot, branch, mark)
+
+    def walk_range(self, dot: Any, r: RangeNode) -> Iterator[_Request]:
         self.at(r)
         mark0 = len(self.vars)
         try:
@@ -179,83 +250,78 @@ class State:
             decl = r.pipe.decl
             assign = r.pipe.is_assign
 
-            def one_iteration(index: Any, elem: Any) -> None:
-                if decl:
-                    if assign:
-                        self.set_var(decl[0].ident[0], index if len(decl) > 1 else elem)
-                    else:
-                        self.vars[-1][1] = elem
-                if len(decl) > 1:
-                    if assign:
-                        self.set_var(decl[1].ident[0], elem)
-                    else:
-                        self.vars[-2][1] = index
-                try:
-                    self.walk(elem, r.list)
-                except _Continue:
-                    pass
-                finally:
-                    del self.vars[mark:]
-
             k = kind(val)
-            try:
-                if k == "slice":
-                    if isinstance(val, GoSlice):
-                        elems = list(val.elems())
-                    elif isinstance(val, bytes):
-                        elems = [Uint8(b) for b in val]
-                    else:
-                        elems = [NIL_IFACE if v is None else Iface(v) for v in val]
-                    if elems:
-                        for i, e in enumerate(elems):
-                            one_iteration(i, e)
-                        return
-                elif k == "map":
-                    if isinstance(val, GoMap):
-                        items = val.sorted_items()
-                    else:
-                        items = [(key, NIL_IFACE if v is None else Iface(v)) for key, v in sorted(val.items())]
-                    if items:
-                        for key, v in items:
-                            one_iteration(key, v)
-                        return
-                elif k in ("int", "uint8"):
-                    if len(decl) > 1:
-                        self.errorf(f"can't use {gofmt.sprint_value(val)} to iterate over more than one variable")
-                    n = int(val)
-                    if n > 0:
-                        typ = type(val)
-                        for i in range(n):
-                            one_iteration(INVALID, typ(i))
-                        return
-                elif k == "invalid":
-                    pass
+            iterations: Iterator[tuple[Any, Any]] | None = None
+            if k == "slice":
+                if isinstance(val, GoSlice):
+                    elems = list(val.elems())
+                elif isinstance(val, bytes):
+                    elems = [Uint8(b) for b in val]
                 else:
-                    self.errorf(f"range can't iterate over {gofmt.sprint_value(val)}")
-            except _Break:
+                    elems = [NIL_IFACE if v is None else Iface(v) for v in val]
+                if elems:
+                    iterations = enumerate(elems)
+            elif k == "map":
+                if isinstance(val, GoMap):
+                    items = val.sorted_items()
+                else:
+                    items = [(key, NIL_IFACE if v is None else Iface(v)) for key, v in sorted(val.items())]
+                if items:
+                    iterations = iter(items)
+            elif k in ("int", "uint8"):
+                if len(decl) > 1:
+                    self.errorf(f"can't use {gofmt.sprint_value(val)} to iterate over more than one variable")
+                n = int(val)
+                if n > 0:
+                    typ = type(val)
+                    iterations = zip(repeat(INVALID), map(typ, range(n)))
+            elif k != "invalid":
+                self.errorf(f"range can't iterate over {gofmt.sprint_value(val)}")
+            if iterations is not None:
+                for index, elem in iterations:
+                    try:
+                        if decl:
+                            self._bind(decl, assign, index, elem)
+                        yield self, elem, r.list
+                    except _Continue:
+                        pass
+                    except _Break:
+                        return
+                    finally:
+                        del self.vars[mark:]
                 return
             if r.else_list is not None:
-                self.walk(dot, r.else_list)
+                yield self, dot, r.else_list
         finally:
             del self.vars[mark0:]
 
-    def walk_template(self, dot: Any, t: TemplateNode) -> None:
+    def _bind(self, decl: list[VariableNode], assign: bool, index: Any, elem: Any) -> None:
+        """Set a range's variables for one iteration (with two, the index comes first)."""
+        if assign:
+            self.set_var(decl[0].ident[0], index if len(decl) > 1 else elem)
+        else:
+            self.vars[-1][1] = elem
+        if len(decl) > 1:
+            if assign:
+                self.set_var(decl[1].ident[0], elem)
+            else:
+                self.vars[-2][1] = index
+
+    def walk_template(self, dot: Any, t: TemplateNode) -> Iterator[_Request] | None:
         self.at(t)
         tree = self.trees.get(t.name)
         if tree is None:
             self.errorf(f"template {gostrconv.quote(t.name)} not defined")
         if self.depth >= MAX_EXEC_DEPTH:
-            self.errorf(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})")
+            raise TemplateLimitExceeded(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})",
+                                        location=self.location())
         dot = self.eval_pipeline(dot, t.pipe)
+        assert tree is not None
         new = State(text=self.text, trees=self.trees, funcs=self.funcs, missingkey=self.missingkey, now=self.now,
-                    name=t.name)
+                    name=t.name, budget=self.budget, out=self.out)
         new.depth = self.depth + 1
-        new.out = self.out
         new.vars = [["$", dot]]
-        try:
-            new.walk(dot, tree)  # type: ignore[arg-type]
-        except RecursionError:
-            self.errorf(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})")
+        return new.enter(dot, tree)
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -450,10 +516,15 @@ class State:
                 callee = final if type(final) is str else f"<{type_name(indirect_interface(final))} Value>"
             argv.insert(0, callee)
         try:
-            return fn.impl(self, *argv)
+            result = fn.impl(self, *argv)
         except FuncError as err:
             self.node = node
             self.errorf(f"error calling {name}: {err}")
+        if type(result) is str and len(result) > 4096:
+            # A string grown by a function (``print $s $s`` in a loop doubles it) is refused at the
+            # output limit even if it is never printed.
+            self.budget.check_value(utf8_len(result))
+        return result
 
     def validate_type(self, value: Any, typ: str | None) -> Any:
         if typ is None:
@@ -521,23 +592,69 @@ class State:
         self.node = node
         t = type(value)
         if t is str:
-            self.out.append(value)
+            self.out.write(value)
             return
         if value is INVALID:
-            self.out.append("<no value>")
+            self.out.write("<no value>")
             return
         if isinstance(value, GoStruct) and value.go_pointer and not value.go_stringer:
             value = Deref(value)  # Go prints the struct a pointer points to (unless *T has String)
-        self.out.append(gofmt.sprint([value]))
+        self.out.write(gofmt.sprint([value]))
+
+
+def _drive(walker: Iterator[_Request]) -> None:
+    """Run ``walker`` and every walker it asks for, on an explicit stack, until all are done.
+
+    ``break``/``continue`` travel outwards by being thrown into the enclosing walkers; any other
+    error ends the execution at once (the suspended walkers are simply dropped).
+    """
+    stack = [walker]
+    signal: BaseException | None = None
+    while stack:
+        top = stack[-1]
+        try:
+            if signal is None:
+                request = next(top)
+            else:
+                thrown, signal = signal, None
+                request = top.throw(thrown)
+        except StopIteration:
+            stack.pop()
+            continue
+        except (_Break, _Continue) as exc:
+            stack.pop()
+            signal = exc.with_traceback(None)
+            continue
+        state, dot, node = request
+        state.budget.step()
+        try:
+            child = state.enter(dot, node)
+        except (_Break, _Continue) as exc:
+            signal = exc.with_traceback(None)
+            continue
+        if child is not None:
+            stack.append(child)
+            if len(stack) > MAX_NESTING:
+                raise nesting_error(MAX_NESTING)
 
 
 def render(root: ListNode, data: Any, *, text: str, trees: dict[str, ListNode], funcs: dict[str, GoFunc],
-           missingkey: str, now: datetime.date | datetime.datetime | None) -> str:
-    """Execute ``root`` with ``data`` as dot; returns the output (Ollama discards partial output)."""
-    state = State(text=text, trees=trees, funcs=funcs, missingkey=missingkey, now=now)
+           missingkey: str, now: datetime.date | datetime.datetime | None, budget: Budget | None = None) -> str:
+    """Execute ``root`` with ``data`` as dot; returns the output (Ollama discards partial output).
+
+    ``budget`` bounds steps, time and output (a fresh default :class:`Budget` when omitted); past it
+    the render stops with :class:`~pollama.errors.TemplateLimitExceeded`.
+    """
+    state = State(text=text, trees=trees, funcs=funcs, missingkey=missingkey, now=now, budget=budget)
     state.vars = [["$", data]]
-    state.walk(data, root)
-    out = "".join(state.out)
+    state.budget.check_time()
+    try:
+        walker = state.enter(data, root)
+        if walker is not None:
+            _drive(walker)
+    except RecursionError:
+        raise nesting_error() from None
+    out = state.out.getvalue()
     if not out.isascii() and any("\udc80" <= c <= "\udcff" for c in out):
         out = "".join("\ufffd" if "\udc80" <= c <= "\udcff" else c for c in out)
     return out

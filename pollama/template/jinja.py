@@ -11,9 +11,11 @@ tags; parsing the model's output is :mod:`pollama.template.thinking` and
 The template comes from a downloaded file, so it is untrusted: it renders only in
 ``ImmutableSandboxedEnvironment``, and the compiled template is instrumented so that every loop
 iteration, every piece of output (also output captured by ``{% set %}`` blocks and macros), every call,
-filter and ``+ * ** % ~`` operation checks a time budget and a size limit. A template that loops forever
-or builds a huge string fails with :class:`~pollama.errors.TemplateExecError` instead of hanging the
-server or exhausting its memory.
+filter and ``+ * ** % ~`` operation checks a time budget and a size limit, so loops that write nothing
+are stopped too. A template that loops forever, recurses without end or builds a huge string fails
+with :class:`~pollama.errors.TemplateLimitExceeded` (an ``InvalidRequest``: HTTP 400, message
+``template: …`` naming the limit) instead of hanging the server or exhausting its memory. The
+defaults are the Go engine's (:mod:`pollama.template.limits`); rendering belongs in a worker thread.
 """
 
 from __future__ import annotations
@@ -31,16 +33,20 @@ import jinja2
 import jinja2.ext
 import jinja2.nodes as nodes
 from jinja2.runtime import Context
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import pass_context
 from jinja2.visitor import NodeTransformer
 
-from pollama.errors import TemplateExecError, TemplateParseError
+from pollama.errors import TemplateExecError, TemplateLimitExceeded, TemplateParseError
+from pollama.template.limits import MAX_OUTPUT, TIME_LIMIT, describe_size, nesting_error, utf8_len
 
 #: Default time budget for one render, in seconds.
-DEFAULT_TIME_LIMIT = 2.0
-#: Default cap on the characters one render may write (output captured by blocks included).
-DEFAULT_MAX_OUTPUT = 4 * 1024 * 1024
+DEFAULT_TIME_LIMIT = TIME_LIMIT
+#: Default cap on the bytes (UTF-8) one render may write (output captured by blocks included); strings
+#: a template computes are held to the same number of characters.
+DEFAULT_MAX_OUTPUT = MAX_OUTPUT
+#: Most items a list, tuple or dict computed by a template may have.
+MAX_ITEMS = 1 << 20
 
 # Largest integer a template may compute, in bits (a prompt never needs more; repeated squaring does).
 _MAX_INT_BITS = 100_000
@@ -49,7 +55,7 @@ _MAX_JSON_INDENT = 64
 # Key of the per-render guard in the template context: not an identifier, so templates cannot name it.
 _GUARD_KEY = "pollama:guard"
 _TEMPLATE_FILENAME = "<chat template>"
-_PRINTF_NUMBERS = re.compile(r"%[#0\- +]*(\d*|\*)(?:\.(\d*|\*))?")
+_PRINTF_NUMBERS = re.compile(r"%[#0\- +]*(\*|\d*)(?:\.(\*|\d*))?")
 
 
 # --- per-render limits ----------------------------------------------------------------------------
@@ -66,31 +72,38 @@ class _Guard:
 
     def tick(self) -> None:
         if time.monotonic() > self.deadline:
-            raise TemplateExecError(
-                f"chat template took longer than {self.time_limit:g}s to render (endless loop?)")
+            raise TemplateLimitExceeded(f"template: execution exceeded the time limit of {self.time_limit:g}s")
 
     def wrote(self, n: int) -> None:
         self.written += n
         if self.written > self.max_output:
-            raise TemplateExecError(f"chat template output is larger than {self.max_output} characters")
+            raise TemplateLimitExceeded(f"template: output exceeds the limit of {describe_size(self.max_output)}")
         self.tick()
 
     def size(self, n: int) -> None:
-        """Refuse to build a string or list of ``n`` elements."""
+        """Refuse to build a string (or a list of strings' worth) of ``n`` characters."""
         if n > self.max_output:
-            raise TemplateExecError(
-                f"chat template built a value larger than {self.max_output} characters")
+            raise TemplateLimitExceeded(
+                f"template: a computed value exceeds the output limit of {describe_size(self.max_output)}")
+
+    def items(self, n: int) -> None:
+        """Refuse to build a list, tuple or dict of ``n`` items."""
+        if n > MAX_ITEMS:
+            raise TemplateLimitExceeded(f"template: a computed list exceeds the limit of {MAX_ITEMS} items")
 
     def int_arg(self, value: Any) -> None:
         """Refuse an integer argument so large it can only be meant to blow up the output."""
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > self.max_output:
-            raise TemplateExecError(f"chat template used a number too large to render: {value}")
+            raise TemplateLimitExceeded(
+                f"template: the number {value} exceeds the output limit of {describe_size(self.max_output)}")
 
     def result(self, value: Any) -> Any:
-        if isinstance(value, (str, list, tuple, dict)):
+        if isinstance(value, str):
             self.size(len(value))
+        elif isinstance(value, (list, tuple, dict)):
+            self.items(len(value))
         elif isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > _MAX_INT_BITS:
-            raise TemplateExecError("chat template computed an integer too large to render")
+            raise _int_error()
         return value
 
     def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
@@ -118,6 +131,10 @@ class _Guard:
         if star:  # widths taken from the arguments
             for arg in args if isinstance(args, tuple) else (args,):
                 self.int_arg(arg)
+
+
+def _int_error() -> TemplateLimitExceeded:
+    return TemplateLimitExceeded(f"template: a computed integer exceeds the limit of {_MAX_INT_BITS} bits")
 
 
 def _guard(context: Context) -> _Guard | None:
@@ -185,7 +202,7 @@ def _finalize(context: Context, value: Any) -> Any:
     guard = _guard(context)
     if guard is not None:
         text = "" if value is None else value
-        guard.wrote(len(text) if isinstance(text, str) else len(str(text)))
+        guard.wrote(utf8_len(text if isinstance(text, str) else str(text)))
     return value
 
 
@@ -193,9 +210,9 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = N
             separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
     """HF's ``tojson``: ``json.dumps`` without ASCII escaping (and without HTML escaping)."""
     if isinstance(indent, int) and indent > _MAX_JSON_INDENT:
-        raise TemplateExecError(f"chat template used tojson indent {indent} (at most {_MAX_JSON_INDENT})")
+        raise TemplateLimitExceeded(f"template: tojson indent {indent} exceeds the limit of {_MAX_JSON_INDENT}")
     if isinstance(indent, str) and len(indent) > _MAX_JSON_INDENT:
-        raise TemplateExecError("chat template used a tojson indent string that is too long")
+        raise TemplateLimitExceeded(f"template: tojson indent string exceeds the limit of {_MAX_JSON_INDENT}")
     return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
                       sort_keys=sort_keys)
 
@@ -234,6 +251,9 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 
 # Filters whose integer arguments size their result (a width, a count).
 _SIZING_FILTERS = frozenset({"center", "indent", "batch", "slice"})
+# Filters that turn a string into a list of its characters (or iterate over them to build one).
+_ITEMIZING_FILTERS = frozenset({"list", "unique", "batch", "slice", "map", "select", "reject", "selectattr",
+                                "rejectattr", "groupby", "sort", "dictsort"})
 
 
 def _precheck_filter(guard: _Guard, name: str, args: tuple[Any, ...],
@@ -244,6 +264,8 @@ def _precheck_filter(guard: _Guard, name: str, args: tuple[Any, ...],
     if name in _SIZING_FILTERS:
         for arg in (*rest, *kwargs.values()):
             guard.int_arg(arg)
+    if name in _ITEMIZING_FILTERS and isinstance(value, str):
+        guard.items(len(value))
     if name == "replace" and isinstance(value, str) and len(rest) >= 2:
         _precheck_replace(guard, value, str(rest[0]), str(rest[1]))
     elif name == "join" and value is not None and not isinstance(value, str):
@@ -254,9 +276,9 @@ def _precheck_filter(guard: _Guard, name: str, args: tuple[Any, ...],
     elif name == "sum" and isinstance(value, (list, tuple)):
         # Summing sequences copies the growing total once per item: quadratic, and not interruptible.
         total = sum(_len(v) for v in value)
-        guard.size(total)
-        if total * len(value) > 50 * guard.max_output:
-            raise TemplateExecError("chat template summed too many sequences")
+        guard.items(total)
+        if total * len(value) > 50 * MAX_ITEMS:
+            raise TemplateLimitExceeded(f"template: summing sequences exceeds the limit of {50 * MAX_ITEMS} copies")
     elif name == "indent" and isinstance(value, str):
         width = rest[0] if rest else kwargs.get("width", 4)
         width_len = len(width) if isinstance(width, str) else int(width)
@@ -303,18 +325,22 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
             guard.tick()
             if operator == "*":
                 for seq, times in ((left, right), (right, left)):
-                    if isinstance(seq, (str, list, tuple)) and isinstance(times, int):
+                    if isinstance(seq, str) and isinstance(times, int):
                         guard.size(len(seq) * max(times, 0))
+                    elif isinstance(seq, (list, tuple)) and isinstance(times, int):
+                        guard.items(len(seq) * max(times, 0))
                 if isinstance(left, int) and isinstance(right, int):
                     if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
-                        raise TemplateExecError("chat template computed an integer too large to render")
+                        raise _int_error()
             elif operator == "**":
                 if (isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
                         and right * left.bit_length() > _MAX_INT_BITS):
-                    raise TemplateExecError("chat template computed an integer too large to render")
+                    raise _int_error()
             elif operator == "+":
-                if isinstance(left, (str, list, tuple)) and isinstance(right, (str, list, tuple)):
+                if isinstance(left, str) and isinstance(right, str):
                     guard.size(len(left) + len(right))
+                elif isinstance(left, (list, tuple)) and isinstance(right, (list, tuple)):
+                    guard.items(len(left) + len(right))
             elif operator == "%" and isinstance(left, str):
                 guard.printf(left, right)
         result = super().call_binop(context, operator, left, right)
@@ -471,9 +497,12 @@ class ChatTemplate:
             if isinstance(exc, _RaisedByTemplate):
                 raise TemplateExecError(f"chat template raised an error{where}: {exc}") from None
             if isinstance(exc, RecursionError):
-                raise TemplateExecError(f"chat template recursed too deeply{where}") from None
+                raise nesting_error() from None
             if isinstance(exc, MemoryError):
-                raise TemplateExecError(f"chat template ran out of memory{where}") from None
+                raise TemplateLimitExceeded("template: rendering ran out of memory") from None
+            if isinstance(exc, OverflowError) and "Range too big" in str(exc):
+                raise TemplateLimitExceeded(
+                    f"template: range exceeds the limit of {MAX_RANGE} items") from None
             detail = str(exc) or type(exc).__name__
             raise TemplateExecError(f"chat template error{where}: {detail}") from None
 

@@ -8,7 +8,7 @@ deep copies (Ollama prunes a copy of the tree for its legacy prompt path).
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 
@@ -22,7 +22,8 @@ class Node:
         raise NotImplementedError
 
     def copy(self) -> Node:
-        return copy.deepcopy(self)
+        """A deep copy of this node and everything under it (without recursion, so any depth works)."""
+        return _copy_tree(self)
 
 
 @dataclass(eq=False, slots=True)
@@ -280,3 +281,31 @@ def is_empty_tree(n: Any) -> bool:
 
         return trim_space(n.text) == ""
     return False
+
+
+def _copy_tree(root: Node) -> Node:
+    # Pass 1 clones every reachable node shallowly; pass 2 points the clones' fields at the clones.
+    clones: dict[int, Node] = {}
+    originals: list[Node] = []
+    pending: list[Node] = [root]
+    while pending:
+        n = pending.pop()
+        if id(n) in clones:
+            continue
+        clones[id(n)] = copy.copy(n)
+        originals.append(n)
+        for f in fields(n):  # type: ignore[arg-type]
+            value = getattr(n, f.name)
+            if isinstance(value, Node):
+                pending.append(value)
+            elif isinstance(value, list):
+                pending.extend(v for v in value if isinstance(v, Node))
+    for n in originals:
+        clone = clones[id(n)]
+        for f in fields(n):  # type: ignore[arg-type]
+            value = getattr(n, f.name)
+            if isinstance(value, Node):
+                setattr(clone, f.name, clones[id(value)])
+            elif isinstance(value, list):
+                setattr(clone, f.name, [clones[id(v)] if isinstance(v, Node) else v for v in value])
+    return clones[id(root)]

@@ -2,7 +2,9 @@
 
 Owns turning lexer items into trees: the main template plus every ``{{define}}``/``{{block}}``
 template, with Go's checks made at parse time (undefined functions and variables, ``break``
-outside ``range``, duplicate definitions, malformed literals) and Go's error messages.
+outside ``range``, duplicate definitions, malformed literals) and Go's error messages. Nesting
+deeper than Python's recursion limit allows (a few hundred levels; Go has no such limit) fails
+with ``TemplateLimitExceeded`` instead of ``RecursionError``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Collection
 from pollama.errors import TemplateParseError
 from pollama.template import gostrconv
 from pollama.template import lexer as L
+from pollama.template.limits import nesting_error
 from pollama.template.nodes import (
     ActionNode,
     BoolNode,
@@ -555,5 +558,8 @@ def parse(text: str, funcs: Collection[str]) -> dict[str, ListNode]:
         tree.add()
     except _ParseFailure as err:
         raise TemplateParseError(err.message, location=f"template: :{err.line}: ") from None
+    except RecursionError:
+        # Go's parser recurses on a growable stack; ours stops where Python's recursion limit does.
+        raise nesting_error() from None
     return tree_set
 

@@ -1,8 +1,14 @@
 """Parsed Go templates: ``parse_template`` and the ``Template`` object.
 
 Owns the public face of the engine: parsing with Go's options (``missingkey`` mode, Ollama's
-extra functions), executing with JSON-ish or typed data and an injectable clock, and Ollama's
-``Vars()`` identifier scan.
+extra functions), executing with JSON-ish or typed data, an injectable clock and a
+:class:`~pollama.template.limits.Budget`, and Ollama's ``Vars()`` identifier scan.
+
+Parsing and executing are CPU-bound and their cost is chosen by the template's author: call them
+from a worker thread, never on an event loop. Every execution is bounded by a budget (steps, wall
+time, output bytes; see :mod:`pollama.template.limits`), and neither deep nesting nor
+``{{template}}`` recursion can overflow the stack: past a limit the call raises
+``TemplateLimitExceeded`` (HTTP 400).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from typing import Any
 from pollama.errors import TemplateParseError
 from pollama.template.exec import render
 from pollama.template.funcs import BUILTINS, OLLAMA_FUNCS, GoFunc
+from pollama.template.limits import Budget
 from pollama.template.nodes import (
     ActionNode,
     BranchNode,
@@ -45,15 +52,19 @@ class Template:
         """The main template's node list."""
         return self.trees[""]
 
-    def execute(self, data: Any, *, now: datetime.date | datetime.datetime | None = None) -> str:
+    def execute(self, data: Any, *, now: datetime.date | datetime.datetime | None = None,
+                budget: Budget | None = None) -> str:
         """Render with ``data`` as dot. Raises ``TemplateExecError`` with Go's message.
 
         ``data`` may be JSON-ish Python values (converted per Go's rules) or typed Go values;
-        ``now`` fixes the clock used by ``currentDate``/``yesterdayDate``.
+        ``now`` fixes the clock used by ``currentDate``/``yesterdayDate``. ``budget`` bounds steps,
+        wall time and output (default: a fresh ``Budget()``, i.e. ``MAX_STEPS``, ``TIME_LIMIT``,
+        ``MAX_OUTPUT``); pass one ``Budget`` to several calls to bound them together. Past it,
+        ``TemplateLimitExceeded`` (a ``TemplateExecError`` and an ``InvalidRequest``).
         """
         value = INVALID if data is None else from_json(data)
         return render(self.root, value, text=self.text, trees=self.trees, funcs=self.funcs,
-                      missingkey=self.missingkey, now=now)
+                      missingkey=self.missingkey, now=now, budget=budget)
 
     def vars(self) -> list[str]:
         """Ollama's ``Vars()``: every identifier used, lower-cased, de-duplicated and sorted.

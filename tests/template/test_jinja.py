@@ -8,12 +8,16 @@ import re
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from pollama.errors import TemplateExecError, TemplateParseError
+from pollama.errors import InvalidRequest, TemplateExecError, TemplateLimitExceeded, TemplateParseError
 from pollama.gguf.reader import read_gguf
+from pollama.server.errors import status_for
+from pollama.template.limits import MAX_OUTPUT
 from pollama.template.jinja import (
+    DEFAULT_MAX_OUTPUT,
     DEFAULT_TIME_LIMIT,
     ChatTemplate,
     jinja_capabilities,
@@ -307,11 +311,23 @@ def test_runtime_error_names_the_chat_template() -> None:
         render_chat_template("{{ 1 / 0 }}", [])
 
 
+def _limit_error(source: str, **limits: Any) -> TemplateLimitExceeded:
+    """Render ``source`` expecting a limit error; returns it after checking its class and status."""
+    with pytest.raises(TemplateLimitExceeded) as err:
+        render_chat_template(source, [], **limits)
+    assert isinstance(err.value, InvalidRequest) and isinstance(err.value, TemplateExecError)
+    assert status_for(err.value) == 400
+    assert str(err.value).startswith("template: ")
+    return err.value
+
+
 def test_endless_loop_is_stopped_within_the_default_budget() -> None:
+    # A loop that writes nothing is stopped by the time limit, which the loop itself checks.
     source = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
     started = time.monotonic()
-    with pytest.raises(TemplateExecError, match="took longer than"):
-        render_chat_template(source, [])
+    err = _limit_error(source)
+    assert str(err) == "template: execution exceeded the time limit of 2s"
+    assert DEFAULT_TIME_LIMIT == 2.0
     assert time.monotonic() - started < DEFAULT_TIME_LIMIT + 1
 
 
@@ -322,45 +338,89 @@ def test_endless_loop_is_stopped_within_the_default_budget() -> None:
     "{% call f() %}{% for j in range(100000) %}{% endfor %}{% endcall %}",
     "{% macro forever(n) %}{{ forever(n + 1) }}{% endmacro %}{{ forever(0) }}",
     "{% set ns = namespace(i=0) %}{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+    "{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}"
+    "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}",
+    "{% for i in range(100000) %}{% for c in 'x' * 1000000 %}{% endfor %}{% endfor %}",
 ])
 def test_huge_or_endless_loops_are_stopped(source: str) -> None:
     started = time.monotonic()
-    with pytest.raises(TemplateExecError, match="^chat template"):
-        render_chat_template(source, [], time_limit=0.3)
+    err = _limit_error(source, time_limit=0.3)
+    assert re.fullmatch(r"template: (execution exceeded the time limit of 0\.3s"
+                        r"|nesting exceeds the depth this template engine supports"
+                        r"|range exceeds the limit of 100000 items)", str(err)), str(err)
     assert time.monotonic() - started < 3
 
 
-@pytest.mark.parametrize("source", [
-    "{% for i in range(100000) %}{{ 'x' * 100 }}{% endfor %}",
-    "{% for i in range(100000) %}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}",
-    "{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
-    "{% endfor %}{% endset %}",
-    "{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}",
-    "{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}",
-    "{{ 'x' * 10**9 }}",
-    "{{ 'x' | center(10**9) }}",
-    "{{ 'x'.ljust(10**9) }}",
-    "{{ '{:>999999999}'.format(1) }}",
-    "{{ '%0999999999d' % 1 }}",
-    "{{ 'abc' | replace('', 'y' * 4000000) }}",
-    "{{ ('\t' * 1000000).expandtabs(1000000) }}",
-    "{{ 7 ** 10000000 }}",
-    "{{ '{:>{}}'.format(1, 10**9) }}",
-    "{{ '%*d' % (10**9, 1) }}",
-    "{{ 'a b c d' | wordwrap(1, wrapstring='z' * 4000000) }}",
-    "{{ ''.join(['y' * 4000000] * 1000) }}",
-    "{{ (['y' * 4000000] * 1000) | join }}",
-    "{{ ([[1] * 1000] * 4000) | sum(start=[]) }}",
+def test_recursion_is_a_limit_error() -> None:
+    err = _limit_error("{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}")
+    assert str(err) == "template: nesting exceeds the depth this template engine supports"
+
+
+_VALUE = "template: a computed value exceeds the output limit of 16 MiB"
+_OUTPUT = "template: output exceeds the limit of 16 MiB"
+_ITEMS = "template: a computed list exceeds the limit of 1048576 items"
+_TIME = "template: execution exceeded the time limit of 2s"  # whichever limit a loaded machine hits first
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("{% for i in range(100000) %}{{ 'x' * 200 }}{% endfor %}", _OUTPUT),
+    ("{% for i in range(100000) %}{% for j in range(4) %}"
+     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}", _OUTPUT),
+    ("{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
+     "{% endfor %}{% endset %}", (_OUTPUT, _TIME)),
+    ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", _VALUE),
+    ("{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", _ITEMS),
+    ("{{ 'x' * 10**9 }}", _VALUE),
+    ("{{ 'x' * 17000000 }}", _VALUE),
+    ("{{ 'x' | center(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+    ("{{ 'x'.ljust(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+    ("{{ '{:>999999999}'.format(1) }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
+    ("{{ '%0999999999d' % 1 }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
+    ("{{ 'abc' | replace('', 'y' * 8000000) }}", _VALUE),
+    ("{{ ('\t' * 1000000).expandtabs(1000000) }}", _VALUE),
+    ("{{ 7 ** 10000000 }}", "template: a computed integer exceeds the limit of 100000 bits"),
+    ("{{ '{:>{}}'.format(1, 10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+    ("{{ '%*d' % (10**9, 1) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+    ("{{ 'a b c d' | wordwrap(1, wrapstring='z' * 4000000) }}", _VALUE),
+    ("{{ ''.join(['y' * 4000000] * 1000) }}", _VALUE),
+    ("{{ (['y' * 4000000] * 1000) | join }}", _VALUE),
+    ("{{ ([[1] * 1000] * 4000) | sum(start=[]) }}", _ITEMS),
+    ("{{ ('x' * 16000000) | list | length }}", _ITEMS),
+    ("{{ ((range(100000) | list) * 11) | length }}", _ITEMS),
+    ("{{ range(1000000) | list | length }}", "template: range exceeds the limit of 100000 items"),
+    ("{{ {'a': 1} | tojson(indent=1000) }}", "template: tojson indent 1000 exceeds the limit of 64"),
 ])
-def test_huge_output_is_stopped(source: str) -> None:
+def test_huge_output_is_stopped(source: str, message: str | tuple[str, ...]) -> None:
     started = time.monotonic()
-    with pytest.raises(TemplateExecError, match="^chat template"):
-        render_chat_template(source, [])
+    assert str(_limit_error(source)) in ((message,) if isinstance(message, str) else message)
     assert time.monotonic() - started < 3
 
 
 def test_output_limit_is_a_parameter() -> None:
     source = "{% for i in range(100) %}0123456789{% endfor %}"
     assert len(render_chat_template(source, [], max_output=1000)) == 1000
-    with pytest.raises(TemplateExecError, match="larger than 999 characters"):
-        render_chat_template(source, [], max_output=999)
+    assert str(_limit_error(source, max_output=999)) == "template: output exceeds the limit of 999 bytes"
+    assert DEFAULT_MAX_OUTPUT == MAX_OUTPUT == 16 * 1024 * 1024
+
+
+def test_output_limit_counts_utf8_bytes() -> None:
+    assert render_chat_template("{{ 'é' * 500 }}", [], max_output=1000) == "é" * 500
+    assert str(_limit_error("{{ 'é' * 501 }}", max_output=1000)) == "template: output exceeds the limit of 1000 bytes"
+
+
+def test_prompt_over_the_output_cap_is_a_400_naming_the_limit() -> None:
+    # A 17 MiB message renders past the cap: a 400 that names the limit, not a 500.
+    big = "x" * (17 * 1024 * 1024)
+    started = time.monotonic()
+    with pytest.raises(TemplateLimitExceeded) as err:
+        render_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}", [{"role": "user", "content": big}])
+    assert str(err.value) == "template: output exceeds the limit of 16 MiB"
+    assert status_for(err.value) == 400
+    assert time.monotonic() - started < 3
+
+
+def test_legitimate_prompt_of_a_few_mib_renders() -> None:
+    content = "word " * (1024 * 1024)  # 5 MiB
+    out = render_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}",
+                               [{"role": "user", "content": content}])
+    assert out == content
