@@ -12,7 +12,11 @@ functions), ``limits`` (render budgets), ``template`` (the ``Template`` object),
 and ``prompt`` (Ollama's data preparation), ``introspect`` (capabilities and tags).
 """
 
-from pollama.template.introspect import template_capabilities, thinking_tags, tool_call_tag
+from pollama.template.introspect import (
+    template_capabilities,
+    thinking_tags,
+    tool_call_tag,
+)
 from pollama.template.limits import MAX_OUTPUT, MAX_STEPS, TIME_LIMIT, Budget
 from pollama.template.prompt import PromptRequest, ThinkFields, build_prompt
 from pollama.template.template import Template, parse_template

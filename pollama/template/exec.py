@@ -11,14 +11,14 @@ sorted key order), ``{{template}}`` calls, printing, and Go's error messages wit
 from __future__ import annotations
 
 import datetime
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from itertools import repeat
 from typing import Any
 
 from pollama.errors import TemplateExecError, TemplateLimitExceeded
 from pollama.template import gofmt, gostrconv
-from pollama.template.limits import MAX_NESTING, Budget, nesting_error, utf8_len
 from pollama.template.funcs import Deref, FuncError, GoFunc
+from pollama.template.limits import MAX_NESTING, Budget, nesting_error, utf8_len
 from pollama.template.nodes import (
     ActionNode,
     BoolNode,
@@ -108,6 +108,7 @@ class _Output:
 
 # What a walker generator yields: walk ``node`` with this state and dot, then resume me.
 _Request = tuple["State", Any, Node]
+_Walker = Generator[_Request, None, None]
 
 
 class State:
@@ -117,7 +118,7 @@ class State:
     ``newState := *s`` does.
     """
 
-    __slots__ = ("text", "trees", "funcs", "missingkey", "now", "name", "node", "vars", "depth", "out", "budget")
+    __slots__ = ("budget", "depth", "funcs", "missingkey", "name", "node", "now", "out", "text", "trees", "vars")
 
     def __init__(self, *, text: str, trees: dict[str, ListNode], funcs: dict[str, GoFunc], missingkey: str,
                  now: datetime.date | datetime.datetime | None, name: str = "", budget: Budget | None = None,
@@ -175,7 +176,7 @@ class State:
     # use heap memory, not Python's recursion limit or the thread's C stack. ``break`` and
     # ``continue`` are exceptions thrown into the walkers from the inside out, up to their range.
 
-    def enter(self, dot: Any, node: Node) -> Iterator[_Request] | None:
+    def enter(self, dot: Any, node: Node) -> _Walker | None:
         """Start walking ``node``: leaves are done at once, containers return their walker."""
         self.node = node
         t = type(node)
@@ -205,7 +206,7 @@ class State:
             self.errorf(f"unknown node: {node}")
         return None
 
-    def walk_list(self, dot: Any, node: ListNode, mark: int = -1) -> Iterator[_Request]:
+    def walk_list(self, dot: Any, node: ListNode, mark: int = -1) -> _Walker:
         """Walk a list's nodes; with ``mark`` >= 0, drop the variables declared past it at the end."""
         step = self.budget.step
         try:
@@ -228,7 +229,7 @@ class State:
             if mark >= 0:
                 del self.vars[mark:]
 
-    def walk_if_or_with(self, is_with: bool, dot: Any, node: IfNode | WithNode) -> Iterator[_Request] | None:
+    def walk_if_or_with(self, is_with: bool, dot: Any, node: IfNode | WithNode) -> _Walker | None:
         # No walker of its own: the chosen branch's walker drops the pipeline's variables when done.
         mark = len(self.vars)
         val = self.eval_pipeline(dot, node.pipe)
@@ -241,7 +242,7 @@ class State:
             return None
         return self.walk_list(val if is_with and ok_truth else dot, branch, mark)
 
-    def walk_range(self, dot: Any, r: RangeNode) -> Iterator[_Request]:
+    def walk_range(self, dot: Any, r: RangeNode) -> _Walker:
         self.at(r)
         mark0 = len(self.vars)
         try:
@@ -307,7 +308,7 @@ class State:
             else:
                 self.vars[-2][1] = index
 
-    def walk_template(self, dot: Any, t: TemplateNode) -> Iterator[_Request] | None:
+    def walk_template(self, dot: Any, t: TemplateNode) -> _Walker | None:
         self.at(t)
         tree = self.trees.get(t.name)
         if tree is None:
@@ -522,8 +523,9 @@ class State:
             self.errorf(f"error calling {name}: {err}")
         if type(result) is str and len(result) > 4096:
             # A string grown by a function (``print $s $s`` in a loop doubles it) is refused at the
-            # output limit even if it is never printed.
+            # output limit even if it is never printed; building it took time, so look at the clock.
             self.budget.check_value(utf8_len(result))
+            self.budget.check_time()
         return result
 
     def validate_type(self, value: Any, typ: str | None) -> Any:
@@ -602,7 +604,7 @@ class State:
         self.out.write(gofmt.sprint([value]))
 
 
-def _drive(walker: Iterator[_Request]) -> None:
+def _drive(walker: _Walker) -> None:
     """Run ``walker`` and every walker it asks for, on an explicit stack, until all are done.
 
     ``break``/``continue`` travel outwards by being thrown into the enclosing walkers; any other

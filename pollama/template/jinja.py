@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import string
-import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -38,7 +37,14 @@ from jinja2.utils import pass_context
 from jinja2.visitor import NodeTransformer
 
 from pollama.errors import TemplateExecError, TemplateLimitExceeded, TemplateParseError
-from pollama.template.limits import MAX_OUTPUT, TIME_LIMIT, describe_size, nesting_error, utf8_len
+from pollama.template.limits import (
+    MAX_OUTPUT,
+    TIME_LIMIT,
+    Budget,
+    describe_size,
+    nesting_error,
+    utf8_len,
+)
 
 #: Default time budget for one render, in seconds.
 DEFAULT_TIME_LIMIT = TIME_LIMIT
@@ -62,22 +68,17 @@ _PRINTF_NUMBERS = re.compile(r"%[#0\- +]*(\*|\d*)(?:\.(\*|\d*))?")
 
 
 class _Guard:
-    """The time budget and size limit of one render; every instrumented operation calls into it."""
+    """The budget of one render seen from the template: every instrumented operation calls into it."""
 
-    def __init__(self, time_limit: float, max_output: int) -> None:
-        self.time_limit = time_limit
-        self.max_output = max_output
-        self.deadline = time.monotonic() + time_limit
-        self.written = 0
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.max_output = budget.max_output
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
-            raise TemplateLimitExceeded(f"template: execution exceeded the time limit of {self.time_limit:g}s")
+        self.budget.check_time()
 
     def wrote(self, n: int) -> None:
-        self.written += n
-        if self.written > self.max_output:
-            raise TemplateLimitExceeded(f"template: output exceeds the limit of {describe_size(self.max_output)}")
+        self.budget.wrote(n)
         self.tick()
 
     def size(self, n: int) -> None:
@@ -446,12 +447,14 @@ class ChatTemplate:
                add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
                enable_thinking: bool | None = None, reasoning_effort: str | None = None,
                extra: Mapping[str, Any] | None = None, now: datetime | None = None,
-               time_limit: float = DEFAULT_TIME_LIMIT, max_output: int = DEFAULT_MAX_OUTPUT) -> str:
+               time_limit: float = DEFAULT_TIME_LIMIT, max_output: int = DEFAULT_MAX_OUTPUT,
+               budget: Budget | None = None) -> str:
         """Render the prompt for Ollama API ``messages`` (and ``tools``), as ``apply_chat_template`` would.
 
         ``enable_thinking``/``reasoning_effort`` are passed only when set, so templates can test
         ``is defined``; ``extra`` adds more variables. ``now`` fixes what ``strftime_now`` sees. A render
-        that runs past ``time_limit`` seconds or writes more than ``max_output`` characters fails.
+        that runs past ``time_limit`` seconds or writes more than ``max_output`` bytes fails with
+        ``TemplateLimitExceeded``; a ``budget`` (whose clock started when it was made) replaces both.
         """
         clock = now
 
@@ -471,7 +474,7 @@ class ChatTemplate:
             variables["enable_thinking"] = enable_thinking
         if reasoning_effort is not None:
             variables["reasoning_effort"] = reasoning_effort
-        guard = _Guard(time_limit, max_output)
+        guard = _Guard(Budget(time_limit=time_limit, max_output=max_output) if budget is None else budget)
         variables[_GUARD_KEY] = guard
 
         parts: list[str] = []
@@ -512,12 +515,12 @@ def render_chat_template(source: str, messages: Sequence[Mapping[str, Any]], *,
                          bos_token: str = "", eos_token: str = "", enable_thinking: bool | None = None,
                          reasoning_effort: str | None = None, extra: Mapping[str, Any] | None = None,
                          now: datetime | None = None, time_limit: float = DEFAULT_TIME_LIMIT,
-                         max_output: int = DEFAULT_MAX_OUTPUT) -> str:
+                         max_output: int = DEFAULT_MAX_OUTPUT, budget: Budget | None = None) -> str:
     """Compile ``source`` and render it once (see :meth:`ChatTemplate.render`)."""
     return ChatTemplate(source).render(
         messages, tools=tools, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
         eos_token=eos_token, enable_thinking=enable_thinking, reasoning_effort=reasoning_effort,
-        extra=extra, now=now, time_limit=time_limit, max_output=max_output)
+        extra=extra, now=now, time_limit=time_limit, max_output=max_output, budget=budget)
 
 
 # --- what a template advertises -------------------------------------------------------------------

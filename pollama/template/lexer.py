@@ -12,6 +12,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from pollama.template.gostrconv import is_print, quote
+from pollama.template.limits import Budget
 
 # Item types. Keywords sort after KEYWORD so ``typ > KEYWORD`` tells them apart, as in Go.
 ERROR = 0
@@ -138,6 +139,7 @@ class _Lexer:
         self.line = 1
         self.start_line = 1
         self.paren_depth = 0
+        self.budget: Budget | None = None
         self.items: list[Item] = []
         self.break_ok = break_ok
         self.continue_ok = continue_ok
@@ -172,6 +174,8 @@ class _Lexer:
         self.items.append(Item(typ, self.start, self.input[self.start:self.pos], self.start_line))
         self.start = self.pos
         self.start_line = self.line
+        if self.budget is not None and len(self.items) % 256 == 0:
+            self.budget.check_time("parsing")
 
     def ignore(self) -> None:
         self.line += self.input.count("\n", self.start, self.pos)
@@ -507,6 +511,12 @@ class _Lexer:
         return True
 
 
-def lex(text: str) -> list[Item]:
-    """All items of ``text``, ending with an ``EOF`` or an ``ERROR`` item."""
-    return _Lexer(text).run()
+def lex(text: str, budget: Budget | None = None) -> list[Item]:
+    """All items of ``text``, ending with an ``EOF`` or an ``ERROR`` item.
+
+    With a ``budget``, its clock is read every few hundred items, so a huge template fails with
+    ``TemplateLimitExceeded`` instead of tying up its thread (and memory) for minutes.
+    """
+    lexer = _Lexer(text)
+    lexer.budget = budget
+    return lexer.run()

@@ -64,7 +64,7 @@ class Budget:
     seconds from creation, ``max_output`` the bytes written. ``clock`` is injectable for tests.
     """
 
-    __slots__ = ("max_steps", "time_limit", "max_output", "steps", "written", "deadline", "clock", "_next_check")
+    __slots__ = ("_next_check", "clock", "deadline", "max_output", "max_steps", "steps", "time_limit", "written")
 
     def __init__(self, *, max_steps: int = MAX_STEPS, time_limit: float = TIME_LIMIT, max_output: int = MAX_OUTPUT,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -89,10 +89,10 @@ class Budget:
         self.check_time()
         self._next_check = min(self.steps + _CLOCK_EVERY, self.max_steps + 1)
 
-    def check_time(self) -> None:
-        """Fail if the wall-time limit has passed."""
+    def check_time(self, activity: str = "execution") -> None:
+        """Fail if the wall-time limit has passed (the message says ``activity`` exceeded it)."""
         if self.clock() > self.deadline:
-            raise TemplateLimitExceeded(f"template: execution exceeded the time limit of {self.time_limit:g}s")
+            raise TemplateLimitExceeded(f"template: {activity} exceeded the time limit of {self.time_limit:g}s")
 
     def wrote(self, n: int) -> None:
         """Count ``n`` bytes of output, failing (before they are kept) if they pass the output limit."""

@@ -14,7 +14,7 @@ from collections.abc import Collection
 from pollama.errors import TemplateParseError
 from pollama.template import gostrconv
 from pollama.template import lexer as L
-from pollama.template.limits import nesting_error
+from pollama.template.limits import Budget, nesting_error
 from pollama.template.nodes import (
     ActionNode,
     BoolNode,
@@ -56,14 +56,17 @@ class _ParseFailure(Exception):
 class _Stream:
     """The lexer output shared by the main tree and the trees of its definitions."""
 
-    def __init__(self, items: list[L.Item]) -> None:
+    def __init__(self, items: list[L.Item], budget: Budget | None = None) -> None:
         self.items = items
         self.i = 0
+        self.budget = budget
 
     def next_item(self) -> L.Item:
         if self.i < len(self.items):
             item = self.items[self.i]
             self.i += 1
+            if self.budget is not None and self.i % 256 == 0:
+                self.budget.check_time("parsing")
             return item
         last = self.items[-1]
         return L.Item(L.EOF, last.pos, "EOF", last.line)
@@ -545,12 +548,13 @@ def _simplify_complex(n: NumberNode) -> None:
                 n.uint64 = int(f)
 
 
-def parse(text: str, funcs: Collection[str]) -> dict[str, ListNode]:
+def parse(text: str, funcs: Collection[str], budget: Budget | None = None) -> dict[str, ListNode]:
     """Parse ``text`` as the template named ``""``; returns every tree by name.
 
-    Raises ``TemplateParseError`` with Go's message; its location is ``template: :LINE: ``.
+    Raises ``TemplateParseError`` with Go's message; its location is ``template: :LINE: ``. With a
+    ``budget``, parsing past its time limit raises ``TemplateLimitExceeded``.
     """
-    stream = _Stream(L.lex(text))
+    stream = _Stream(L.lex(text, budget), budget)
     tree_set: dict[str, ListNode] = {}
     tree = _Tree("", stream, funcs, tree_set)
     try:

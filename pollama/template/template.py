@@ -128,13 +128,16 @@ def function_set(ollama: bool) -> dict[str, GoFunc]:
     return {**BUILTINS, **OLLAMA_FUNCS} if ollama else dict(BUILTINS)
 
 
-def parse_template(text: str, *, missingkey: str = "zero", funcs: bool = True) -> Template:
+def parse_template(text: str, *, missingkey: str = "zero", funcs: bool = True,
+                   budget: Budget | None = None) -> Template:
     """Parse ``text`` as Go's ``template.New("").Option("missingkey=...").Funcs(...).Parse(text)``.
 
-    ``funcs=True`` registers Ollama's four extra functions. Raises ``TemplateParseError``.
+    ``funcs=True`` registers Ollama's four extra functions. Raises ``TemplateParseError``. Parsing
+    runs against ``budget``'s time limit (default: a fresh ``Budget()``, 2 s), past which it raises
+    ``TemplateLimitExceeded``; nesting deeper than the parser can recurse raises it too.
     """
     if missingkey not in MISSINGKEY_MODES:
         raise ValueError(f'unrecognized option: "missingkey={missingkey}"')
     fset = function_set(funcs)
-    trees = parse(text, fset)
+    trees = parse(text, fset, Budget() if budget is None else budget)
     return Template(text, trees, fset, missingkey)

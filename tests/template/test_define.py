@@ -12,7 +12,12 @@ from typing import Any
 
 import pytest
 
-from pollama.errors import InvalidRequest, TemplateExecError, TemplateLimitExceeded, TemplateParseError
+from pollama.errors import (
+    InvalidRequest,
+    TemplateExecError,
+    TemplateLimitExceeded,
+    TemplateParseError,
+)
 from pollama.template import Budget, parse_template
 from pollama.template import exec as template_exec
 

@@ -12,10 +12,14 @@ from typing import Any
 
 import pytest
 
-from pollama.errors import InvalidRequest, TemplateExecError, TemplateLimitExceeded, TemplateParseError
+from pollama.errors import (
+    InvalidRequest,
+    TemplateExecError,
+    TemplateLimitExceeded,
+    TemplateParseError,
+)
 from pollama.gguf.reader import read_gguf
 from pollama.server.errors import status_for
-from pollama.template.limits import MAX_OUTPUT
 from pollama.template.jinja import (
     DEFAULT_MAX_OUTPUT,
     DEFAULT_TIME_LIMIT,
@@ -25,6 +29,7 @@ from pollama.template.jinja import (
     render_chat_template,
     template_tokens,
 )
+from pollama.template.limits import MAX_OUTPUT, Budget
 
 CONVERSATION = [
     {"role": "system", "content": "You are Bob."},
@@ -364,8 +369,7 @@ _TIME = "template: execution exceeded the time limit of 2s"  # whichever limit a
 
 @pytest.mark.parametrize(("source", "message"), [
     ("{% for i in range(100000) %}{{ 'x' * 200 }}{% endfor %}", _OUTPUT),
-    ("{% for i in range(100000) %}{% for j in range(4) %}"
-     "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx{% endfor %}{% endfor %}", _OUTPUT),
+    ("{% for i in range(100000) %}" + "x" * 400 + "{% endfor %}", _OUTPUT),  # literal text counts too
     ("{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
      "{% endfor %}{% endset %}", (_OUTPUT, _TIME)),
     ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", _VALUE),
@@ -424,3 +428,13 @@ def test_legitimate_prompt_of_a_few_mib_renders() -> None:
     out = render_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}",
                                [{"role": "user", "content": content}])
     assert out == content
+
+
+def test_a_budget_replaces_the_time_and_output_limits() -> None:
+    source = "{% for i in range(100) %}0123456789{% endfor %}"
+    assert len(render_chat_template(source, [], budget=Budget(max_output=1000))) == 1000
+    with pytest.raises(TemplateLimitExceeded, match=r"^template: output exceeds the limit of 999 bytes$"):
+        render_chat_template(source, [], budget=Budget(max_output=999))
+    ticks = iter([0.0] + [5.0] * 100)
+    with pytest.raises(TemplateLimitExceeded, match=r"^template: execution exceeded the time limit of 1s$"):
+        render_chat_template(source, [], budget=Budget(time_limit=1, clock=lambda: next(ticks)))

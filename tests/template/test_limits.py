@@ -157,3 +157,16 @@ def test_deep_but_parseable_nesting_executes_and_copies() -> None:
     assert template.execute("x") == "x"
     copy = template.root.copy()
     assert str(copy) == str(template.root) and copy is not template.root
+
+
+def test_parsing_a_huge_template_stops_at_the_time_limit() -> None:
+    # 1 M actions (5 MB): parsing alone would take many seconds (and a gigabyte of tokens).
+    source = "{{.}}" * 1_000_000
+    started = time.monotonic()
+    with pytest.raises(TemplateLimitExceeded) as err:
+        parse_template(source)
+    assert str(err.value) == "template: parsing exceeded the time limit of 2s"
+    assert status_for(err.value) == 400
+    assert time.monotonic() - started < TIME_LIMIT + 1.5
+    with pytest.raises(TemplateLimitExceeded, match=r"^template: parsing exceeded the time limit of 0\.1s$"):
+        parse_template(source, budget=Budget(time_limit=0.1))
