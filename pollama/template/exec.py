@@ -611,6 +611,13 @@ def _drive(walker: _Walker) -> None:
     error ends the execution at once (the suspended walkers are simply dropped).
     """
     stack = [walker]
+    try:
+        _run(stack)
+    finally:
+        stack.clear()  # an error leaves suspended walkers: free them now, not with the traceback
+
+
+def _run(stack: list[_Walker]) -> None:
     signal: BaseException | None = None
     while stack:
         top = stack[-1]
