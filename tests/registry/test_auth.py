@@ -19,10 +19,9 @@ import pytest
 
 from pollama.errors import RegistryError, Unauthorized
 from pollama.names import parse_name
-from pollama.registry import ed25519
 from pollama.registry.auth import Challenge, is_ollama_host, lookup_credentials, signed_token_url
 from pollama.registry.client import RegistryClient
-from pollama.registry.keys import decode_private_key, encode_private_key, ensure_keypair
+from pollama.registry.keys import KeyPair, decode_private_key, encode_private_key, ensure_keypair, verify_signature
 
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
@@ -31,10 +30,12 @@ RFC8032_SIG = bytes.fromhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d87
 
 
 def test_ed25519_matches_rfc8032() -> None:
-    assert ed25519.public_key(RFC8032_SEED) == RFC8032_PUBLIC
-    assert ed25519.sign(RFC8032_SEED, b"") == RFC8032_SIG
-    assert ed25519.verify(RFC8032_PUBLIC, b"", RFC8032_SIG)
-    assert not ed25519.verify(RFC8032_PUBLIC, b"x", RFC8032_SIG)
+    key = KeyPair.from_seed(RFC8032_SEED)
+    assert key.public == RFC8032_PUBLIC
+    assert key.raw_signature(b"") == RFC8032_SIG
+    assert verify_signature(RFC8032_PUBLIC, b"", RFC8032_SIG)
+    assert not verify_signature(RFC8032_PUBLIC, b"x", RFC8032_SIG)
+    assert not verify_signature(RFC8032_PUBLIC, b"", RFC8032_SIG[:-1] + b"\0")
 
 
 def test_key_files_are_openssh(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_signature_string(tmp_path: Path) -> None:
     key, _ = ensure_keypair(tmp_path)
     pub, sig = key.sign(b"hello").split(":")
     assert pub == key.authorized_key.split()[1]
-    assert ed25519.verify(key.public, b"hello", base64.b64decode(sig))
+    assert verify_signature(key.public, b"hello", base64.b64decode(sig))
 
 
 def test_challenge_and_signed_url() -> None:
@@ -144,7 +145,7 @@ class _TokenRegistry:
                 pub, _, sig = auth.partition(":")
                 wire = base64.b64decode(pub)
                 payload = f"GET,{url},".encode() + base64.b64encode(hashlib.sha256(b"").hexdigest().encode())
-                ok = ed25519.verify(wire[-32:], payload, base64.b64decode(sig))
+                ok = verify_signature(wire[-32:], payload, base64.b64decode(sig))
                 token = {"token": "signed-token"}
             self.reply(handler, 200 if ok else 401, token if ok else {"error": "bad signature"})
             return
