@@ -6,7 +6,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pollama.cli._output import ProgressPrinter
+from pollama.cli._progress import TransferProgress
 from pollama.client import Client
 from pollama.errors import InvalidModelName, ModelfileError
 from pollama.modelfile import parse_modelfile, typed_parameters
@@ -32,8 +32,7 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
     prepared = prepare_create(commands, path.parent, typed_parameters=typed_parameters)
     for warning in prepared.warnings:
         print(warning, file=sys.stderr)
-    printer = ProgressPrinter()
-    try:
+    with TransferProgress() as printer:
         body = dict(prepared.body)
         if prepared.files:
             body["files"] = _upload(client, prepared.files, printer)
@@ -44,11 +43,9 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
         body["model"] = model
         for item in client.create(body):
             printer.update(item)
-    finally:
-        printer.close()
 
 
-def _upload(client: Client, files: dict[str, Path], printer: ProgressPrinter) -> dict[str, str]:
+def _upload(client: Client, files: dict[str, Path], printer: TransferProgress) -> dict[str, str]:
     """Hash every file (in parallel) and upload those the server lacks; returns name → digest."""
     with ThreadPoolExecutor(max_workers=4) as pool:
         digests = dict(zip(files, pool.map(digest_file, files.values())))
@@ -57,6 +54,6 @@ def _upload(client: Client, files: dict[str, Path], printer: ProgressPrinter) ->
             continue
         label = f"copying file {digest}"
         client.upload_blob(digest, files[name],
-                           progress=lambda sent, total, label=label: printer.update(
-                               {"status": label, "total": total, "completed": sent}))
+                           progress=lambda sent, total, label=label, digest=digest: printer.update(
+                               {"status": label, "digest": digest, "total": total, "completed": sent}))
     return {Path(name).name if "/" not in name else name: digest for name, digest in digests.items()}
