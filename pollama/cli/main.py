@@ -49,10 +49,11 @@ def cmd_serve(_: argparse.Namespace) -> int:
 
 
 def cmd_version(_: argparse.Namespace) -> int:
-    from pollama.client import Client, ClientError
+    from pollama.cli.server import client_for
+    from pollama.client import ClientError
 
     settings = _settings()
-    with Client(settings.host.url) as client:
+    with client_for(settings) as client:
         try:
             server = client.version()
         except ClientError:

@@ -51,9 +51,16 @@ def ensure_server_key(settings: Settings) -> None:
     print(f"Your new public key is: \n\n{key.authorized_key}", flush=True)
 
 
+def client_for(settings: Settings) -> Client:
+    """A client for ``OLLAMA_HOST`` that signs its requests when ``OLLAMA_AUTH`` is set or the host is
+    ollama.com, as Ollama's client does."""
+    signs = settings.auth or settings.host.host == "ollama.com"
+    return Client(settings.host.url, sign_with=settings.home if signs else None)
+
+
 def connect(settings: Settings, *, start: bool = True) -> Client:
     """A client for ``OLLAMA_HOST``, starting a background server first if needed and allowed."""
-    client = Client(settings.host.url)
+    client = client_for(settings)
     try:
         client.heartbeat()
         return client

@@ -205,3 +205,55 @@ def test_docker_token_flow_with_credentials(token_registry: _TokenRegistry, tmp_
     with RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client, \
             pytest.raises(Unauthorized, match="unauthorized: access denied"):
         client.get_manifest("latest")
+
+
+def test_client_signs_requests_with_ollama_auth(tmp_path: Path) -> None:
+    # OLLAMA_AUTH: the CLI's client adds ?ts= and signs "<METHOD>,<path>?ts=<ts>" with the machine key.
+    from pollama.cli.server import client_for
+    from pollama.client import ClientError
+    from pollama.config import Settings
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, body: bytes) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._answer(b'{"version": "0.0.1"}')
+
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(b'{"status": "success"}\n')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"HOME": str(tmp_path), "OLLAMA_HOST": f"127.0.0.1:{server.server_address[1]}"}
+    try:
+        with client_for(Settings.from_env({**env, "OLLAMA_AUTH": "1"})) as client:
+            with pytest.raises(ClientError, match=r"^open .*id_ed25519: no such file or directory$"):
+                client.version()
+            key, _ = ensure_keypair(tmp_path / ".ollama")
+            assert client.version() == "0.0.1"
+            assert [item["status"] for item in client.pull("m")] == ["success"]
+        with client_for(Settings.from_env(env)) as client:
+            client.version()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (get_method, get_path, get_auth), (post_method, post_path, post_auth), unsigned = seen
+    for method, path, auth, api in ((get_method, get_path, get_auth, "/api/version"),
+                                    (post_method, post_path, post_auth, "/api/pull")):
+        route, _, query = path.partition("?")
+        assert route == api and parse_qsl(query)[0][0] == "ts"
+        pub, _, sig = auth.partition(":")
+        assert pub == key.public_base64
+        assert verify_signature(key.public, f"{method},{route}?{query}".encode(), base64.b64decode(sig))
+    assert unsigned == ("GET", "/api/version", "")
