@@ -24,6 +24,29 @@ _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
+# What ``pollama serve --help`` lists: (variable, default, meaning).
+SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("OLLAMA_HOST", "127.0.0.1:11434", "Address to listen on (':port' = all interfaces)"),
+    ("OLLAMA_MODELS", "~/.ollama/models", "The models directory"),
+    ("OLLAMA_KEEP_ALIVE", "5m", "How long an idle model stays loaded (negative = forever)"),
+    ("OLLAMA_LOAD_TIMEOUT", "5m", "How long a model load may take before giving up"),
+    ("OLLAMA_CONTEXT_LENGTH", "4096", "Context length when a request sets no num_ctx"),
+    ("OLLAMA_NUM_PARALLEL", "1", "Requests one loaded model serves at once"),
+    ("OLLAMA_MAX_LOADED_MODELS", "3", "Models loaded at once"),
+    ("OLLAMA_MAX_QUEUE", "512", "Requests waiting for a model before 503"),
+    ("OLLAMA_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
+    ("OLLAMA_DEBUG", "0", "Log level: 1 = debug, 2 = trace"),
+    ("OLLAMA_NOPRUNE", "false", "Do not remove unused blobs at startup"),
+    ("OLLAMA_FLASH_ATTENTION", "auto", "Force flash attention on or off"),
+    ("OLLAMA_KV_CACHE_TYPE", "f16", "K/V cache type: f16, q8_0 or q4_0"),
+    ("OLLAMA_GO_TEMPLATE", "true", "Use a Modelfile TEMPLATE over the GGUF's Jinja template"),
+    ("OLLAMA_LLM_LIBRARY", "", "'cpu' keeps every model off the GPU (no other value)"),
+    ("OLLAMA_SCHED_SPREAD", "false", "Spread models over all GPUs (llama.cpp always does)"),
+    ("OLLAMA_GPU_OVERHEAD", "0", "Only 0: pollama keeps no per-GPU memory budget"),
+    ("OLLAMA_NO_CLOUD", "false", "Disable cloud models (pollama has none)"),
+)
+
+
 @dataclass(frozen=True)
 class HostAddress:
     """Where the server listens, or where a client connects (``OLLAMA_HOST``)."""

@@ -206,6 +206,17 @@ _RUN_ENV_HELP = """Environment Variables:
       OLLAMA_NOHISTORY           Do not preserve readline history
 """
 
+def _serve_env_help() -> str:
+    """The ``Environment Variables:`` block of ``serve --help``, from the settings table."""
+    from pollama.config import SERVER_VARIABLES
+
+    lines = ["Environment Variables:"]
+    for name, default, meaning in SERVER_VARIABLES:
+        shown = f" (default {default})" if default else ""
+        lines.append(f"      {name:<26} {meaning}{shown}")
+    return "\n".join(lines) + "\n"
+
+
 # flags that may be given bare (``--think``) or with ``=value``, as cobra's NoOptDefVal allows
 _OPTIONAL_VALUE_FLAGS = ("--think", "--truncate")
 
@@ -237,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="store_true", help="Show version information")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    p = sub.add_parser("serve", aliases=["start"], help="Start pollama")
+    p = sub.add_parser("serve", aliases=["start"], help="Start pollama", epilog=_serve_env_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("create", help="Create a model from a Modelfile")
