@@ -37,13 +37,13 @@ def run_server(settings: Settings) -> None:
     from pollama.server.app import create_app
 
     _check_folders(settings)
+    host = settings.host.host or "0.0.0.0"
+    listener = _listen(host, settings.host.port)
     ensure_server_key(settings)
     level = logging.DEBUG if settings.debug > 0 else logging.INFO
     logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
     log.info("server config %s", settings.describe())
     app = create_app(settings)
-    host = settings.host.host or "0.0.0.0"
-    listener = _listen(host, settings.host.port)
     log.info("Listening on %s:%d", host, settings.host.port)
     config = uvicorn.Config(app, log_level="warning" if settings.debug <= 0 else "debug",
                             access_log=settings.debug > 0, timeout_graceful_shutdown=5)
