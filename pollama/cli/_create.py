@@ -52,8 +52,8 @@ def _upload(client: Client, files: dict[str, Path], printer: TransferProgress) -
     for name, digest in digests.items():
         if client.has_blob(digest):
             continue
-        label = f"copying file {digest}"
+        # Ollama's wording: one spinner line whose message counts up, not a bar.
         client.upload_blob(digest, files[name],
-                           progress=lambda sent, total, label=label, digest=digest: printer.update(
-                               {"status": label, "digest": digest, "total": total, "completed": sent}))
+                           progress=lambda sent, total, digest=digest: printer.message(
+                               digest, f"copying file {digest} {100 * sent // max(total, 1)}%"))
     return {Path(name).name if "/" not in name else name: digest for name, digest in digests.items()}

@@ -3,8 +3,10 @@
 One line per status (``pulling manifest``, ``verifying sha256 digest``...) with a spinner while it
 is the current step, and one bar per layer digest::
 
-    pulling 1324412dfe8c:  45% ▕███████████             ▏  44 MB/98 MB   12 MB/s      4s
-    pulling 8f434346648f: 100% ▕████████████████████████▏  453 B
+    pulling 1324412dfe8c:  45% ▕████████          ▏  44 MB/98 MB    12 MB/s      4s
+    pulling 8f434346648f: 100% ▕██████████████████▏  453 B
+
+(the bar stretches to the terminal's width; 80 columns, as above, off a terminal).
 
 Each line is a ``rich.progress`` task: rich keeps the completed counts, measures speed and time
 left, and on a terminal redraws the block in place. Only the line's text is pollama's
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
 from typing import IO, Any
 
 from rich.console import Console
@@ -26,8 +29,8 @@ from rich.text import Text
 from pollama.cli._output import human_bytes
 
 _SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
-_BAR_WIDTH = 24
 _LABEL_WIDTH = 20  # ``pulling <12 hex>`` and ``pushing <12 hex>``, as Ollama cuts layer labels
+DEFAULT_WIDTH = 80  # Ollama's width when it cannot ask the terminal (and pollama's for logs)
 
 
 def _eta(seconds: float) -> str:
@@ -39,8 +42,10 @@ def _eta(seconds: float) -> str:
     return f"{whole}s"
 
 
-def render_line(task: Task, *, spinner: str = "") -> str:
-    """The text of one progress line: a status (with ``spinner``) or an Ollama-style layer bar."""
+def render_line(task: Task, *, spinner: str = "", width: int = DEFAULT_WIDTH) -> str:
+    """The text of one progress line: a status (with ``spinner``) or a layer bar laid out as Ollama's
+    ``progress.Bar`` does: ``<label>: <percent>`` then the bar, stretched so that the line fills
+    ``width`` columns, then sizes, speed and time left in fixed-width fields."""
     status = task.description
     total = int(task.total or 0)
     if not task.fields.get("bar") or total <= 0:
@@ -50,16 +55,19 @@ def render_line(task: Task, *, spinner: str = "") -> str:
         label = label[:_LABEL_WIDTH]
     completed = int(task.completed)
     fraction = min(max(completed / total, 0.0), 1.0)
-    filled = int(fraction * _BAR_WIDTH)
-    head = f"{label}: {fraction * 100:3.0f}% ▕{'█' * filled}{' ' * (_BAR_WIDTH - filled)}▏"
-    if completed >= total:
-        return f"{head} {human_bytes(total):>7}"
-    sizes = f"{human_bytes(completed)}/{human_bytes(total)}"
+    head = f"{label}: {fraction * 100:3.0f}%"
     rate = task.speed or 0.0
-    speed = f"{human_bytes(int(rate))}/s" if rate > 0 else ""
-    left = task.time_remaining
-    eta = _eta(left) if rate > 0 and left is not None else ""
-    return f"{head} {sizes:>15} {speed:>10} {eta:>7}".rstrip()
+    if completed >= total:
+        tail = f"{human_bytes(total):>6}" + " " * 7 + " " * 10 + " " * 8
+    else:
+        tail = f"{human_bytes(completed):>6}/{human_bytes(total):<6}"
+        if rate > 0:
+            tail += f"  {human_bytes(int(rate)):>6}/s  {_eta((total - completed) / rate):>6}"
+        else:
+            tail += " " * 18
+    bar_width = max(width - len(head) - len(tail) - 5, 0)
+    filled = int(bar_width * fraction)
+    return f"{head} ▕{'█' * filled}{' ' * (bar_width - filled)}▏ {tail}".rstrip()
 
 
 class _OllamaColumn(ProgressColumn):
@@ -72,19 +80,21 @@ class _OllamaColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
         spinning = task.id == self._display.current and not self._display.closed
         frame = _SPINNER[int(time.monotonic() * 10) % len(_SPINNER)] if spinning else ""
-        return Text(render_line(task, spinner=frame), no_wrap=True, overflow="ellipsis")
+        line = render_line(task, spinner=frame, width=self._display.console.width)
+        return Text(line, no_wrap=True, overflow="crop")
 
 
 class TransferProgress:
     """Shows the progress objects of a pull/push/create stream; use as a context manager."""
 
-    def __init__(self, stream: IO[str] | None = None) -> None:
+    def __init__(self, stream: IO[str] | None = None, *, clock: Callable[[], float] | None = None) -> None:
         self.console = Console(file=stream or sys.stderr, highlight=False)
         self.interactive = self.console.is_terminal
         self.closed = False
         self.current: TaskID | None = None
         self._progress = Progress(_OllamaColumn(self), console=self.console, auto_refresh=self.interactive,
-                                  refresh_per_second=10, speed_estimate_period=5.0, disable=not self.interactive)
+                                  refresh_per_second=10, speed_estimate_period=5.0, disable=not self.interactive,
+                                  get_time=clock)
         self._by_key: dict[str, TaskID] = {}
         self._printed: set[TaskID] = set()
 
@@ -114,12 +124,32 @@ class TransferProgress:
         if not self.interactive:
             self._print_finished()
 
+    def message(self, key: str, text: str) -> None:
+        """Show ``text`` on the status line ``key``, replacing what it said (a spinner line whose message
+        changes, like create's ``copying file <digest> 45%``). Off a terminal the line is printed once,
+        with its last text, when another line follows it or the display closes."""
+        task_id = self._by_key.get(key)
+        if task_id is None:
+            task_id = self._progress.add_task(text, total=None, bar=False, deferred=True)
+            self._by_key[key] = task_id
+            self.current = task_id
+        else:
+            self._progress.update(task_id, description=text)
+        if not self.interactive:
+            self._print_finished()
+
+    def lines(self) -> list[str]:
+        """The text every line shows now (without spinners)."""
+        return [render_line(task) for task in self._progress.tasks]
+
     def _print_finished(self) -> None:
         for task in self._progress.tasks:
             if task.id in self._printed:
                 continue
             if task.fields.get("bar") and task.completed < (task.total or 0):
                 return  # keep the order: wait for this layer
+            if task.fields.get("deferred") and task is self._progress.tasks[-1]:
+                return  # its text may still change
             self.console.print(render_line(task), soft_wrap=True)
             self._printed.add(task.id)
 

@@ -147,3 +147,19 @@ def test_modelfile_of_a_gguf_without_template_recreates_the_same_model(
             assert r.status_code == 200, r.text
             answers.append(r.json()["message"]["content"])
     assert answers[0] == answers[1] and answers[0]
+
+
+def test_create_uploads_the_file_it_names(server: ServerProcess, smollm2_gguf: Path, tmp_path: Path) -> None:
+    # A fresh server lacks the blob: create uploads it, on one "copying file" line as Ollama prints it.
+    import hashlib
+
+    digest = "sha256:" + hashlib.sha256(smollm2_gguf.read_bytes()).hexdigest()
+    (tmp_path / "Modelfile").write_text(f"FROM {smollm2_gguf}\n")
+    done = _cli(server, "create", "fresh", "-f", str(tmp_path / "Modelfile"))
+    assert done.returncode == 0, done.stderr
+    steps = done.stderr.splitlines()
+    assert steps[0] == f"copying file {digest} 100%"
+    assert steps[-2:] == ["writing manifest", "success"]
+    assert [line.split()[0] for line in _ok(server, "list").splitlines()] == ["NAME", "fresh:latest"]
+    missing = _cli(server, "create", "other", "-f", str(tmp_path / "Nope"))
+    assert (missing.returncode, missing.stderr) == (1, "Error: specified Modelfile wasn't located\n")
