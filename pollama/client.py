@@ -11,6 +11,7 @@ carries the signature of ``<METHOD>,<path>?ts=<unix seconds>`` by ``~/.ollama/id
 
 from __future__ import annotations
 
+import builtins
 import json
 import time
 from collections.abc import Iterator
@@ -135,7 +136,7 @@ class Client:
         """Installed models (``/api/tags``)."""
         return list(self._json("GET", "/api/tags").get("models") or [])
 
-    def ps(self) -> list[dict[str, Any]]:
+    def ps(self) -> builtins.list[dict[str, Any]]:
         """Loaded models (``/api/ps``)."""
         return list(self._json("GET", "/api/ps").get("models") or [])
 
@@ -209,7 +210,7 @@ def _error_message(response: httpx.Response) -> str:
         text = response.text.strip()
         return text or f"{response.status_code} {response.reason_phrase}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
+        return str(data["error"])
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return str(data["error"].get("message", data["error"]))
     return response.text.strip()

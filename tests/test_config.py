@@ -112,11 +112,11 @@ def test_go_durations() -> None:
     assert parse_go_duration("1.5s") == 1_500_000_000
     assert parse_go_duration("-2m") == -120 * 10**9
     assert parse_go_duration("300ms") == 300_000_000
-    with pytest.raises(ValueError, match='^time: missing unit in duration "300"$'):
+    with pytest.raises(ValueError, match=r'^time: missing unit in duration "300"$'):
         parse_go_duration("300")
-    with pytest.raises(ValueError, match='^time: unknown unit "d" in duration "3d"$'):
+    with pytest.raises(ValueError, match=r'^time: unknown unit "d" in duration "3d"$'):
         parse_go_duration("3d")
-    with pytest.raises(ValueError, match='^time: invalid duration "abc"$'):
+    with pytest.raises(ValueError, match=r'^time: invalid duration "abc"$'):
         parse_go_duration("abc")
     assert format_go_duration(90) == "1m30s"
     assert format_go_duration(1.5) == "1.5s"

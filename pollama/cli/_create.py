@@ -48,7 +48,7 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
 def _upload(client: Client, files: dict[str, Path], printer: TransferProgress) -> dict[str, str]:
     """Hash every file (in parallel) and upload those the server lacks; returns name → digest."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = dict(zip(files, pool.map(digest_file, files.values())))
+        digests = dict(zip(files, pool.map(digest_file, files.values()), strict=True))
     for name, digest in digests.items():
         if client.has_blob(digest):
             continue

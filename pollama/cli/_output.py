@@ -176,7 +176,7 @@ def terminal_width(stream: IO[str]) -> int:
 
 
 class WordWrapper:
-    """Ollama's ``displayResponse``: prints streamed text, wrapping words at the terminal width − 5.
+    """Ollama's ``displayResponse``: prints streamed text, wrapping words at the terminal width - 5.
 
     When a character would pass the margin, the word being typed is taken back (``ESC[nD`` +
     ``ESC[K``) and printed again on a new line. Words longer than the line are broken where they are.

@@ -189,12 +189,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Usage(Exception):
+class _UsageError(Exception):
     pass
 
 
-def _usage(message: str) -> _Usage:
-    return _Usage(message)
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -358,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return handler(args)
-    except (PollamaError, _Usage, OSError) as exc:
+    except (PollamaError, _UsageError, OSError) as exc:
         print(f"Error: {_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
