@@ -3,19 +3,28 @@
 Every call raises ``ClientError`` with the server's ``{"error": ...}`` message on failure, so the CLI
 can print ``Error: <message>``. Streaming calls yield one decoded object per NDJSON line and raise on
 an ``error`` line. If the server cannot be reached, ``ConnectError`` says so.
+
+With ``sign_with`` (``OLLAMA_AUTH``, or a server at ollama.com) every request is signed as Ollama's
+client signs it: ``?ts=<unix seconds>`` is added to the URL and ``Authorization: <key>:<signature>``
+carries the signature of ``<METHOD>,<path>?ts=<unix seconds>`` by ``~/.ollama/id_ed25519`` (spec §1.1).
 """
 
 from __future__ import annotations
 
+import builtins
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
 from pollama import __version__
 from pollama.errors import PollamaError
+
+if TYPE_CHECKING:
+    from pollama.registry.keys import KeyPair
 
 _MAX_LINE = 8 * 1024 * 1024
 
@@ -35,8 +44,11 @@ class ConnectError(ClientError):
 class Client:
     """Talks to one server at ``base_url`` (``http://127.0.0.1:11434`` by default)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:11434", *, timeout: float | None = None) -> None:
+    def __init__(self, base_url: str = "http://127.0.0.1:11434", *, timeout: float | None = None,
+                 sign_with: Path | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self._key_home = sign_with  # folder of id_ed25519 when requests are signed
+        self._key: KeyPair | None = None
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=5.0),
@@ -56,9 +68,27 @@ class Client:
 
     # --- plumbing --------------------------------------------------------------------------------
 
+    def _signed(self, method: str, path: str, headers: dict[str, str] | None = None,
+                ) -> tuple[dict[str, str], dict[str, str]]:
+        """Query parameters and headers of a request, signed when this client signs requests."""
+        out = dict(headers or {})
+        if self._key_home is None:
+            return {}, out
+        if self._key is None:
+            from pollama.registry.keys import load_keypair
+
+            try:
+                self._key = load_keypair(self._key_home)
+            except PollamaError as exc:
+                raise ClientError(str(exc)) from None
+        now = str(int(time.time()))
+        out["Authorization"] = self._key.sign(f"{method},{path}?ts={now}".encode())
+        return {"ts": now}, out
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        params, kwargs["headers"] = self._signed(method, path, kwargs.get("headers"))
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = self._http.request(method, path, params=params, **kwargs)
         except httpx.ConnectError as exc:
             raise ConnectError(f"could not connect to pollama server at {self.base_url}: {exc}") from None
         except httpx.TransportError as exc:
@@ -73,8 +103,8 @@ class Client:
 
     def _stream(self, path: str, body: dict[str, Any], method: str = "POST") -> Iterator[dict[str, Any]]:
         try:
-            with self._http.stream(method, path, json=body,
-                                   headers={"Accept": "application/x-ndjson"}) as response:
+            params, headers = self._signed(method, path, {"Accept": "application/x-ndjson"})
+            with self._http.stream(method, path, json=body, params=params, headers=headers) as response:
                 if response.status_code >= 400:
                     response.read()
                     raise ClientError(_error_message(response), response.status_code)
@@ -106,7 +136,7 @@ class Client:
         """Installed models (``/api/tags``)."""
         return list(self._json("GET", "/api/tags").get("models") or [])
 
-    def ps(self) -> list[dict[str, Any]]:
+    def ps(self) -> builtins.list[dict[str, Any]]:
         """Loaded models (``/api/ps``)."""
         return list(self._json("GET", "/api/ps").get("models") or [])
 
@@ -180,7 +210,7 @@ def _error_message(response: httpx.Response) -> str:
         text = response.text.strip()
         return text or f"{response.status_code} {response.reason_phrase}"
     if isinstance(data, dict) and isinstance(data.get("error"), str):
-        return data["error"]
+        return str(data["error"])
     if isinstance(data, dict) and isinstance(data.get("error"), dict):
         return str(data["error"].get("message", data["error"]))
     return response.text.strip()

@@ -24,6 +24,29 @@ _FALSE = {"0", "f", "F", "FALSE", "false", "False"}
 KV_CACHE_TYPES = ("f16", "q8_0", "q4_0")
 
 
+# What ``pollama serve --help`` lists: (variable, default, meaning).
+SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
+    ("OLLAMA_HOST", "127.0.0.1:11434", "Address to listen on (':port' = all interfaces)"),
+    ("OLLAMA_MODELS", "~/.ollama/models", "The models directory"),
+    ("OLLAMA_KEEP_ALIVE", "5m", "How long an idle model stays loaded (negative = forever)"),
+    ("OLLAMA_LOAD_TIMEOUT", "5m", "How long a model load may take before giving up"),
+    ("OLLAMA_CONTEXT_LENGTH", "4096", "Context length when a request sets no num_ctx"),
+    ("OLLAMA_NUM_PARALLEL", "1", "Requests one loaded model serves at once"),
+    ("OLLAMA_MAX_LOADED_MODELS", "3", "Models loaded at once"),
+    ("OLLAMA_MAX_QUEUE", "512", "Requests waiting for a model before 503"),
+    ("OLLAMA_ORIGINS", "", "Extra allowed CORS origins, comma separated"),
+    ("OLLAMA_DEBUG", "0", "Log level: 1 = debug, 2 = trace"),
+    ("OLLAMA_NOPRUNE", "false", "Do not remove unused blobs at startup"),
+    ("OLLAMA_FLASH_ATTENTION", "auto", "Force flash attention on or off"),
+    ("OLLAMA_KV_CACHE_TYPE", "f16", "K/V cache type: f16, q8_0 or q4_0"),
+    ("OLLAMA_GO_TEMPLATE", "true", "Use a Modelfile TEMPLATE over the GGUF's Jinja template"),
+    ("OLLAMA_LLM_LIBRARY", "", "'cpu' keeps every model off the GPU (no other value)"),
+    ("OLLAMA_SCHED_SPREAD", "false", "Spread models over all GPUs (llama.cpp always does)"),
+    ("OLLAMA_GPU_OVERHEAD", "0", "Only 0: pollama keeps no per-GPU memory budget"),
+    ("OLLAMA_NO_CLOUD", "false", "Disable cloud models (pollama has none)"),
+)
+
+
 @dataclass(frozen=True)
 class HostAddress:
     """Where the server listens, or where a client connects (``OLLAMA_HOST``)."""
@@ -86,6 +109,11 @@ class Settings:
     llm_library: str = ""
 
     @property
+    def force_cpu(self) -> bool:
+        """``OLLAMA_LLM_LIBRARY=cpu``: every model runs with ``num_gpu 0``, whatever a request asks."""
+        return self.llm_library == "cpu"
+
+    @property
     def default_num_ctx(self) -> int:
         """Context length used when a request does not set ``num_ctx`` (no VRAM here: the 4096 tier)."""
         return self.context_length if self.context_length > 0 else 4096
@@ -124,13 +152,13 @@ class Settings:
             nohistory=_bool(env, "OLLAMA_NOHISTORY", False),
             flash_attention=_optional_bool(env, "OLLAMA_FLASH_ATTENTION"),
             kv_cache_type=_kv_cache_type(env),
-            gpu_overhead=_uint(env, "OLLAMA_GPU_OVERHEAD", 0),
+            gpu_overhead=_gpu_overhead(env),
             sched_spread=_bool(env, "OLLAMA_SCHED_SPREAD", False),
             go_template=_bool(env, "OLLAMA_GO_TEMPLATE", True),
             editor=_var(env, "OLLAMA_EDITOR"),
             auth=_bool(env, "OLLAMA_AUTH", False),
             no_cloud=_bool(env, "OLLAMA_NO_CLOUD", False),
-            llm_library=_var(env, "OLLAMA_LLM_LIBRARY"),
+            llm_library=_llm_library(env),
         )
 
     def describe(self) -> dict[str, str]:
@@ -150,6 +178,8 @@ class Settings:
             "OLLAMA_FLASH_ATTENTION": "auto" if self.flash_attention is None else str(self.flash_attention).lower(),
             "OLLAMA_KV_CACHE_TYPE": self.kv_cache_type,
             "OLLAMA_SCHED_SPREAD": str(self.sched_spread).lower(),
+            "OLLAMA_NO_CLOUD": str(self.no_cloud).lower(),
+            "OLLAMA_LLM_LIBRARY": self.llm_library,
             "OLLAMA_GO_TEMPLATE": str(self.go_template).lower(),
         }
 
@@ -276,3 +306,26 @@ def _kv_cache_type(env: Mapping[str, str]) -> str:
     if raw.lower() not in KV_CACHE_TYPES:
         raise ConfigError(f"OLLAMA_KV_CACHE_TYPE: unsupported type {raw!r} (use one of {', '.join(KV_CACHE_TYPES)})")
     return raw.lower()
+
+
+def _gpu_overhead(env: Mapping[str, str]) -> int:
+    """``OLLAMA_GPU_OVERHEAD``: only 0 (pollama keeps no per-GPU memory budget it could reserve from)."""
+    value = _uint(env, "OLLAMA_GPU_OVERHEAD", 0)
+    if value:
+        raise ConfigError(f"OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it cannot reserve "
+                          f"{value} bytes per GPU (llama.cpp places the layers: unset it, or lower num_gpu)")
+    return value
+
+
+_CPU_LIBRARIES = ("cpu", "cpu_avx", "cpu_avx2")
+
+
+def _llm_library(env: Mapping[str, str]) -> str:
+    """``OLLAMA_LLM_LIBRARY``: ``cpu`` forces CPU inference; no other library can be chosen at run time."""
+    raw = _var(env, "OLLAMA_LLM_LIBRARY")
+    if not raw:
+        return ""
+    if raw.lower() in _CPU_LIBRARIES:
+        return "cpu"
+    raise ConfigError(f"OLLAMA_LLM_LIBRARY: pollama cannot switch to the {raw!r} library (its backend is the one "
+                      f"llama-cpp-python was built with, see docs/gpu.md); use cpu or unset it")

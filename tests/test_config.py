@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -71,6 +73,10 @@ def test_client_url_rewrites_wildcards() -> None:
         ({"OLLAMA_KV_CACHE_TYPE": "q5_1"}, "OLLAMA_KV_CACHE_TYPE"),
         ({"OLLAMA_DEBUG": "loud"}, "OLLAMA_DEBUG"),
         ({"OLLAMA_FLASH_ATTENTION": "sometimes"}, "OLLAMA_FLASH_ATTENTION"),
+        ({"OLLAMA_AUTH": "yes"}, "OLLAMA_AUTH"),
+        ({"OLLAMA_SCHED_SPREAD": "both"}, "OLLAMA_SCHED_SPREAD"),
+        ({"OLLAMA_NO_CLOUD": "please"}, "OLLAMA_NO_CLOUD"),
+        ({"OLLAMA_GPU_OVERHEAD": "1GB"}, "OLLAMA_GPU_OVERHEAD"),
     ],
 )
 def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> None:
@@ -106,11 +112,11 @@ def test_go_durations() -> None:
     assert parse_go_duration("1.5s") == 1_500_000_000
     assert parse_go_duration("-2m") == -120 * 10**9
     assert parse_go_duration("300ms") == 300_000_000
-    with pytest.raises(ValueError, match='^time: missing unit in duration "300"$'):
+    with pytest.raises(ValueError, match=r'^time: missing unit in duration "300"$'):
         parse_go_duration("300")
-    with pytest.raises(ValueError, match='^time: unknown unit "d" in duration "3d"$'):
+    with pytest.raises(ValueError, match=r'^time: unknown unit "d" in duration "3d"$'):
         parse_go_duration("3d")
-    with pytest.raises(ValueError, match='^time: invalid duration "abc"$'):
+    with pytest.raises(ValueError, match=r'^time: invalid duration "abc"$'):
         parse_go_duration("abc")
     assert format_go_duration(90) == "1m30s"
     assert format_go_duration(1.5) == "1.5s"
@@ -130,3 +136,57 @@ def test_keep_alive_values() -> None:
         keep_alive_seconds("300")
     with pytest.raises(InvalidRequest, match="Unsupported type"):
         keep_alive_seconds([1])
+
+
+def test_variables_pollama_cannot_honour_stop_it() -> None:
+    # pollama keeps no per-GPU memory budget and runs on the one backend llama-cpp-python was built with.
+    with pytest.raises(ConfigError, match=r"^OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it "
+                                          r"cannot reserve 1073741824 bytes per GPU"):
+        Settings.from_env({"HOME": "/h", "OLLAMA_GPU_OVERHEAD": "1073741824"})
+    with pytest.raises(ConfigError, match=r"^OLLAMA_LLM_LIBRARY: pollama cannot switch to the 'cuda_v12' library"):
+        Settings.from_env({"HOME": "/h", "OLLAMA_LLM_LIBRARY": "cuda_v12"})
+
+
+def test_variables_pollama_honours() -> None:
+    s = Settings.from_env({"HOME": "/h", "OLLAMA_GPU_OVERHEAD": "0", "OLLAMA_LLM_LIBRARY": "cpu_avx2",
+                           "OLLAMA_AUTH": "true", "OLLAMA_SCHED_SPREAD": "1", "OLLAMA_NO_CLOUD": "1"})
+    assert (s.gpu_overhead, s.llm_library, s.force_cpu, s.auth, s.sched_spread, s.no_cloud) == (
+        0, "cpu", True, True, True, True)
+    assert Settings.from_env({"HOME": "/h"}).force_cpu is False
+    described = s.describe()
+    assert (described["OLLAMA_LLM_LIBRARY"], described["OLLAMA_NO_CLOUD"]) == ("cpu", "true")
+
+
+def test_serve_refuses_a_variable_it_cannot_honour(isolated_env: Path) -> None:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pollama", "serve"], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "OLLAMA_LLM_LIBRARY": "rocm", "OLLAMA_HOST": "127.0.0.1:1"})
+    assert done.returncode == 1
+    assert done.stderr.startswith("Error: OLLAMA_LLM_LIBRARY: pollama cannot switch to the 'rocm' library")
+    assert len(done.stderr.splitlines()) == 1 and "Listening" not in done.stdout + done.stderr
+
+
+def test_llm_library_cpu_keeps_layers_off_the_gpu(start_server: Any, smollm2_gguf: Path) -> None:
+    # A request asking for GPU layers still loads a runner with --n-gpu-layers 0.
+    from tests.conftest import create_from_gguf
+
+    server = start_server(OLLAMA_LLM_LIBRARY="cpu")
+    with server.client() as c:
+        create_from_gguf(c, "m", smollm2_gguf)
+        r = c.post("/api/generate", json={"model": "m", "prompt": "Hi", "stream": False,
+                                          "options": {"num_gpu": 99, "num_predict": 1}})
+        assert r.status_code == 200, r.text
+        commands = [_read(p).split(b"\0") for p in Path("/proc").glob("[0-9]*/cmdline")]
+        runner = [cmd for cmd in commands if b"pollama.runner" in cmd and str(server.models).encode() in b" ".join(cmd)]
+        assert len(runner) == 1
+        flags = runner[0]
+        assert flags[flags.index(b"--n-gpu-layers") + 1] == b"0"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""

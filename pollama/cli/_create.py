@@ -6,7 +6,7 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from pollama.cli._output import ProgressPrinter
+from pollama.cli._progress import TransferProgress
 from pollama.client import Client
 from pollama.errors import InvalidModelName, ModelfileError
 from pollama.modelfile import parse_modelfile, typed_parameters
@@ -32,8 +32,7 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
     prepared = prepare_create(commands, path.parent, typed_parameters=typed_parameters)
     for warning in prepared.warnings:
         print(warning, file=sys.stderr)
-    printer = ProgressPrinter()
-    try:
+    with TransferProgress() as printer:
         body = dict(prepared.body)
         if prepared.files:
             body["files"] = _upload(client, prepared.files, printer)
@@ -44,19 +43,17 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
         body["model"] = model
         for item in client.create(body):
             printer.update(item)
-    finally:
-        printer.close()
 
 
-def _upload(client: Client, files: dict[str, Path], printer: ProgressPrinter) -> dict[str, str]:
+def _upload(client: Client, files: dict[str, Path], printer: TransferProgress) -> dict[str, str]:
     """Hash every file (in parallel) and upload those the server lacks; returns name → digest."""
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = dict(zip(files, pool.map(digest_file, files.values())))
+        digests = dict(zip(files, pool.map(digest_file, files.values()), strict=True))
     for name, digest in digests.items():
         if client.has_blob(digest):
             continue
-        label = f"copying file {digest}"
+        # Ollama's wording: one spinner line whose message counts up, not a bar.
         client.upload_blob(digest, files[name],
-                           progress=lambda sent, total, label=label: printer.update(
-                               {"status": label, "total": total, "completed": sent}))
+                           progress=lambda sent, total, digest=digest: printer.message(
+                               digest, f"copying file {digest} {100 * sent // max(total, 1)}%"))
     return {Path(name).name if "/" not in name else name: digest for name, digest in digests.items()}

@@ -1,4 +1,5 @@
-"""Everything the CLI prints: Ollama's tables, human sizes and times, and progress lines."""
+"""Everything the CLI prints: Ollama's tables, human sizes and times, streamed answers, ``show``'s
+metadata values (transfer progress is in ``_progress``)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import math
 import os
 import sys
-import time
 from datetime import datetime, timezone
 from typing import IO, Any
 
@@ -89,65 +89,63 @@ def table(rows: list[list[str]], *, padding: str = "    ") -> str:
     return "\n".join(lines) + "\n"
 
 
+_METADATA_WIDTH = 10  # Ollama shows an array only as far as it fits in this many columns
+
+
+def _as_decoded_json(value: Any) -> Any:
+    """``value`` as Go holds a decoded JSON value: every number a ``float64``."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return float(value)
+    if isinstance(value, list):
+        return [_as_decoded_json(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _as_decoded_json(item) for key, item in value.items()}
+    return value
+
+
+def metadata_value(value: Any) -> str:
+    """A ``model_info`` value as ``ollama show -v`` prints it in the Metadata section.
+
+    Booleans ``true``/``false``, strings as they are, numbers as Go's ``%g`` of a ``float64``
+    (``1e+06``), arrays as Go's ``%v`` (``[a b c]``) shortened to the items that fit in 10 columns
+    (counting ``, `` between them, the first item always shown) followed by ``...+N more]``; any other
+    type is printed as its Go type name, as Ollama's ``%T`` does.
+    """
+    from pollama.template.gofmt import sprintf
+
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return sprintf("%g", [float(value)])
+    if isinstance(value, list):
+        shown, width = 0, 1
+        for i, item in enumerate(value):
+            item_width = _text_width(sprintf("%v", [_as_decoded_json(item)])) + (2 if i > 0 else 0)
+            if i > 0 and width + item_width > _METADATA_WIDTH:
+                break
+            width += item_width
+            shown += 1
+        text = sprintf("%v", [[_as_decoded_json(item) for item in value[:shown]]])
+        if shown < len(value):
+            return text.removesuffix("]") + f" ...+{len(value) - shown} more]"
+        return text
+    if value is None:
+        return "<nil>"
+    return "map[string]interface {}" if isinstance(value, dict) else type(value).__name__
+
+
+def go_list(values: list[Any]) -> str:
+    """Go's ``fmt.Sprint`` of a slice of numbers: ``[576 49152]`` (a tensor's shape in ``show -v``)."""
+    return "[" + " ".join(str(v) for v in values) + "]"
+
+
 def section(title: str, rows: list[list[str]]) -> str:
     """A ``show`` section: ``  Title`` then rows indented under it, then a blank line."""
     return f"  {title}\n" + table([["", *row] for row in rows]) + "\n"
-
-
-class ProgressPrinter:
-    """Prints progress lines of create/pull/push: one line per status; on a terminal, a status
-    with a total is redrawn in place as a percentage bar."""
-
-    def __init__(self, stream: IO[str] | None = None) -> None:
-        self.stream = stream or sys.stderr
-        self.tty = self.stream.isatty()
-        self._last = ""
-        self._open_line = False
-        self._last_draw = 0.0
-
-    def update(self, item: dict[str, Any]) -> None:
-        """Show one progress object."""
-        status = str(item.get("status", ""))
-        total = item.get("total")
-        completed = item.get("completed") or 0
-        if total:
-            line = f"{status} {_bar(int(completed), int(total))}"
-            if self.tty:
-                now = time.monotonic()
-                if status == self._last and now - self._last_draw < 0.1 and completed < total:
-                    return
-                self._last_draw = now
-                self.stream.write("\r\x1b[K" + line)
-                self._open_line = True
-                self._last = status
-                self.stream.flush()
-                return
-            if status == self._last:
-                return
-        elif status == self._last:
-            return
-        else:
-            line = status
-        self._end_line()
-        self.stream.write(line + "\n")
-        self.stream.flush()
-        self._last = status
-
-    def _end_line(self) -> None:
-        if self._open_line:
-            self.stream.write("\n")
-            self._open_line = False
-
-    def close(self) -> None:
-        """Finish any line being redrawn."""
-        self._end_line()
-        self.stream.flush()
-
-
-def _bar(completed: int, total: int, width: int = 25) -> str:
-    fraction = min(max(completed / total, 0.0), 1.0) if total else 0.0
-    filled = int(fraction * width)
-    return f"{fraction * 100:3.0f}% ▕{'█' * filled}{' ' * (width - filled)}▏ {human_bytes(completed)}/{human_bytes(total)}"
 
 
 # --- run: streamed answers, thinking, stats ----------------------------------------------------------
@@ -178,7 +176,7 @@ def terminal_width(stream: IO[str]) -> int:
 
 
 class WordWrapper:
-    """Ollama's ``displayResponse``: prints streamed text, wrapping words at the terminal width − 5.
+    """Ollama's ``displayResponse``: prints streamed text, wrapping words at the terminal width - 5.
 
     When a character would pass the margin, the word being typed is taken back (``ESC[nD`` +
     ``ESC[K``) and printed again on a new line. Words longer than the line are broken where they are.

@@ -101,15 +101,20 @@ def keep_alive_value(text: str) -> str | int | None:
 
 
 def _format_value(text: str) -> Any:
-    """``--format``: ``json`` or a JSON value (e.g. a schema object) sent as given."""
+    """``--format``: ``json`` or a JSON Schema object; anything else is refused with the accepted forms."""
     if not text:
         return None
     if text == "json":
         return "json"
     try:
-        return json.loads(text)
-    except ValueError as exc:
-        raise RunError(f"invalid format: {exc}") from None
+        value = json.loads(text)
+    except ValueError:
+        value = text
+    if value is None or value == "":
+        return None
+    if value == "json" or isinstance(value, dict):
+        return value
+    raise RunError(f'invalid format: "{text}"; expected "json" or a valid JSON Schema object')
 
 
 def _stdin_is_tty() -> bool:

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from pollama.cli._output import section
+from pollama.cli._output import go_list, metadata_value, section
 from pollama.gguf import human_number
 
 
@@ -62,17 +61,12 @@ def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
         prows = [line.split() for line in str(resp["parameters"]).splitlines() if line.strip()]
         out += section("Parameters", prows)
     if verbose:
-        out += section("Metadata", [[k, _metadata_value(v)] for k, v in sorted(info.items())])
+        out += section("Metadata", [[k, metadata_value(v)] for k, v in sorted(info.items())])
         if resp.get("tensors"):
-            out += section("Tensors", [[t["name"], t["type"], json.dumps(t["shape"])] for t in resp["tensors"]])
+            out += section("Tensors", [[t["name"], t["type"], go_list(list(t["shape"]))] for t in resp["tensors"]])
     if resp.get("system"):
         out += section("System", _head(resp["system"], 2))
     if resp.get("license"):
         out += section("License", _head(resp["license"], 2))
     return out
 
-
-def _metadata_value(value: Any) -> str:
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False)
-    return _number(value)

@@ -49,10 +49,11 @@ def cmd_serve(_: argparse.Namespace) -> int:
 
 
 def cmd_version(_: argparse.Namespace) -> int:
-    from pollama.client import Client, ClientError
+    from pollama.cli.server import client_for
+    from pollama.client import ClientError
 
     settings = _settings()
-    with Client(settings.host.url) as client:
+    with client_for(settings) as client:
         try:
             server = client.version()
         except ClientError:
@@ -188,12 +189,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Usage(Exception):
+class _UsageError(Exception):
     pass
 
 
-def _usage(message: str) -> _Usage:
-    return _Usage(message)
+def _usage(message: str) -> _UsageError:
+    return _UsageError(message)
 
 
 # --- parser --------------------------------------------------------------------------------------
@@ -204,6 +205,17 @@ _RUN_ENV_HELP = """Environment Variables:
       OLLAMA_HOST                IP Address for the ollama server (default 127.0.0.1:11434)
       OLLAMA_NOHISTORY           Do not preserve readline history
 """
+
+def _serve_env_help() -> str:
+    """The ``Environment Variables:`` block of ``serve --help``, from the settings table."""
+    from pollama.config import SERVER_VARIABLES
+
+    lines = ["Environment Variables:"]
+    for name, default, meaning in SERVER_VARIABLES:
+        shown = f" (default {default})" if default else ""
+        lines.append(f"      {name:<26} {meaning}{shown}")
+    return "\n".join(lines) + "\n"
+
 
 # flags that may be given bare (``--think``) or with ``=value``, as cobra's NoOptDefVal allows
 _OPTIONAL_VALUE_FLAGS = ("--think", "--truncate")
@@ -236,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="store_true", help="Show version information")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    p = sub.add_parser("serve", aliases=["start"], help="Start pollama")
+    p = sub.add_parser("serve", aliases=["start"], help="Start pollama", epilog=_serve_env_help(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("create", help="Create a model from a Modelfile")
@@ -345,7 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         return handler(args)
-    except (PollamaError, _Usage, OSError) as exc:
+    except (PollamaError, _UsageError, OSError) as exc:
         print(f"Error: {_message(exc)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,8 +7,10 @@ once on stderr. A non-loopback host is never started: the error says it could no
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,7 @@ from pathlib import Path
 
 from pollama.client import Client, ConnectError
 from pollama.config import Settings
+from pollama.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -23,20 +26,53 @@ _START_TIMEOUT = 60.0
 
 
 def run_server(settings: Settings) -> None:
-    """Serve the API on ``OLLAMA_HOST`` until interrupted."""
+    """Serve the API on ``OLLAMA_HOST`` until interrupted.
+
+    Everything that can stop a start (an unwritable ``~/.ollama``, an ``OLLAMA_MODELS`` that is not a
+    folder, a port already taken) is checked before ``Listening on`` is logged, and raises
+    ``ConfigError`` naming the cause.
+    """
     import uvicorn
 
     from pollama.server.app import create_app
 
+    _check_folders(settings)
+    host = settings.host.host or "0.0.0.0"
+    listener = _listen(host, settings.host.port)
     ensure_server_key(settings)
     level = logging.DEBUG if settings.debug > 0 else logging.INFO
     logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
     log.info("server config %s", settings.describe())
     app = create_app(settings)
-    host = settings.host.host or "0.0.0.0"
     log.info("Listening on %s:%d", host, settings.host.port)
-    uvicorn.run(app, host=host, port=settings.host.port, log_level="warning" if settings.debug <= 0 else "debug",
-                access_log=settings.debug > 0, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, log_level="warning" if settings.debug <= 0 else "debug",
+                            access_log=settings.debug > 0, timeout_graceful_shutdown=5)
+    uvicorn.Server(config).run(sockets=[listener])
+
+
+def _check_folders(settings: Settings) -> None:
+    """Make ``~/.ollama`` and the models folder, or say which one cannot be used and why."""
+    for path, what in ((settings.home, "HOME"), (settings.models, "OLLAMA_MODELS")):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{what}: {path} is not a directory")
+        try:
+            for folder in (path, *((path / "blobs", path / "manifests") if what == "OLLAMA_MODELS" else ())):
+                folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot create {exc.filename or path}: {exc.strerror}") from None
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{what}: {path} is not writable")
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before anything says it listens (Ollama's bind error)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        reason = "address already in use" if exc.errno == errno.EADDRINUSE else (exc.strerror or str(exc)).lower()
+        shown = f"[{host}]" if ":" in host else host
+        raise ConfigError(f"listen tcp {shown}:{port}: bind: {reason}") from None
 
 
 def ensure_server_key(settings: Settings) -> None:
@@ -51,9 +87,16 @@ def ensure_server_key(settings: Settings) -> None:
     print(f"Your new public key is: \n\n{key.authorized_key}", flush=True)
 
 
+def client_for(settings: Settings) -> Client:
+    """A client for ``OLLAMA_HOST`` that signs its requests when ``OLLAMA_AUTH`` is set or the host is
+    ollama.com, as Ollama's client does."""
+    signs = settings.auth or settings.host.host == "ollama.com"
+    return Client(settings.host.url, sign_with=settings.home if signs else None)
+
+
 def connect(settings: Settings, *, start: bool = True) -> Client:
     """A client for ``OLLAMA_HOST``, starting a background server first if needed and allowed."""
-    client = Client(settings.host.url)
+    client = client_for(settings)
     try:
         client.heartbeat()
         return client
@@ -86,7 +129,8 @@ def _start_background(settings: Settings, client: Client) -> None:
         except ConnectError:
             time.sleep(0.1)
             continue
-        print(f"Started pollama server in the background (logs: {_display(log_path)})", file=sys.stderr)
+        print(f"Started pollama server in the background (logs: {_display(log_path)}; stop it with: "
+              f"kill {process.pid})", file=sys.stderr)
         return
     raise ConnectError(f"timed out waiting for server to start, see {_display(log_path)}")
 

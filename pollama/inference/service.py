@@ -140,7 +140,8 @@ class InferenceService:
             projectors=tuple(model.projectors),
             num_ctx=num_ctx,
             num_batch=num_batch,
-            num_gpu=int(options.get("num_gpu", -1) if options.get("num_gpu") is not None else -1),
+            num_gpu=0 if self.settings.force_cpu else int(options.get("num_gpu", -1)
+                                                          if options.get("num_gpu") is not None else -1),
             main_gpu=options.get("main_gpu"),
             use_mmap=options.get("use_mmap"),
             use_mlock=bool(options.get("use_mlock") or False),

@@ -91,6 +91,7 @@ def render_show_modelfile(
     parser: str = "",
     requires: str = "",
     draft: str = "",
+    jinja_template: bool = False,
 ) -> str:
     """The ``modelfile`` field of ``/api/show``, as Ollama's ``GetModelInfo`` writes it.
 
@@ -98,13 +99,20 @@ def render_show_modelfile(
     projector, TEMPLATE (``{{ .Prompt }}`` when the model has none, as Ollama's default template),
     SYSTEM, RENDERER, PARSER, PARAMETERs, LICENSEs and MESSAGEs. Empty SYSTEM/RENDERER/PARSER are
     left out. ``requires`` is accepted but, as in Ollama (spec §2.7), not written.
+
+    ``jinja_template`` says the model has no TEMPLATE and renders its prompts with the GGUF's Jinja
+    chat template (native mode, spec §8.1): then no TEMPLATE line is written, so a model created
+    again from this text keeps that template instead of getting ``{{ .Prompt }}``.
     """
     commands = [Command("model", model_path)]
     commands.extend(Command("adapter", path) for path in adapters)
     if draft:
         commands.append(Command("draft", draft))
     commands.extend(Command("model", path) for path in projectors)
-    commands.append(Command("template", DEFAULT_TEMPLATE if template is None else template))
+    if template is not None:
+        commands.append(Command("template", template))
+    elif not jinja_template:
+        commands.append(Command("template", DEFAULT_TEMPLATE))
     if system:
         commands.append(Command("system", system))
     if renderer:

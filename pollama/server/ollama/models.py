@@ -97,9 +97,10 @@ def describe_model(model: StoredModel, req: ShowRequest) -> dict[str, Any]:
     capabilities = model_capabilities(model, gguf)
     system = req.system or model.system
     template = model.template
+    chat_template = gguf.metadata.get("tokenizer.chat_template") if gguf is not None else None
+    native = template is None and isinstance(chat_template, str) and bool(chat_template)
     if template is None:
-        chat_template = gguf.metadata.get("tokenizer.chat_template") if gguf is not None else None
-        template = chat_template if isinstance(chat_template, str) and chat_template else "{{ .Prompt }}"
+        template = chat_template if native else "{{ .Prompt }}"
     params = dict(model.params)
     shown_params = dict(params)
     if req.options:
@@ -119,6 +120,7 @@ def describe_model(model: StoredModel, req: ShowRequest) -> dict[str, Any]:
             renderer=model.config.renderer,
             parser=model.config.parser,
             requires=model.config.requires,
+            jinja_template=native,
         ),
         "parameters": render_parameters(shown_params),
         "template": template,
