@@ -141,3 +141,10 @@ class RegistryUnreachable(RegistryError):
 
 class RegistryUnavailable(RegistryError):
     """The registry answered 429 or 5xx: a transient failure worth retrying."""
+
+
+# --- store concurrency -------------------------------------------------------------------------
+
+
+class StoreLocked(StoreError, TimeoutError):
+    """The models directory's lock could not be taken in time (another process holds it)."""

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pollama.cli._output import human_bytes
 from pollama.errors import DigestMismatch, InvalidRequest
 from pollama.names import parse_name
 from pollama.registry import CATALOG, export_model, find_entry, import_layout
@@ -135,7 +136,7 @@ def test_import_of_a_tampered_archive_writes_nothing(tmp_path: Path, tiny_gguf: 
     target.prepare()
     with pytest.raises(DigestMismatch, match=f"tampered.tar: blob sha256:{model_hex} is corrupt"):
         list(import_layout(target, tampered))
-    assert not [p for p in (tmp_path / "b").rglob("*") if p.is_file()]
+    assert [p.name for p in (tmp_path / "b").rglob("*") if p.is_file()] == [".pollama.lock"]
 
     def drop_name(member: str, data: bytes) -> bytes:
         if member != "index.json":
@@ -166,13 +167,17 @@ def test_cli_export_import(tmp_path: Path, tiny_gguf: Path, isolated_env: Path) 
         return subprocess.run([sys.executable, "-m", "pollama", *args], capture_output=True, text=True,
                               env=env, timeout=120)
 
+    model = ModelStore(models).load(parse_name("tiny"))
+    size = human_bytes(model.size)
+    count = len({layer.digest for layer in model.manifest.all_blobs()})
     done = cli("export", "tiny", "-o", str(archive), models_dir=models)
     assert done.returncode == 0, done.stderr
     assert archive.is_file() and "success" in done.stderr
+    assert done.stdout == f"exported tiny:latest to {archive} ({count} blobs, {size})\n"
     other = tmp_path / "other"
     done = cli("import", str(archive), models_dir=other)
     assert done.returncode == 0, done.stderr
-    assert "imported tiny:latest" in done.stderr
+    assert done.stdout == f"imported tiny:latest from {archive} ({count} blobs, {size})\n"
     assert store_files(models) == store_files(other)
     missing = cli("export", "nothere", "-o", str(archive), models_dir=models)
     assert missing.returncode == 1 and missing.stderr.strip() == "Error: model 'nothere:latest' not found"

@@ -261,3 +261,87 @@ def test_cli_killed_mid_create_leaves_nothing(server: ServerProcess, smollm2_ggu
     assert manifests == []
     for blob in complete:
         assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name.replace("-", ":", 1)
+
+
+def _blob_names_referenced(models: Path) -> tuple[set[str], set[str]]:
+    """(blob file names every manifest references, blob file names present) of a models folder."""
+    referenced: set[str] = set()
+    for manifest in (models / "manifests").rglob("*"):
+        if manifest.is_file():
+            data = json.loads(manifest.read_bytes())
+            for layer in [data["config"], *data["layers"]]:
+                referenced.add(layer["digest"].replace(":", "-"))
+    present = {p.name for p in (models / "blobs").iterdir()}
+    return referenced, present
+
+
+def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: ServerProcess,
+                                                                     smollm2_gguf: Path) -> None:
+    """Issue 10: ``create_model`` held the store's thread lock across yields, so a create resumed on
+    another worker thread could never release it and every later create hung. 8 creators (4 of one
+    name, 4 of different names, streaming and not, from a model and from files) run with list, show
+    and delete traffic alongside; all must finish, and the store must be left consistent. (Whether
+    a step resumes on another thread depends on timing here; ``tests/store`` forces it every step.)"""
+    with server.client(timeout=60) as c:
+        digest = upload(c, smollm2_gguf)
+        r = c.post("/api/create", json={"model": "base", "files": {"smol.gguf": digest}, "stream": False})
+        assert r.status_code == 200, r.text
+    creators, rounds = 8, 3
+    kinds = ["tags", "show", "delete"]
+    start = threading.Barrier(creators + len(kinds))
+    stop = threading.Event()
+    outcomes: list[tuple[str, int, dict[str, object]]] = []
+    traffic: dict[str, set[int]] = {"tags": set(), "show": set(), "delete": set()}
+    failures: list[BaseException] = []
+
+    def creator(i: int) -> None:
+        name = "same" if i % 2 == 0 else f"diff{i}"
+        try:
+            with server.client(timeout=60) as c:
+                start.wait(30)
+                for n in range(rounds):
+                    body: dict[str, object] = {"model": name, "system": f"creator {i} round {n}",
+                                               "stream": n % 2 == 1}
+                    body.update({"from": "base"} if n % 3 else {"files": {"smol.gguf": digest}})
+                    r = c.post("/api/create", json=body)
+                    outcomes.append((name, r.status_code, json.loads(r.text.splitlines()[-1])))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failures.append(exc)
+
+    def background(kind: str) -> None:
+        try:
+            with server.client(timeout=60) as c:
+                start.wait(30)
+                while not stop.is_set():
+                    if kind == "tags":
+                        r = c.get("/api/tags")
+                    elif kind == "show":
+                        r = c.post("/api/show", json={"model": "same"})
+                    else:
+                        r = c.request("DELETE", "/api/delete", json={"model": "diff1"})
+                    traffic[kind].add(r.status_code)
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    workers = [threading.Thread(target=creator, args=(i,), daemon=True) for i in range(creators)]
+    others = [threading.Thread(target=background, args=(kind,), daemon=True) for kind in kinds]
+    for t in [*workers, *others]:
+        t.start()
+    deadline = time.monotonic() + 120
+    for t in workers:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stop.set()
+    for t in others:
+        t.join(30)
+    assert not [t for t in [*workers, *others] if t.is_alive()], "requests hung"
+    assert failures == []
+    assert len(outcomes) == creators * rounds
+    assert all((code, last) == (200, {"status": "success"}) for _, code, last in outcomes), outcomes
+    assert traffic["tags"] == {200}
+    assert traffic["show"] <= {200, 404} and traffic["delete"] <= {200, 404}
+    with server.client(timeout=10) as c:
+        names = {m["name"] for m in c.get("/api/tags").json()["models"]}
+        assert {"base:latest", "same:latest", "diff3:latest", "diff5:latest", "diff7:latest"} <= names
+        assert c.post("/api/show", json={"model": "same"}).json()["system"].startswith("creator ")
+    referenced, present = _blob_names_referenced(server.models)
+    assert referenced == present  # nothing missing, nothing orphaned, no temporary files left

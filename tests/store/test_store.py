@@ -5,14 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from pollama.errors import DigestMismatch, InvalidDigest, ModelNotFound, StoreError
 from pollama.names import parse_name
-from pollama.store import Manifest, ModelStore, parse_digest
+from pollama.store import Manifest, ModelStore, Progress, parse_digest
 from pollama.store.create import CreateRequest, create_model
 from pollama.store.files import go_json
 
@@ -233,3 +236,56 @@ def test_read_ollama_written_store(tmp_path: Path) -> None:
     assert model.size == sum(int(x["size"]) for x in (weights, template, params, config))
     store.copy(parse_name("llama3:8b"), parse_name("copy"))
     assert store.manifest_path(parse_name("copy")).read_bytes() == raw
+
+
+def _run_on_changing_threads(work: Iterator[Progress], timeout: float = 10.0) -> list[str]:
+    """Drive ``work`` as ``iterate_in_threadpool`` may: every step on another live (daemon) thread.
+
+    Threads stay alive until the end, so no two steps share a thread identity.
+    """
+    finished = threading.Event()
+    statuses: list[str] = []
+
+    def step(out: queue.Queue[object]) -> None:
+        try:
+            out.put(next(work))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            out.put(exc)
+        finished.wait()
+
+    try:
+        while True:
+            out: queue.Queue[object] = queue.Queue()
+            threading.Thread(target=step, args=(out,), daemon=True).start()
+            try:
+                item = out.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"create hung after {statuses}") from None
+            if isinstance(item, StopIteration):
+                return statuses
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Progress)
+            statuses.append(item.status)
+    finally:
+        finished.set()
+
+
+def test_create_resumed_on_another_thread_at_every_step_finishes(store: ModelStore, smollm2_gguf: Path) -> None:
+    """Issue 10: the store lock was held across ``yield``s, so a create whose next step ran on another
+    thread blocked forever on the lock its first thread still owned."""
+    digest, _ = store.blobs.import_files([smollm2_gguf])
+    for n, request in enumerate([
+        CreateRequest(name=parse_name("a"), files={"a.gguf": digest}, system="one"),
+        CreateRequest(name=parse_name("a"), from_="a", system="two", parameters={"top_k": 3}),
+        CreateRequest(name=parse_name("b"), from_="a", licenses=["MIT"]),
+    ]):
+        statuses = _run_on_changing_threads(create_model(store, request))
+        assert statuses[-2:] == ["writing manifest", "success"], n
+    assert store.load(parse_name("a")).system == "two"
+    assert store.load(parse_name("b")).licenses == ["MIT"]
+    assert not store.lock.held
+    # The replaced version of "a" left nothing behind: every blob is referenced.
+    referenced = {parse_digest(layer.digest) for e in store.entries()
+                  for layer in Manifest.from_bytes(e.path.read_bytes()).all_blobs()}
+    assert {p.name.replace("-", ":", 1) for p in store.blobs.list_files()} == referenced

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -179,7 +178,7 @@ async def delete_model(request: Request) -> Response:
 async def create(request: Request) -> Response:
     ctx = context(request)
     req = await read_json(request, CreateRequest)
-    job = create_job(ctx.store, req)
+    job = await run_in_threadpool(create_job, ctx.store, req)  # name lookup reads the manifests folder
     progress = _progress_lines(iterate_in_threadpool(create_model(ctx.store, job)))
     return await stream_or_collect(progress, stream=req.stream is not False)
 
@@ -224,7 +223,7 @@ async def _progress_lines(progress: AsyncIterator[Any]) -> AsyncIterator[dict[st
 async def blob_exists(request: Request, digest: str) -> Response:
     ctx = context(request)
     canonical = parse_digest(digest)
-    if not ctx.store.blobs.exists(canonical):
+    if not await run_in_threadpool(ctx.store.blobs.exists, canonical):
         return JSONResponse({"error": f'blob "{digest}" not found'}, status_code=404)
     return Response(status_code=200)
 
@@ -235,17 +234,9 @@ async def blob_exists(request: Request, digest: str) -> Response:
 async def upload_blob(request: Request, digest: str) -> Response:
     ctx = context(request)
     canonical = parse_digest(digest)
-    if ctx.store.blobs.exists(canonical):
-        ctx.store.blobs.touch(canonical)
+    if await run_in_threadpool(ctx.store.blobs.refresh, canonical):
         return Response(status_code=200)
-    await ctx.store.blobs.write_async_stream(canonical, _offload(request.stream()))
+    # The loop only gathers the body's chunks; hashing, writing and fsync run in worker threads.
+    await ctx.store.blobs.write_async(request.stream(), canonical)
     return Response(status_code=201)
-
-
-async def _offload(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Pass request chunks through, yielding to the event loop so big uploads don't starve it."""
-    async for chunk in chunks:
-        if chunk:
-            yield chunk
-            await asyncio.sleep(0)
 
