@@ -10,6 +10,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -345,3 +346,39 @@ def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: Ser
         assert c.post("/api/show", json={"model": "same"}).json()["system"].startswith("creator ")
     referenced, present = _blob_names_referenced(server.models)
     assert referenced == present  # nothing missing, nothing orphaned, no temporary files left
+
+
+def test_big_upload_does_not_delay_other_requests(server: ServerProcess) -> None:
+    """Issue 10: an upload was hashed, written and fsynced on the event loop, so every other client
+    waited while a big blob came in. With 200 MB in flight, ``/api/tags`` keeps answering quickly."""
+    chunk_count, block = 200, bytes(range(256)) * 4096  # 200 blocks of 1 MiB
+
+    def body() -> Iterator[bytes]:
+        for i in range(chunk_count):
+            yield i.to_bytes(4, "big") + block[4:]
+
+    h = hashlib.sha256()
+    for part in body():
+        h.update(part)
+    digest = "sha256:" + h.hexdigest()
+    result: dict[str, int] = {}
+
+    def send() -> None:
+        result["status"] = httpx.post(f"{server.url}/api/blobs/{digest}", content=body(), timeout=120).status_code
+
+    latencies: list[float] = []
+    with server.client(timeout=30) as c:
+        assert c.get("/api/tags").status_code == 200
+        uploader = threading.Thread(target=send, daemon=True)
+        uploader.start()
+        while uploader.is_alive():
+            began = time.monotonic()
+            assert c.get("/api/tags").status_code == 200
+            latencies.append(time.monotonic() - began)
+        uploader.join(120)
+    assert result == {"status": 201}
+    assert (server.models / "blobs" / digest.replace(":", "-")).stat().st_size == chunk_count << 20
+    latencies.sort()
+    assert len(latencies) >= 5
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert p99 < 0.25 and latencies[-1] < 1.0, f"/api/tags p99 {p99:.3f}s, slowest {latencies[-1]:.3f}s"
