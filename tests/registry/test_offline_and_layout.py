@@ -204,3 +204,46 @@ def test_offline_gemma_base_is_a_plain_completion_model(tmp_path: Path) -> None:
     assert model.params["stop"] == ["<end_of_turn>"]
     assert model.config.model_family == "gemma3" and model.config.file_type == "Q4_K_M"
     assert model.manifest.layers[0].digest == _expected_digest(entry)
+
+
+def _with_member(archive: Path, out: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """A copy of ``archive`` with one more member appended."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for item in src.getmembers():
+            dst.addfile(item, src.extractfile(item) if item.isfile() else None)
+        member.size = len(data) if member.isfile() else 0
+        dst.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink"])
+def test_cli_import_refuses_tar_slip(tmp_path: Path, tiny_gguf: Path, isolated_env: Path, kind: str) -> None:
+    """A tar whose members could land outside the store (``../``, absolute paths, links) is refused
+    with a clear error, and nothing is written anywhere: not outside, not in the store."""
+    source = local_model(tmp_path / "a", "tiny:latest", tiny_gguf)
+    archive = tmp_path / "tiny.tar"
+    list(export_model(source, parse_name("tiny"), archive))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model_hex = source.load(parse_name("tiny")).manifest.layers[0].digest[7:]
+    member = tarfile.TarInfo()
+    if kind == "dotdot":
+        member.name, expected = "blobs/sha256/../../../outside/evil.txt", "path leaves the archive (..)"
+    elif kind == "absolute":
+        member.name, expected = str(outside / "evil.txt"), "absolute path"
+    elif kind == "symlink":
+        member.name, member.type, member.linkname = f"blobs/sha256/{model_hex}x", tarfile.SYMTYPE, str(outside)
+        expected = f"link to {str(outside)!r}"
+    else:
+        member.name, member.type, member.linkname = "evil", tarfile.LNKTYPE, "../../outside/evil.txt"
+        expected = "link to '../../outside/evil.txt'"
+    crafted = _with_member(archive, tmp_path / "crafted.tar", member, b"owned" if member.isfile() else b"")
+    models = isolated_env / ".ollama" / "models"
+    env = {"HOME": str(isolated_env), "OLLAMA_MODELS": str(models), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "pollama", "import", str(crafted)], capture_output=True,
+                          text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: crafted.tar: unsafe archive member {member.name!r} ({expected}); nothing was imported")
+    assert list(outside.iterdir()) == []
+    assert [p.name for p in models.rglob("*") if p.is_file()] in ([], [".pollama.lock"])

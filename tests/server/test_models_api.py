@@ -382,3 +382,16 @@ def test_big_upload_does_not_delay_other_requests(server: ServerProcess) -> None
     assert len(latencies) >= 5
     p99 = latencies[int(len(latencies) * 0.99)]
     assert p99 < 0.25 and latencies[-1] < 1.0, f"/api/tags p99 {p99:.3f}s, slowest {latencies[-1]:.3f}s"
+
+
+def test_create_from_a_missing_file_says_it_does_not_exist(server: ServerProcess, tmp_path: Path) -> None:
+    """Issue 11: ``FROM ./missing.gguf`` was sent on as a model name and failed with ``invalid model name``."""
+    for line in ("FROM ./missing.gguf", "FROM missing.gguf", f"FROM {tmp_path}/gone/model.gguf"):
+        modelfile = tmp_path / "Modelfile"
+        modelfile.write_text(line + "\n")
+        done = server.cli("create", "m", "-f", str(modelfile))
+        argument = line.split(" ", 1)[1]
+        missing = tmp_path / "missing.gguf" if "gone" not in argument else Path(argument)
+        assert (done.returncode, done.stderr) == (1, f"Error: FROM {argument}: file {missing} does not exist\n")
+    with server.client() as c:
+        assert c.get("/api/tags").json() == {"models": []}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pollama.errors import DigestMismatch, InvalidDigest, ModelNotFound, StoreError
+from pollama.errors import DigestMismatch, InvalidDigest, ModelNotFound, StoreError, StoreLocked
 from pollama.names import parse_name
 from pollama.store import Manifest, ModelStore, Progress, parse_digest
 from pollama.store.create import CreateRequest, create_model
@@ -289,3 +289,74 @@ def test_create_resumed_on_another_thread_at_every_step_finishes(store: ModelSto
     referenced = {parse_digest(layer.digest) for e in store.entries()
                   for layer in Manifest.from_bytes(e.path.read_bytes()).all_blobs()}
     assert {p.name.replace("-", ":", 1) for p in store.blobs.list_files()} == referenced
+
+
+def test_delete_during_create_keeps_the_blob_the_create_is_about_to_reference(
+        store: ModelStore, smollm2_gguf: Path) -> None:
+    """Issue 11: a delete's garbage collection removed the GGUF a concurrent create had already
+    checked, and the create then failed writing its manifest (or, without the check, named a missing blob)."""
+    digest, _ = store.blobs.import_files([smollm2_gguf])
+    list(create_model(store, CreateRequest(name=parse_name("old"), files={"m.gguf": digest})))
+    work = create_model(store, CreateRequest(name=parse_name("new"), files={"m.gguf": digest}, system="s"))
+    assert next(work).status == "parsing GGUF"
+    store.delete(parse_name("old"))  # "old" was the only model naming the GGUF
+    assert store.blobs.exists(digest)
+    assert [p.status for p in work][-1] == "success"
+    assert store.load(parse_name("new")).model_path == store.blobs.path(digest)
+    store.delete(parse_name("new"))
+    assert store.blobs.list_files() == []
+
+
+def test_collection_held_up_by_a_reservation_finishes_when_it_is_released(store: ModelStore) -> None:
+    text_model(store, "a", b"weights of a", system="sys a")
+    weights = sha(b"weights of a")
+    with store.reserve() as reserved:
+        assert reserved.add(weights) is True
+        store.delete(parse_name("a"))
+        assert store.blobs.exists(weights)  # reserved: left alone
+        assert not store.blobs.exists(sha(b"sys a"))
+    assert not store.blobs.exists(weights)  # released and still unreferenced: collected now
+    assert store.blobs.list_files() == []
+
+
+def test_store_lock_is_shared_with_other_processes(store: ModelStore) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+         "print('locked', flush=True); sys.stdin.read()", str(store.lock.path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        began = time.monotonic()
+        with pytest.raises(StoreLocked, match=r"^the models directory is busy: .*\.pollama\.lock is locked by "
+                                              r"another process \(waited 0\.3s\)$"):
+            store.lock.acquire(timeout=0.3)
+        assert 0.3 <= time.monotonic() - began < 2
+        assert not store.lock.held
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    with store.lock:
+        with store.lock:  # reentrant in one thread
+            assert store.lock.held
+    assert not store.lock.held
+
+
+def test_startup_cleanup_leaves_a_blob_that_is_still_being_written(store: ModelStore) -> None:
+    """Start-up cleanup (of another server or CLI on the same folder) removes abandoned temporary
+    files only: a writer's temporary file is locked by it and survives."""
+    abandoned = store.blobs.root / ".tmp-blob-abandoned"
+    abandoned.write_bytes(b"half")
+    with store.blobs.writer(sha(b"in flight")) as writer:
+        writer.write(b"in ")
+        ModelStore(store.root).prepare()  # another store object: its own lock file descriptor
+        assert not abandoned.exists()
+        assert writer.tmp.exists()
+        writer.write(b"flight")
+        written = writer.commit()
+    assert (written.digest, written.size, written.created) == (sha(b"in flight"), 9, True)
+    assert written.path.read_bytes() == b"in flight"
+    assert [p.name for p in store.blobs.list_files()] == [written.path.name]
