@@ -308,7 +308,8 @@ def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Pat
         raise DigestMismatch(f'{source.name}: digest mismatch, expected "{digest}", got "{actual}"')
     manifest = Manifest.from_bytes(raw)
     if name is None:
-        annotations = descriptor.get("annotations") if isinstance(descriptor.get("annotations"), dict) else {}
+        found = descriptor.get("annotations")
+        annotations: dict[str, Any] = found if isinstance(found, dict) else {}
         ref = str(annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME) or "")
         if not ref or ("/" not in ref and ":" not in ref):
             raise InvalidRequest(f"{source.name}: the archive does not name its model "

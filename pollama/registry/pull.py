@@ -27,6 +27,7 @@ packages instead (``catalog.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -220,7 +221,7 @@ class BlobDownload:
             os.close(fd)
         if self._cancel.is_set():
             raise _Cancelled()
-        real = [e for e in errors if not isinstance(e, _Cancelled)]
+        real = [e for e in errors if e is not None and not isinstance(e, _Cancelled)]
         if real:
             raise real[0]
 
@@ -445,8 +446,8 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
                 store.blobs.touch(layer.digest)
                 yield Progress(label, layer.digest, layer.size, layer.size)
                 continue
-            download = transfers.attach(
-                store, layer.digest, lambda layer=layer: BlobDownload(store, name, layer, options, auth_header))
+            download = transfers.attach(store, layer.digest, functools.partial(
+                BlobDownload, store, name, layer, options, auth_header))
             attached.append(download)
             while not download.done.wait(interval):
                 yield Progress(label, layer.digest, download.total, download.completed)

@@ -30,6 +30,7 @@ from collections.abc import AsyncIterable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from pollama.errors import BlobNotFound, DigestMismatch, InvalidDigest
 from pollama.store.files import TEMP_PREFIX, fsync_dir, temp_name
@@ -114,7 +115,7 @@ class BlobReservation:
             except (OSError, ValueError) as exc:  # start-up pruning removes them later
                 log.warning("could not remove unused blobs %s: %s", ", ".join(deferred), exc)
 
-    def __enter__(self) -> BlobReservation:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
@@ -171,7 +172,7 @@ class BlobWriter:
         with contextlib.suppress(FileNotFoundError):
             self.tmp.unlink()
 
-    def __enter__(self) -> BlobWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,

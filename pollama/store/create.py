@@ -10,7 +10,7 @@ Progress is reported as the status lines Ollama's clients print (``parsing GGUF`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,7 +91,7 @@ def _valid_relative_path(name: str) -> bool:
     return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
-def create_model(store: ModelStore, request: CreateRequest) -> Iterator[Progress]:
+def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progress, None, None]:
     """Create ``request.name`` in ``store``, yielding progress; raises a domain error on failure.
 
     Safe to run concurrently with other creates, pulls and deletes: every blob the new manifest
@@ -109,15 +109,13 @@ def create_model(store: ModelStore, request: CreateRequest) -> Iterator[Progress
             base, inherited = _layers_from_model(store, request.from_, reserved)
         elif request.files:
             base, inherited = [], ModelConfig()
-            for status in _layers_from_files(store, request.files, base, reserved, adapter=False):
-                yield status
+            yield from _layers_from_files(store, request.files, base, reserved, adapter=False)
         else:
             raise InvalidRequest("neither 'from' or 'files' was specified")
         if request.adapters:
             if len(request.adapters) > 1:
                 raise InvalidRequest("only one adapter is currently supported")
-            for status in _layers_from_files(store, request.adapters, base, reserved, adapter=True):
-                yield status
+            yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
 
         config = _config_for(base, inherited, request)
         layers = [b.layer for b in base]

@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from pollama.errors import StoreError, StoreLocked
 
@@ -68,7 +69,7 @@ class StoreLock:
         """True if some thread of this process holds the lock right now."""
         return self._depth > 0
 
-    def __enter__(self) -> StoreLock:
+    def __enter__(self) -> Self:
         self.acquire()
         return self
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -254,7 +253,7 @@ class ModelStore:
     def copy(self, source: ModelName, destination: ModelName) -> ModelName:
         """Copy ``source``'s manifest byte for byte to ``destination``; blobs are shared."""
         with self.lock:
-            found, manifest, _ = self.read_manifest(source)
+            _, manifest, _ = self.read_manifest(source)
             target = self.canonical(destination)
             atomic_write_bytes(self.manifest_path(target), manifest.to_bytes())
             return target

@@ -7,7 +7,14 @@ import threading
 from pathlib import Path
 
 from pollama.names import ModelName, parse_name
-from pollama.registry import BlobTransfers, PullOptions, PushOptions, TransferSettings, pull_model, push_model
+from pollama.registry import (
+    BlobTransfers,
+    PullOptions,
+    PushOptions,
+    TransferSettings,
+    pull_model,
+    push_model,
+)
 from pollama.store import ModelStore
 from tests.registry.conftest import CountingProxy, DockerRegistry
 from tests.registry.test_registry import local_model

@@ -3,9 +3,8 @@ crash safety and refusal of path tricks."""
 
 from __future__ import annotations
 
-import json
-
 import hashlib
+import json
 import os
 import signal
 import threading

@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from pollama.errors import DigestMismatch, InvalidDigest, ModelNotFound, StoreError, StoreLocked
+from pollama.errors import (
+    DigestMismatch,
+    InvalidDigest,
+    ModelNotFound,
+    StoreError,
+    StoreLocked,
+)
 from pollama.names import parse_name
 from pollama.store import Manifest, ModelStore, Progress, parse_digest
 from pollama.store.create import CreateRequest, create_model
@@ -339,9 +345,8 @@ def test_store_lock_is_shared_with_other_processes(store: ModelStore) -> None:
         assert holder.stdin is not None
         holder.stdin.close()
         holder.wait(10)
-    with store.lock:
-        with store.lock:  # reentrant in one thread
-            assert store.lock.held
+    with store.lock, store.lock:  # reentrant in one thread
+        assert store.lock.held
     assert not store.lock.held
 
 

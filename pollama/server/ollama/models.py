@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Generator
 from typing import Any
+
+import anyio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -18,6 +21,7 @@ from pollama.server.ollama_types import CopyRequest, CreateRequest, DeleteReques
 from pollama.server.wire import local_time, read_json, stream_or_collect
 from pollama.store import ModelStore, StoredModel, parse_digest
 from pollama.store.capabilities import model_capabilities
+from pollama.store.progress import Progress
 from pollama.store.create import CreateRequest as CreateJob
 from pollama.store.create import create_model
 
@@ -179,8 +183,7 @@ async def create(request: Request) -> Response:
     ctx = context(request)
     req = await read_json(request, CreateRequest)
     job = await run_in_threadpool(create_job, ctx.store, req)  # name lookup reads the manifests folder
-    progress = _progress_lines(iterate_in_threadpool(create_model(ctx.store, job)))
-    return await stream_or_collect(progress, stream=req.stream is not False)
+    return await stream_or_collect(_progress_lines(create_model(ctx.store, job)), stream=req.stream is not False)
 
 
 def create_job(store: ModelStore, req: CreateRequest) -> CreateJob:
@@ -214,9 +217,15 @@ def create_job(store: ModelStore, req: CreateRequest) -> CreateJob:
     )
 
 
-async def _progress_lines(progress: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
-    async for item in progress:
-        yield item.to_json()
+async def _progress_lines(work: Generator[Progress, None, None]) -> AsyncIterator[dict[str, Any]]:
+    """Run ``work`` in the thread pool one step at a time; if the client goes, close it there too
+    (closing releases its blob reservations, which may finish a garbage collection: disk work)."""
+    try:
+        async for item in iterate_in_threadpool(work):
+            yield item.to_json()
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(ValueError):  # ValueError: still running
+            await run_in_threadpool(work.close)
 
 
 @router.head("/api/blobs/{digest:path}", summary="Check whether a blob exists")
