@@ -247,3 +247,24 @@ def test_cli_import_refuses_tar_slip(tmp_path: Path, tiny_gguf: Path, isolated_e
         f"Error: crafted.tar: unsafe archive member {member.name!r} ({expected}); nothing was imported")
     assert list(outside.iterdir()) == []
     assert [p.name for p in models.rglob("*") if p.is_file()] in ([], [".pollama.lock"])
+
+
+def test_import_recopies_a_blob_another_process_collected_before_the_manifest(tmp_path: Path,
+                                                                              tiny_gguf: Path) -> None:
+    """Reservations only bind this process: a server's delete may collect a blob a CLI import has
+    just written. Under the store lock the import checks its blobs again and copies such a one anew."""
+    name = parse_name("tiny")
+    source = local_model(tmp_path / "a", name.full, tiny_gguf, system="Be tiny.")
+    archive = tmp_path / "tiny.tar"
+    list(export_model(source, name, archive))
+    weights = source.load(name).manifest.layers[0].digest
+    target = ModelStore(tmp_path / "b")
+    target.prepare()
+    work = import_layout(target, archive)
+    for item in work:
+        if item.status == "writing manifest":
+            break
+    target.blobs.delete(weights)  # what another process's garbage collection would do
+    assert [p.status for p in work] == ["success"]
+    assert target.blobs.path(weights).read_bytes() == tiny_gguf.read_bytes()
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
