@@ -394,3 +394,25 @@ def test_create_from_a_missing_file_says_it_does_not_exist(server: ServerProcess
         assert (done.returncode, done.stderr) == (1, f"Error: FROM {argument}: file {missing} does not exist\n")
     with server.client() as c:
         assert c.get("/api/tags").json() == {"models": []}
+
+
+def test_upload_abandoned_by_the_client_leaves_nothing(server: ServerProcess) -> None:
+    import socket
+
+    data = b"z" * (8 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = server.models / "blobs"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
+                     f"\r\n".encode() + data[: len(data) // 2])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in blobs.iterdir()):
+            time.sleep(0.01)
+        assert any(p.name.startswith(".tmp-") for p in blobs.iterdir()), "the upload never started"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and list(blobs.iterdir()):
+        time.sleep(0.02)
+    assert list(blobs.iterdir()) == []
+    with server.client() as c:
+        assert c.head(f"/api/blobs/{digest}").status_code == 404
+        assert c.get("/api/tags").status_code == 200
