@@ -330,8 +330,8 @@ def test_store_lock_is_shared_with_other_processes(store: ModelStore) -> None:
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-         "print('locked', flush=True); sys.stdin.read()", str(store.lock.path)],
+        [sys.executable, "-c", ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+                                "print('locked', flush=True); sys.stdin.read()"), str(store.lock.path)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
