@@ -150,3 +150,10 @@ class TemplateLimitExceeded(TemplateExecError, InvalidRequest):
     limit of 2s``), except Go's own recursion limit, whose message and location are Go's
     (``exceeded maximum template depth (100000)``).
     """
+
+
+# --- store concurrency -------------------------------------------------------------------------
+
+
+class StoreLocked(StoreError, TimeoutError):
+    """The models directory's lock could not be taken in time (another process holds it)."""

@@ -159,34 +159,51 @@ def cmd_push(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pollama.cli._output import human_bytes
     from pollama.cli._progress import TransferProgress
     from pollama.names import parse_name
     from pollama.registry.oci_layout import export_model
     from pollama.store import ModelStore
 
     settings = _settings()
-    store = ModelStore(settings.models, noprune=True)
+    store = ModelStore(settings.models, noprune=True)  # takes the store lock shared with a running server
     with TransferProgress() as progress:
-        for item in export_model(store, parse_name(args.model), Path(args.output)):
-            progress.update(item.to_json())
+        summary = _follow(export_model(store, parse_name(args.model), Path(args.output)), progress)
+    print(f"exported {summary.models[0]} to {args.output} ({_blobs(summary.blobs)}, {human_bytes(summary.size)})")
     return 0
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from pollama.cli._output import human_bytes
     from pollama.cli._progress import TransferProgress
     from pollama.names import parse_name
     from pollama.registry.oci_layout import import_layout
     from pollama.store import ModelStore
 
     settings = _settings()
-    store = ModelStore(settings.models, noprune=settings.noprune)
+    store = ModelStore(settings.models, noprune=settings.noprune)  # takes the store lock shared with a server
     name = parse_name(args.name) if args.name else None
     with TransferProgress() as progress:
-        for item in import_layout(store, Path(args.file), name):
-            progress.update(item.to_json())
+        summary = _follow(import_layout(store, Path(args.file), name), progress)
+    print(f"imported {', '.join(summary.models)} from {args.file} ({_blobs(summary.blobs)}, "
+          f"{human_bytes(summary.size)})")
     return 0
+
+
+def _follow(work: Any, progress: Any) -> Any:
+    """Show each progress line of the generator ``work`` and return what it returns."""
+    while True:
+        try:
+            item = next(work)
+        except StopIteration as done:
+            return done.value
+        progress.update(item.to_json())
+
+
+def _blobs(count: int) -> str:
+    return f"{count} blob" if count == 1 else f"{count} blobs"
 
 
 class _UsageError(Exception):

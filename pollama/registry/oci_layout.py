@@ -12,11 +12,14 @@ deterministic (fixed order, zero timestamps and owners): the same model gives th
 
 Both directions work on the local models directory directly (``ModelStore``, from ``OLLAMA_MODELS``)
 rather than through the server: a model of many gigabytes is not streamed through HTTP twice, and
-the commands work with no server running. Import checks every blob's SHA-256 and size against its
-name before it enters the store (as every write to the store does), and writes manifests only after
-all blobs are in; if anything fails, blobs this import added are removed again and no manifest is
-written. Nothing is extracted by path: members are looked up by the names the index implies, so a
-crafted archive cannot write outside the store.
+the commands work with no server running. They take the store's lock (shared with a running server,
+through its lock file) for their short critical steps: export reads the manifest and opens its
+blobs under it; import writes its blobs through the store's one blob path (``BlobWriter``: SHA-256
+and size checked against the name before anything becomes visible), then re-checks them and writes
+the manifests under it. If anything fails, blobs this import added are removed again and no
+manifest is written. Nothing is extracted by path: members are looked up by the names the index
+implies, and an archive holding absolute or ``..`` member names, links or device files is refused
+outright, so a crafted archive cannot write outside the store.
 """
 
 from __future__ import annotations
@@ -27,15 +30,15 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pollama.errors import DigestMismatch, InvalidModelName, InvalidRequest, StoreError
+from pollama.errors import BlobNotFound, DigestMismatch, InvalidModelName, InvalidRequest, StoreError
 from pollama.names import ModelName, parse_name
 from pollama.registry.progress import ByteCounter, in_background
-from pollama.store.blobs import parse_digest
+from pollama.store.blobs import BlobReservation, parse_digest
 from pollama.store.files import fsync_dir, temp_name
 from pollama.store.manifest import MANIFEST_V2, OCI_MANIFEST, Manifest
 from pollama.store.progress import Progress
@@ -74,9 +77,42 @@ class _CountingReader(io.RawIOBase):
         return data
 
 
-def export_model(store: ModelStore, name: ModelName, target: Path) -> Iterator[Progress]:
-    """Write ``name`` as an OCI image layout tar at ``target`` (replaced atomically), with progress."""
-    found, manifest, _ = store.read_manifest(name)
+@dataclass(frozen=True)
+class LayoutSummary:
+    """What an export or import did: the models, the archive, and the models' blobs (count, bytes)."""
+
+    models: list[str]
+    archive: Path
+    blobs: int
+    size: int
+
+
+def export_model(store: ModelStore, name: ModelName, target: Path) -> Generator[Progress, None, LayoutSummary]:
+    """Write ``name`` as an OCI image layout tar at ``target`` (replaced atomically), with progress.
+
+    The manifest is read and its blobs opened under the store lock, so a concurrent delete (here or
+    in a server) cannot take them away half way: an open file stays readable after its name is gone.
+    """
+    handles: dict[str, IO[bytes]] = {}
+    try:
+        with store.lock:
+            found, manifest, _ = store.read_manifest(name)
+            for layer in [manifest.config, *manifest.layers]:
+                digest = parse_digest(layer.digest)
+                if digest not in handles:
+                    try:
+                        handles[digest] = store.blobs.path(digest).open("rb")
+                    except FileNotFoundError:
+                        raise BlobNotFound(f'blob "{digest}" not found') from None
+        yield from _write_layout(found, manifest, handles, target)
+    finally:
+        for fh in handles.values():
+            fh.close()
+    return LayoutSummary([found.display], target, len(handles), manifest.size)
+
+
+def _write_layout(found: ModelName, manifest: Manifest, handles: dict[str, IO[bytes]],
+                  target: Path) -> Iterator[Progress]:
     raw = manifest.to_bytes()
     manifest_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     index = {
@@ -99,18 +135,13 @@ def export_model(store: ModelStore, name: ModelName, target: Path) -> Iterator[P
             tar.addfile(_member_info("blobs", 0, directory=True))
             tar.addfile(_member_info("blobs/sha256", 0, directory=True))
             _add_bytes(tar, f"blobs/sha256/{manifest_digest[7:]}", raw)
-            seen = {manifest_digest}
-            for layer in [manifest.config, *manifest.layers]:
-                digest = parse_digest(layer.digest)
-                if digest in seen:
+            for digest, handle in handles.items():
+                if digest == manifest_digest:
                     continue
-                seen.add(digest)
-                path = store.blobs.path(digest)
-                size = store.blobs.size(digest)
+                size = os.fstat(handle.fileno()).st_size
 
-                def add(counter: ByteCounter, path: Path = path, digest: str = digest, size: int = size) -> None:
-                    with path.open("rb") as fh:
-                        tar.addfile(_member_info(f"blobs/sha256/{digest[7:]}", size), _CountingReader(fh, counter))
+                def add(counter: ByteCounter, fh: IO[bytes] = handle, digest: str = digest, size: int = size) -> None:
+                    tar.addfile(_member_info(f"blobs/sha256/{digest[7:]}", size), _CountingReader(fh, counter))
 
                 yield from in_background(add, f"exporting {digest[7:19]}", digest, size)
         with open(tmp, "rb+") as fh:
@@ -121,7 +152,6 @@ def export_model(store: ModelStore, name: ModelName, target: Path) -> Iterator[P
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    yield Progress(f"exported {found.display} to {target}")
     yield Progress("success")
 
 
@@ -135,16 +165,22 @@ class _Planned:
     manifest: Manifest
 
 
-def import_layout(store: ModelStore, source: Path, name: ModelName | None = None) -> Iterator[Progress]:
-    """Install the models of the OCI image layout tar ``source`` (``name`` renames a single model)."""
+def import_layout(store: ModelStore, source: Path,
+                  name: ModelName | None = None) -> Generator[Progress, None, LayoutSummary]:
+    """Install the models of the OCI image layout tar ``source`` (``name`` renames a single model).
+
+    Blobs are written (verified) and reserved first; then, under the store lock, every blob each
+    manifest names is checked again — one that a garbage collection in another process removed
+    meanwhile is copied once more — and the manifests are written.
+    """
     created: list[str] = []
     try:
         tar = tarfile.open(source, "r:*")  # noqa: SIM115 - closed by the with below
     except tarfile.TarError as exc:
         raise InvalidRequest(f"{source.name} is not a tar file: {exc}") from None
     try:
-        with tar:
-            members = {_clean(m.name): m for m in tar.getmembers()}
+        with tar, store.reserve() as reserved:
+            members = _safe_members(tar, source)
             layout = _read_json(tar, members, "oci-layout")
             if not str(layout.get("imageLayoutVersion", "")).startswith("1."):
                 raise InvalidRequest(f"{source.name}: unsupported OCI layout version "
@@ -157,10 +193,14 @@ def import_layout(store: ModelStore, source: Path, name: ModelName | None = None
                 raise InvalidRequest(f"{source.name} holds {len(descriptors)} models; a name can only be "
                                      f"given for one")
             planned = [_plan(tar, members, source, d, name) for d in descriptors]
+            sizes: dict[str, int] = {}
             for item in planned:
                 for layer in item.manifest.all_blobs():
                     digest = parse_digest(layer.digest)
-                    if store.blobs.exists(digest):
+                    if digest in sizes:
+                        continue
+                    sizes[digest] = layer.size
+                    if reserved.add(digest):
                         store.blobs.touch(digest)
                         yield Progress(f"importing {digest[7:19]}", digest, layer.size, layer.size)
                         continue
@@ -170,13 +210,17 @@ def import_layout(store: ModelStore, source: Path, name: ModelName | None = None
                                              f"manifest says {layer.size}")
 
                     def copy(counter: ByteCounter, member: tarfile.TarInfo = member, digest: str = digest) -> None:
-                        _copy_blob(store, tar, member, digest, counter, source)
+                        _copy_blob(store, tar, member, digest, counter, source, reserved)
 
                     yield from in_background(copy, f"importing {digest[7:19]}", digest, layer.size)
                     created.append(digest)
             yield Progress("writing manifest")
-            for item in planned:
-                store.write_manifest(item.name, item.manifest)
+            with store.lock:
+                for item in planned:
+                    for digest in store.missing_blobs(item.manifest):
+                        _copy_blob(store, tar, _member(members, source, parse_digest(digest)),
+                                   parse_digest(digest), ByteCounter(), source, reserved)
+                    store.write_manifest(item.name, item.manifest)
     except tarfile.TarError as exc:
         if created:
             store.remove_unreferenced(created)
@@ -185,9 +229,31 @@ def import_layout(store: ModelStore, source: Path, name: ModelName | None = None
         if created:
             store.remove_unreferenced(created)
         raise
-    for item in planned:
-        yield Progress(f"imported {item.name.display}")
     yield Progress("success")
+    return LayoutSummary([item.name.display for item in planned], source, len(sizes), sum(sizes.values()))
+
+
+def _safe_members(tar: tarfile.TarFile, source: Path) -> dict[str, tarfile.TarInfo]:
+    """The archive's members by cleaned name; ``InvalidRequest`` for any member that could point
+    outside a folder it were extracted to (absolute, ``..``, links, devices), even though nothing
+    is extracted by path: such an archive was not made by an exporter and is refused whole."""
+    members: dict[str, tarfile.TarInfo] = {}
+    for member in tar.getmembers():
+        raw = member.name
+        parts = raw.replace("\\", "/").split("/")
+        if raw.startswith(("/", "\\")) or (len(raw) > 1 and raw[1] == ":"):
+            reason = "absolute path"
+        elif ".." in parts:
+            reason = "path leaves the archive (..)"
+        elif member.issym() or member.islnk():
+            reason = f"link to {member.linkname!r}"
+        elif not (member.isfile() or member.isdir()):
+            reason = "not a regular file or folder"
+        else:
+            members[_clean(raw)] = member
+            continue
+        raise InvalidRequest(f"{source.name}: unsafe archive member {raw!r} ({reason}); nothing was imported")
+    return members
 
 
 def _clean(member_name: str) -> str:
@@ -242,7 +308,8 @@ def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Pat
         raise DigestMismatch(f'{source.name}: digest mismatch, expected "{digest}", got "{actual}"')
     manifest = Manifest.from_bytes(raw)
     if name is None:
-        annotations = descriptor.get("annotations") if isinstance(descriptor.get("annotations"), dict) else {}
+        found = descriptor.get("annotations")
+        annotations: dict[str, Any] = found if isinstance(found, dict) else {}
         ref = str(annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME) or "")
         if not ref or ("/" not in ref and ":" not in ref):
             raise InvalidRequest(f"{source.name}: the archive does not name its model "
@@ -255,7 +322,7 @@ def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Pat
 
 
 def _copy_blob(store: ModelStore, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str,
-               counter: ByteCounter, source: Path) -> None:
+               counter: ByteCounter, source: Path, reserved: BlobReservation) -> None:
     fh = tar.extractfile(member)
     if fh is None:
         raise InvalidRequest(f"{member.name} is not a regular file")
@@ -266,6 +333,6 @@ def _copy_blob(store: ModelStore, tar: tarfile.TarFile, member: tarfile.TarInfo,
             yield chunk
 
     try:
-        store.blobs.write_stream(digest, chunks())
+        store.blobs.write(chunks(), digest, reservation=reserved)
     except DigestMismatch as exc:
         raise DigestMismatch(f"{source.name}: blob {digest} is corrupt: {exc}") from None

@@ -11,9 +11,12 @@ Follows Ollama's pull (spec §6.2) step for step, with its files on disk:
   later pull (after a dropped connection, a killed server or a reboot) resumes every part where it
   stopped and fetches only the missing bytes. A part that fails is retried with exponential back-off;
   one that receives nothing for ``stall_timeout`` is restarted without using up a retry.
-* ``verifying sha256 digest``: a finished ``-partial`` file is hashed before it is renamed to its
-  blob name; a mismatch deletes it (and its part files) and fails the pull naming the digest.
+* ``verifying sha256 digest``: a finished ``-partial`` file is hashed and installed through the
+  store's one blob path (``BlobStore.commit_file``: fsync, rename, folder fsync); a mismatch deletes
+  it (and its part files) and fails the pull naming the digest.
 * ``writing manifest``: the manifest bytes go to the store atomically, only after every blob is there.
+  Every blob is reserved from the moment the pull sees or fetches it until the manifest is written,
+  so a concurrent delete's garbage collection leaves it alone.
 
 Downloads are shared: ``BlobTransfers`` (one per server) lets concurrent pulls of the same blob wait on
 one download, and cancels it (keeping its resume state) only when every pull waiting for it has gone.
@@ -24,6 +27,7 @@ packages instead (``catalog.py``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -39,7 +43,6 @@ import httpx
 
 from pollama.errors import (
     DigestMismatch,
-    ModelNotFound,
     RegistryError,
     RegistryUnavailable,
     RegistryUnreachable,
@@ -47,6 +50,7 @@ from pollama.errors import (
 )
 from pollama.names import ModelName
 from pollama.registry.client import RegistryClient, TransferSettings, registry_error
+from pollama.store.blobs import BlobReservation, digest_file
 from pollama.store.files import temp_name
 from pollama.store.manifest import Layer, Manifest
 from pollama.store.progress import Progress
@@ -55,7 +59,6 @@ from pollama.store.store import ModelStore
 log = logging.getLogger(__name__)
 
 _MAX_REDIRECTS = 10
-_HASH_CHUNK = 4 << 20
 
 
 class _Cancelled(Exception):
@@ -218,7 +221,7 @@ class BlobDownload:
             os.close(fd)
         if self._cancel.is_set():
             raise _Cancelled()
-        real = [e for e in errors if not isinstance(e, _Cancelled)]
+        real = [e for e in errors if e is not None and not isinstance(e, _Cancelled)]
         if real:
             raise real[0]
 
@@ -314,27 +317,24 @@ class BlobDownload:
 
     # --- verification ----------------------------------------------------------------------------
 
-    def finish(self) -> None:
-        """Hash the finished ``-partial`` file and move it into place; ``DigestMismatch`` if it is
-        not the blob it should be (it is then deleted). Safe to call from several pulls."""
+    def finish(self, reserved: BlobReservation | None = None) -> None:
+        """Hash the finished ``-partial`` file and install it through the store's one blob path
+        (fsync, rename, folder fsync); ``DigestMismatch`` if it is not the blob it should be (it is
+        then deleted). Safe to call from several pulls."""
         with self._lock:
             if self.error is not None:
                 raise self.error
             if self._finished or self.store.blobs.exists(self.digest):
                 self._finished = True
                 return
-            h = hashlib.sha256()
-            with self.partial.open("rb") as fh:
-                while chunk := fh.read(_HASH_CHUNK):
-                    h.update(chunk)
-            actual = "sha256:" + h.hexdigest()
-            if actual != self.digest:
+            actual = digest_file(self.partial)
+            try:
+                self.store.blobs.commit_file(self.partial, self.digest, actual=actual, reservation=reserved)
+            except DigestMismatch:
                 self._discard()
                 self.error = DigestMismatch(f"digest mismatch, file must be downloaded again: "
                                             f"want {self.digest}, got {actual}")
-                raise self.error
-            os.chmod(self.partial, 0o644)
-            os.replace(self.partial, self.path)
+                raise self.error from None
             for path in self._state_files():
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -416,11 +416,10 @@ def pull_model(store: ModelStore, name: ModelName, options: PullOptions, *,
             manifest = Manifest.from_bytes(raw)
         except StoreError as exc:
             raise RegistryError(f"pull model manifest: {exc}") from None
-        yield from _fetch_blobs(store, name, manifest, options, transfers, client.auth.header)
-
-    previous = _previous_manifest(store, name)
-    yield Progress("writing manifest")
-    store.write_manifest(name, manifest)
+        with store.reserve() as reserved:  # no collection may take them before the manifest names them
+            yield from _fetch_blobs(store, name, manifest, options, transfers, client.auth.header, reserved)
+            yield Progress("writing manifest")
+            previous = store.write_manifest(name, manifest)
     if previous is not None and not store.noprune:
         keep = {layer.digest for layer in manifest.all_blobs()}
         unused = [layer.digest for layer in previous.all_blobs() if layer.digest not in keep]
@@ -431,7 +430,8 @@ def pull_model(store: ModelStore, name: ModelName, options: PullOptions, *,
 
 
 def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options: PullOptions,
-                 transfers: BlobTransfers, auth_header: str | None) -> Iterator[Progress]:
+                 transfers: BlobTransfers, auth_header: str | None, reserved: BlobReservation,
+                 ) -> Iterator[Progress]:
     """Download every blob the store lacks (one after another, parts in parallel), then verify them."""
     interval = options.settings.progress_interval
     attached: list[BlobDownload] = []
@@ -442,12 +442,12 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
                 continue
             seen.add(layer.digest)
             label = f"pulling {layer.digest[7:19]}"
-            if store.blobs.exists(layer.digest):
+            if reserved.add(layer.digest):
                 store.blobs.touch(layer.digest)
                 yield Progress(label, layer.digest, layer.size, layer.size)
                 continue
-            download = transfers.attach(
-                store, layer.digest, lambda layer=layer: BlobDownload(store, name, layer, options, auth_header))
+            download = transfers.attach(store, layer.digest, functools.partial(
+                BlobDownload, store, name, layer, options, auth_header))
             attached.append(download)
             while not download.done.wait(interval):
                 yield Progress(label, layer.digest, download.total, download.completed)
@@ -458,7 +458,7 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
         failure: BaseException | None = None
         for download in attached:  # every good blob is kept even if another one is bad
             try:
-                download.finish()
+                download.finish(reserved)
             except DigestMismatch as exc:
                 failure = failure or exc
         if failure is not None:
@@ -467,9 +467,3 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
         for download in attached:
             transfers.detach(store, download)
 
-
-def _previous_manifest(store: ModelStore, name: ModelName) -> Manifest | None:
-    try:
-        return store.read_manifest(name)[1]
-    except (ModelNotFound, StoreError):
-        return None

@@ -10,11 +10,11 @@ Progress is reported as the status lines Ollama's clients print (``parsing GGUF`
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, ModelNotFound, NotSupportedYet
+from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, NotSupportedYet
 from pollama.gguf import (
     GGUFFile,
     context_length,
@@ -25,7 +25,7 @@ from pollama.gguf import (
     read_gguf,
 )
 from pollama.names import ModelName, parse_name
-from pollama.store.blobs import parse_digest
+from pollama.store.blobs import BlobReservation, parse_digest
 from pollama.store.files import go_json
 from pollama.store.manifest import (
     CONFIG_V1,
@@ -91,43 +91,45 @@ def _valid_relative_path(name: str) -> bool:
     return all(part not in ("", ".", "..") for part in name.split("/"))
 
 
-def create_model(store: ModelStore, request: CreateRequest) -> Iterator[Progress]:
-    """Create ``request.name`` in ``store``, yielding progress; raises a domain error on failure."""
+def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progress, None, None]:
+    """Create ``request.name`` in ``store``, yielding progress; raises a domain error on failure.
+
+    Safe to run concurrently with other creates, pulls and deletes: every blob the new manifest
+    will name is reserved as soon as it is seen, and the store lock is held only inside
+    ``write_manifest`` and ``remove_unreferenced`` (never across a ``yield``: the next step of this
+    generator may run on another thread).
+    """
     validate_file_names(request.files)
     validate_file_names(request.adapters)
     if request.quantize:
         raise NotSupportedYet("quantization is not supported yet: create the model from an already "
                               "quantized GGUF file")
-    previous = _previous_manifest(store, request.name)
+    with store.reserve() as reserved:
+        if request.from_:
+            base, inherited = _layers_from_model(store, request.from_, reserved)
+        elif request.files:
+            base, inherited = [], ModelConfig()
+            yield from _layers_from_files(store, request.files, base, reserved, adapter=False)
+        else:
+            raise InvalidRequest("neither 'from' or 'files' was specified")
+        if request.adapters:
+            if len(request.adapters) > 1:
+                raise InvalidRequest("only one adapter is currently supported")
+            yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
 
-    if request.from_:
-        base, inherited = _layers_from_model(store, request.from_)
-    elif request.files:
-        base, inherited = [], ModelConfig()
-        for status in _layers_from_files(store, request.files, base, adapter=False):
-            yield status
-    else:
-        raise InvalidRequest("neither 'from' or 'files' was specified")
-    if request.adapters:
-        if len(request.adapters) > 1:
-            raise InvalidRequest("only one adapter is currently supported")
-        for status in _layers_from_files(store, request.adapters, base, adapter=True):
-            yield status
+        config = _config_for(base, inherited, request)
+        layers = [b.layer for b in base]
+        statuses = [b.status for b in base]
 
-    config = _config_for(base, inherited, request)
-    layers = [b.layer for b in base]
-    statuses = [b.status for b in base]
+        def add_text_layer(media_type: str, data: bytes, *, replace: bool) -> None:
+            nonlocal layers, statuses
+            if replace:
+                kept = [(lay, st) for lay, st in zip(layers, statuses) if lay.media_type != media_type]
+                layers, statuses = [lay for lay, _ in kept], [st for _, st in kept]
+            written = store.blobs.write([data], reservation=reserved)
+            layers.append(Layer(media_type, written.digest, len(data)))
+            statuses.append(f"{'creating new' if written.created else 'using existing'} layer {written.digest}")
 
-    def add_text_layer(media_type: str, data: bytes, *, replace: bool) -> None:
-        nonlocal layers, statuses
-        if replace:
-            kept = [(lay, st) for lay, st in zip(layers, statuses) if lay.media_type != media_type]
-            layers, statuses = [lay for lay, _ in kept], [st for _, st in kept]
-        digest, created = store.blobs.write_bytes(data)
-        layers.append(Layer(media_type, digest, len(data)))
-        statuses.append(f"{'creating new' if created else 'using existing'} layer {digest}")
-
-    with store.lock:
         if request.template is not None and request.template != "":
             _check_template(request.template)
             add_text_layer(MEDIA_TEMPLATE, request.template.encode("utf-8"), replace=True)
@@ -149,53 +151,46 @@ def create_model(store: ModelStore, request: CreateRequest) -> Iterator[Progress
 
         config.diff_ids = [layer.digest for layer in layers]
         config_bytes = go_json(config.to_json())
-        config_digest, _ = store.blobs.write_bytes(config_bytes)
-        manifest = Manifest(config=Layer(CONFIG_V1, config_digest, len(config_bytes)), layers=layers)
+        config_blob = store.blobs.write([config_bytes], reservation=reserved)
+        manifest = Manifest(config=Layer(CONFIG_V1, config_blob.digest, len(config_bytes)), layers=layers)
 
         for status in statuses:
             if status:
                 yield Progress(status)
         yield Progress("writing manifest")
-        store.write_manifest(request.name, manifest)
+        previous = store.write_manifest(request.name, manifest)
         if previous is not None and not store.noprune:
             store.remove_unreferenced([layer.digest for layer in previous.all_blobs()])
     yield Progress("success")
 
 
-def _previous_manifest(store: ModelStore, name: ModelName) -> Manifest | None:
-    try:
-        return store.read_manifest(name)[1]
-    except ModelNotFound:
-        return None
-
-
-def _layers_from_model(store: ModelStore, source: str) -> tuple[list[_BaseLayer], ModelConfig]:
-    """Every layer of an installed model, marked as coming from it."""
+def _layers_from_model(store: ModelStore, source: str,
+                       reserved: BlobReservation) -> tuple[list[_BaseLayer], ModelConfig]:
+    """Every layer of an installed model, marked as coming from it (and reserved)."""
     from_name = parse_name(source)
     model = store.load(from_name)
     display = from_name.display
     base = []
     for layer in model.manifest.layers:
         reused = Layer(layer.media_type, layer.digest, layer.size, from_=display, name=layer.name)
+        if not reserved.add(layer.digest):  # gone: the model was deleted meanwhile
+            raise BlobNotFound(f'model "{display}" not found, try pulling it first')
         gguf = None
         if layer.media_type in WEIGHT_MEDIA_TYPES:
-            path = store.blobs.path(layer.digest)
-            if not path.is_file():
-                raise BlobNotFound(f'model "{display}" not found, try pulling it first')
-            gguf = read_gguf(path)
+            gguf = read_gguf(store.blobs.path(layer.digest))
         base.append(_BaseLayer(reused, gguf, f"using existing layer {layer.digest}"))
     return base, model.config
 
 
-def _layers_from_files(store: ModelStore, files: dict[str, str], base: list[_BaseLayer], *,
-                       adapter: bool) -> Iterator[Progress]:
-    """Turn uploaded GGUF blobs into model/projector/adapter layers (appended to ``base``)."""
+def _layers_from_files(store: ModelStore, files: dict[str, str], base: list[_BaseLayer],
+                       reserved: BlobReservation, *, adapter: bool) -> Iterator[Progress]:
+    """Turn uploaded GGUF blobs into model/projector/adapter layers (reserved, appended to ``base``)."""
     if any(name.endswith(".safetensors") for name in files):
         raise NotSupportedYet("importing safetensors models is not supported yet: convert the model "
                               "to GGUF first (llama.cpp's convert_hf_to_gguf.py)")
     for name, digest in files.items():
         path = store.blobs.path(digest)
-        if not path.is_file():
+        if not reserved.add(digest):
             raise BlobNotFound(f'blob "{parse_digest(digest)}" not found')
         if not name.endswith(".gguf") and not is_gguf(path):
             raise InvalidRequest("unknown type")

@@ -3,6 +3,14 @@
 ``ModelStore`` finds models by name (case-insensitively, as Ollama does), reads and writes their
 manifests atomically, copies them (a manifest only: blobs are shared), deletes them with garbage
 collection of blobs nothing references any more, and cleans up after crashes at start-up.
+
+Manifest writes, copies, deletes and every garbage collection hold ``lock`` (a ``StoreLock``: a
+thread lock plus an ``flock`` on ``.pollama.lock`` in the models directory, so other processes
+take part too), each for one short step that never yields. A writer's order is: write its blobs
+(reserving them, ``BlobStore.reserve``), then take the lock, re-check that every blob is there,
+write the manifest, release. A collection, under the lock, removes only blobs that no manifest
+references and no writer has reserved; temporary and partial files are never its candidates.
+Readers (``load``, ``list_models``) take no lock: manifests and blobs only ever appear by rename.
 """
 
 from __future__ import annotations
@@ -10,18 +18,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pollama.errors import ModelNotFound, StoreError
+from pollama.errors import ModelNotFound, NotFound, StoreError
 from pollama.names import ModelName, parse_name
-from pollama.store.blobs import BlobStore, is_blob_filename, parse_digest
+from pollama.store.blobs import BlobReservation, BlobStore, is_blob_filename, parse_digest
 from pollama.store.files import atomic_write_bytes
+from pollama.store.lock import LOCK_FILE, StoreLock
 from pollama.store.manifest import (
     MEDIA_ADAPTER,
     MEDIA_DRAFT,
@@ -116,9 +123,14 @@ class ModelStore:
         self.noprune = noprune
         self.blobs = BlobStore(root / "blobs")
         self.manifests_dir = root / "manifests"
-        # Held while manifests change and while blobs are garbage-collected, so that a collection
-        # never removes a blob that a manifest being written is about to reference.
-        self.lock = threading.RLock()
+        # Held (briefly, never across a yield) while manifests change and while blobs are
+        # garbage-collected, by this process's threads and by other processes alike.
+        self.lock = StoreLock(root / LOCK_FILE)
+
+    def reserve(self) -> BlobReservation:
+        """A reservation of blobs a writer is about to reference (see ``BlobStore.reserve``); a
+        collection it held up is finished, under the lock, when it is released."""
+        return self.blobs.reserve(collect=self.remove_unreferenced)
 
     # --- names and manifests -------------------------------------------------------------------
 
@@ -168,14 +180,35 @@ class ModelStore:
             raise ModelNotFound(f"model '{name.display}' not found") from None
         return found, Manifest.from_bytes(raw), mtime
 
-    def write_manifest(self, name: ModelName, manifest: Manifest) -> None:
-        """Write ``name``'s manifest atomically, after checking every blob it names is present."""
+    def write_manifest(self, name: ModelName, manifest: Manifest) -> Manifest | None:
+        """Write ``name``'s manifest atomically, after checking (under the lock) that every blob it
+        names is present; returns the manifest it replaced (``None`` if there was none or it was unreadable)."""
         with self.lock:
-            for layer in manifest.all_blobs():
-                if not self.blobs.exists(layer.digest):
-                    raise StoreError(f"blob {layer.digest} is missing; the manifest was not written")
+            self.check_blobs(manifest)
             target = self.manifest_path(self.canonical(name))
+            previous = None
+            with contextlib.suppress(FileNotFoundError, StoreError):
+                previous = Manifest.from_bytes(target.read_bytes())
             atomic_write_bytes(target, manifest.to_bytes())
+            return previous
+
+    def missing_blobs(self, manifest: Manifest) -> list[str]:
+        """Digests ``manifest`` names that are not in ``blobs/`` (or are not valid digests)."""
+        missing = []
+        for layer in manifest.all_blobs():
+            try:
+                present = self.blobs.exists(layer.digest)
+            except ValueError:
+                present = False
+            if not present:
+                missing.append(layer.digest)
+        return missing
+
+    def check_blobs(self, manifest: Manifest) -> None:
+        """``StoreError`` naming the first blob of ``manifest`` that is missing."""
+        missing = self.missing_blobs(manifest)
+        if missing:
+            raise StoreError(f"blob {missing[0]} is missing; the manifest was not written")
 
     def load(self, name: ModelName) -> StoredModel:
         """Read an installed model and its text layers; ``ModelNotFound`` if it is not installed."""
@@ -210,7 +243,7 @@ class ModelStore:
         for entry in self.entries():
             try:
                 models.append(self.load(entry.name))
-            except (StoreError, ModelNotFound, OSError) as exc:
+            except (StoreError, NotFound, OSError) as exc:  # also: deleted while being read
                 log.warning("skipping unreadable manifest %s: %s", entry.path, exc)
         models.sort(key=lambda m: m.modified_at, reverse=True)
         return models
@@ -220,7 +253,7 @@ class ModelStore:
     def copy(self, source: ModelName, destination: ModelName) -> ModelName:
         """Copy ``source``'s manifest byte for byte to ``destination``; blobs are shared."""
         with self.lock:
-            found, manifest, _ = self.read_manifest(source)
+            _, manifest, _ = self.read_manifest(source)
             target = self.canonical(destination)
             atomic_write_bytes(self.manifest_path(target), manifest.to_bytes())
             return target
@@ -247,7 +280,8 @@ class ModelStore:
         return digests
 
     def remove_unreferenced(self, candidates: list[str]) -> list[str]:
-        """Delete those of ``candidates`` that no manifest references; returns what was deleted."""
+        """Delete those of ``candidates`` that no manifest references and no writer has reserved;
+        returns what was deleted."""
         with self.lock:
             try:
                 keep = self.referenced_digests()
@@ -260,8 +294,7 @@ class ModelStore:
                     canonical = parse_digest(digest)
                 except ValueError:
                     continue
-                if canonical not in keep and self.blobs.exists(canonical):
-                    self.blobs.delete(canonical)
+                if canonical not in keep and self.blobs.collect(canonical):
                     removed.append(canonical)
             return removed
 
@@ -279,17 +312,19 @@ class ModelStore:
         """Start-up housekeeping: create folders, rename legacy blobs, prune (unless ``noprune``)."""
         self.blobs.root.mkdir(parents=True, exist_ok=True)
         self.manifests_dir.mkdir(parents=True, exist_ok=True)
-        self.blobs.rename_legacy()
-        self._remove_stray_temporaries()
-        if not self.noprune:
-            self.prune()
+        with self.lock:
+            self.blobs.rename_legacy()
+            self._remove_stray_temporaries()
+            if not self.noprune:
+                self.prune()
 
     def _remove_stray_temporaries(self) -> None:
-        """Temporary files of an interrupted write (never visible as blobs or manifests)."""
+        """Temporary files of an interrupted write (never visible as blobs or manifests). A blob
+        still being written by another process is locked by its writer and left alone; manifest
+        temporaries are only written under the store lock, which the caller holds."""
         for path in self.blobs.list_files():
             if self.blobs.is_temporary(path):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
+                self.blobs.remove_abandoned(path)
         if self.manifests_dir.is_dir():
             for path in self.manifests_dir.rglob(".tmp-*"):
                 with contextlib.suppress(FileNotFoundError):
@@ -313,7 +348,8 @@ class ModelStore:
                     continue
                 name = path.name
                 if is_blob_filename(name):
-                    stale = name.replace("-", ":", 1) not in keep and age > _PRUNE_AGE
+                    digest = name.replace("-", ":", 1)
+                    stale = digest not in keep and age > _PRUNE_AGE and not self.blobs.is_reserved(digest)
                 elif "-partial" in name and name.startswith("sha256-"):
                     stale = age > _PARTIAL_AGE
                 else:

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from pollama.cli._output import human_bytes
 from pollama.errors import DigestMismatch, InvalidRequest
 from pollama.names import parse_name
 from pollama.registry import CATALOG, export_model, find_entry, import_layout
@@ -135,7 +136,7 @@ def test_import_of_a_tampered_archive_writes_nothing(tmp_path: Path, tiny_gguf: 
     target.prepare()
     with pytest.raises(DigestMismatch, match=f"tampered.tar: blob sha256:{model_hex} is corrupt"):
         list(import_layout(target, tampered))
-    assert not [p for p in (tmp_path / "b").rglob("*") if p.is_file()]
+    assert [p.name for p in (tmp_path / "b").rglob("*") if p.is_file()] == [".pollama.lock"]
 
     def drop_name(member: str, data: bytes) -> bytes:
         if member != "index.json":
@@ -166,13 +167,17 @@ def test_cli_export_import(tmp_path: Path, tiny_gguf: Path, isolated_env: Path) 
         return subprocess.run([sys.executable, "-m", "pollama", *args], capture_output=True, text=True,
                               env=env, timeout=120)
 
+    model = ModelStore(models).load(parse_name("tiny"))
+    size = human_bytes(model.size)
+    count = len({layer.digest for layer in model.manifest.all_blobs()})
     done = cli("export", "tiny", "-o", str(archive), models_dir=models)
     assert done.returncode == 0, done.stderr
     assert archive.is_file() and "success" in done.stderr
+    assert done.stdout == f"exported tiny:latest to {archive} ({count} blobs, {size})\n"
     other = tmp_path / "other"
     done = cli("import", str(archive), models_dir=other)
     assert done.returncode == 0, done.stderr
-    assert "imported tiny:latest" in done.stderr
+    assert done.stdout == f"imported tiny:latest from {archive} ({count} blobs, {size})\n"
     assert store_files(models) == store_files(other)
     missing = cli("export", "nothere", "-o", str(archive), models_dir=models)
     assert missing.returncode == 1 and missing.stderr.strip() == "Error: model 'nothere:latest' not found"
@@ -199,3 +204,67 @@ def test_offline_gemma_base_is_a_plain_completion_model(tmp_path: Path) -> None:
     assert model.params["stop"] == ["<end_of_turn>"]
     assert model.config.model_family == "gemma3" and model.config.file_type == "Q4_K_M"
     assert model.manifest.layers[0].digest == _expected_digest(entry)
+
+
+def _with_member(archive: Path, out: Path, member: tarfile.TarInfo, data: bytes = b"") -> Path:
+    """A copy of ``archive`` with one more member appended."""
+    with tarfile.open(archive) as src, tarfile.open(out, "w") as dst:
+        for item in src.getmembers():
+            dst.addfile(item, src.extractfile(item) if item.isfile() else None)
+        member.size = len(data) if member.isfile() else 0
+        dst.addfile(member, io.BytesIO(data) if member.isfile() else None)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["dotdot", "absolute", "symlink", "hardlink"])
+def test_cli_import_refuses_tar_slip(tmp_path: Path, tiny_gguf: Path, isolated_env: Path, kind: str) -> None:
+    """A tar whose members could land outside the store (``../``, absolute paths, links) is refused
+    with a clear error, and nothing is written anywhere: not outside, not in the store."""
+    source = local_model(tmp_path / "a", "tiny:latest", tiny_gguf)
+    archive = tmp_path / "tiny.tar"
+    list(export_model(source, parse_name("tiny"), archive))
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    model_hex = source.load(parse_name("tiny")).manifest.layers[0].digest[7:]
+    member = tarfile.TarInfo()
+    if kind == "dotdot":
+        member.name, expected = "blobs/sha256/../../../outside/evil.txt", "path leaves the archive (..)"
+    elif kind == "absolute":
+        member.name, expected = str(outside / "evil.txt"), "absolute path"
+    elif kind == "symlink":
+        member.name, member.type, member.linkname = f"blobs/sha256/{model_hex}x", tarfile.SYMTYPE, str(outside)
+        expected = f"link to {str(outside)!r}"
+    else:
+        member.name, member.type, member.linkname = "evil", tarfile.LNKTYPE, "../../outside/evil.txt"
+        expected = "link to '../../outside/evil.txt'"
+    crafted = _with_member(archive, tmp_path / "crafted.tar", member, b"owned" if member.isfile() else b"")
+    models = isolated_env / ".ollama" / "models"
+    env = {"HOME": str(isolated_env), "OLLAMA_MODELS": str(models), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run([sys.executable, "-m", "pollama", "import", str(crafted)], capture_output=True,
+                          text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        f"Error: crafted.tar: unsafe archive member {member.name!r} ({expected}); nothing was imported")
+    assert list(outside.iterdir()) == []
+    assert [p.name for p in models.rglob("*") if p.is_file()] in ([], [".pollama.lock"])
+
+
+def test_import_recopies_a_blob_another_process_collected_before_the_manifest(tmp_path: Path,
+                                                                              tiny_gguf: Path) -> None:
+    """Reservations only bind this process: a server's delete may collect a blob a CLI import has
+    just written. Under the store lock the import checks its blobs again and copies such a one anew."""
+    name = parse_name("tiny")
+    source = local_model(tmp_path / "a", name.full, tiny_gguf, system="Be tiny.")
+    archive = tmp_path / "tiny.tar"
+    list(export_model(source, name, archive))
+    weights = source.load(name).manifest.layers[0].digest
+    target = ModelStore(tmp_path / "b")
+    target.prepare()
+    work = import_layout(target, archive)
+    for item in work:
+        if item.status == "writing manifest":
+            break
+    target.blobs.delete(weights)  # what another process's garbage collection would do
+    assert [p.status for p in work] == ["success"]
+    assert target.blobs.path(weights).read_bytes() == tiny_gguf.read_bytes()
+    assert store_files(tmp_path / "a") == store_files(tmp_path / "b")

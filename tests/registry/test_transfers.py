@@ -7,7 +7,14 @@ import threading
 from pathlib import Path
 
 from pollama.names import ModelName, parse_name
-from pollama.registry import BlobTransfers, PullOptions, PushOptions, TransferSettings, pull_model, push_model
+from pollama.registry import (
+    BlobTransfers,
+    PullOptions,
+    PushOptions,
+    TransferSettings,
+    pull_model,
+    push_model,
+)
 from pollama.store import ModelStore
 from tests.registry.conftest import CountingProxy, DockerRegistry
 from tests.registry.test_registry import local_model
@@ -81,3 +88,22 @@ def test_abandoned_pull_keeps_its_progress(registry: DockerRegistry, proxy: Coun
     assert store.blobs.path(digest).read_bytes() == big_gguf.read_bytes()
     # Together the two pulls fetched the blob about once (a cancelled part may lose its last chunk).
     assert size <= fetched + proxy.blob_bytes(digest) <= size + 6 * (1 << 20)
+
+
+def test_delete_during_pull_keeps_the_blob_the_pull_is_about_to_reference(
+        registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path) -> None:
+    """Issue 11: the pull saw the weights already in the store (another model had them), a delete
+    of that model collected them, and the pull's manifest then named a blob that was gone."""
+    name, digest, size = _published(proxy, big_gguf, tmp_path)
+    store = local_model(tmp_path / "b", "other:latest", big_gguf)
+    assert store.blobs.exists(digest)
+    pull = pull_model(store, name, PullOptions(key_home=tmp_path, insecure=True))
+    for item in pull:
+        if item.digest == digest:
+            break
+    store.delete(parse_name("other"))  # the only manifest naming the weights, until the pull's
+    assert store.blobs.exists(digest)
+    assert [p.status for p in pull][-1] == "success"
+    assert store.load(name).model_path == store.blobs.path(digest)
+    assert proxy.blob_bytes(digest) == 0  # the weights were never downloaded again
+    assert size == store.blobs.size(digest)

@@ -3,13 +3,13 @@ crash safety and refusal of path tricks."""
 
 from __future__ import annotations
 
-import json
-
 import hashlib
+import json
 import os
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -261,3 +261,158 @@ def test_cli_killed_mid_create_leaves_nothing(server: ServerProcess, smollm2_ggu
     assert manifests == []
     for blob in complete:
         assert "sha256:" + hashlib.sha256(blob.read_bytes()).hexdigest() == blob.name.replace("-", ":", 1)
+
+
+def _blob_names_referenced(models: Path) -> tuple[set[str], set[str]]:
+    """(blob file names every manifest references, blob file names present) of a models folder."""
+    referenced: set[str] = set()
+    for manifest in (models / "manifests").rglob("*"):
+        if manifest.is_file():
+            data = json.loads(manifest.read_bytes())
+            for layer in [data["config"], *data["layers"]]:
+                referenced.add(layer["digest"].replace(":", "-"))
+    present = {p.name for p in (models / "blobs").iterdir()}
+    return referenced, present
+
+
+def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: ServerProcess,
+                                                                     smollm2_gguf: Path) -> None:
+    """Issue 10: ``create_model`` held the store's thread lock across yields, so a create resumed on
+    another worker thread could never release it and every later create hung. 8 creators (4 of one
+    name, 4 of different names, streaming and not, from a model and from files) run with list, show
+    and delete traffic alongside; all must finish, and the store must be left consistent. (Whether
+    a step resumes on another thread depends on timing here; ``tests/store`` forces it every step.)"""
+    with server.client(timeout=60) as c:
+        digest = upload(c, smollm2_gguf)
+        r = c.post("/api/create", json={"model": "base", "files": {"smol.gguf": digest}, "stream": False})
+        assert r.status_code == 200, r.text
+    creators, rounds = 8, 3
+    kinds = ["tags", "show", "delete"]
+    start = threading.Barrier(creators + len(kinds))
+    stop = threading.Event()
+    outcomes: list[tuple[str, int, dict[str, object]]] = []
+    traffic: dict[str, set[int]] = {"tags": set(), "show": set(), "delete": set()}
+    failures: list[BaseException] = []
+
+    def creator(i: int) -> None:
+        name = "same" if i % 2 == 0 else f"diff{i}"
+        try:
+            with server.client(timeout=60) as c:
+                start.wait(30)
+                for n in range(rounds):
+                    body: dict[str, object] = {"model": name, "system": f"creator {i} round {n}",
+                                               "stream": n % 2 == 1}
+                    body.update({"from": "base"} if n % 3 else {"files": {"smol.gguf": digest}})
+                    r = c.post("/api/create", json=body)
+                    outcomes.append((name, r.status_code, json.loads(r.text.splitlines()[-1])))
+        except BaseException as exc:  # noqa: BLE001 - reported by the test thread
+            failures.append(exc)
+
+    def background(kind: str) -> None:
+        try:
+            with server.client(timeout=60) as c:
+                start.wait(30)
+                while not stop.is_set():
+                    if kind == "tags":
+                        r = c.get("/api/tags")
+                    elif kind == "show":
+                        r = c.post("/api/show", json={"model": "same"})
+                    else:
+                        r = c.request("DELETE", "/api/delete", json={"model": "diff1"})
+                    traffic[kind].add(r.status_code)
+        except BaseException as exc:  # noqa: BLE001
+            failures.append(exc)
+
+    workers = [threading.Thread(target=creator, args=(i,), daemon=True) for i in range(creators)]
+    others = [threading.Thread(target=background, args=(kind,), daemon=True) for kind in kinds]
+    for t in [*workers, *others]:
+        t.start()
+    deadline = time.monotonic() + 120
+    for t in workers:
+        t.join(max(0.0, deadline - time.monotonic()))
+    stop.set()
+    for t in others:
+        t.join(30)
+    assert not [t for t in [*workers, *others] if t.is_alive()], "requests hung"
+    assert failures == []
+    assert len(outcomes) == creators * rounds
+    assert all((code, last) == (200, {"status": "success"}) for _, code, last in outcomes), outcomes
+    assert traffic["tags"] == {200}
+    assert traffic["show"] <= {200, 404} and traffic["delete"] <= {200, 404}
+    with server.client(timeout=10) as c:
+        names = {m["name"] for m in c.get("/api/tags").json()["models"]}
+        assert {"base:latest", "same:latest", "diff3:latest", "diff5:latest", "diff7:latest"} <= names
+        assert c.post("/api/show", json={"model": "same"}).json()["system"].startswith("creator ")
+    referenced, present = _blob_names_referenced(server.models)
+    assert referenced == present  # nothing missing, nothing orphaned, no temporary files left
+
+
+def test_big_upload_does_not_delay_other_requests(server: ServerProcess) -> None:
+    """Issue 10: an upload was hashed, written and fsynced on the event loop, so every other client
+    waited while a big blob came in. With 200 MB in flight, ``/api/tags`` keeps answering quickly."""
+    chunk_count, block = 200, bytes(range(256)) * 4096  # 200 blocks of 1 MiB
+
+    def body() -> Iterator[bytes]:
+        for i in range(chunk_count):
+            yield i.to_bytes(4, "big") + block[4:]
+
+    h = hashlib.sha256()
+    for part in body():
+        h.update(part)
+    digest = "sha256:" + h.hexdigest()
+    result: dict[str, int] = {}
+
+    def send() -> None:
+        result["status"] = httpx.post(f"{server.url}/api/blobs/{digest}", content=body(), timeout=120).status_code
+
+    latencies: list[float] = []
+    with server.client(timeout=30) as c:
+        assert c.get("/api/tags").status_code == 200
+        uploader = threading.Thread(target=send, daemon=True)
+        uploader.start()
+        while uploader.is_alive():
+            began = time.monotonic()
+            assert c.get("/api/tags").status_code == 200
+            latencies.append(time.monotonic() - began)
+        uploader.join(120)
+    assert result == {"status": 201}
+    assert (server.models / "blobs" / digest.replace(":", "-")).stat().st_size == chunk_count << 20
+    latencies.sort()
+    assert len(latencies) >= 5
+    p99 = latencies[int(len(latencies) * 0.99)]
+    assert p99 < 0.25 and latencies[-1] < 1.0, f"/api/tags p99 {p99:.3f}s, slowest {latencies[-1]:.3f}s"
+
+
+def test_create_from_a_missing_file_says_it_does_not_exist(server: ServerProcess, tmp_path: Path) -> None:
+    """Issue 11: ``FROM ./missing.gguf`` was sent on as a model name and failed with ``invalid model name``."""
+    for line in ("FROM ./missing.gguf", "FROM missing.gguf", f"FROM {tmp_path}/gone/model.gguf"):
+        modelfile = tmp_path / "Modelfile"
+        modelfile.write_text(line + "\n")
+        done = server.cli("create", "m", "-f", str(modelfile))
+        argument = line.split(" ", 1)[1]
+        missing = tmp_path / "missing.gguf" if "gone" not in argument else Path(argument)
+        assert (done.returncode, done.stderr) == (1, f"Error: FROM {argument}: file {missing} does not exist\n")
+    with server.client() as c:
+        assert c.get("/api/tags").json() == {"models": []}
+
+
+def test_upload_abandoned_by_the_client_leaves_nothing(server: ServerProcess) -> None:
+    import socket
+
+    data = b"z" * (8 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    blobs = server.models / "blobs"
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+        sock.sendall(f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
+                     f"\r\n".encode() + data[: len(data) // 2])
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in blobs.iterdir()):
+            time.sleep(0.01)
+        assert any(p.name.startswith(".tmp-") for p in blobs.iterdir()), "the upload never started"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and list(blobs.iterdir()):
+        time.sleep(0.02)
+    assert list(blobs.iterdir()) == []
+    with server.client() as c:
+        assert c.head(f"/api/blobs/{digest}").status_code == 404
+        assert c.get("/api/tags").status_code == 200

@@ -5,14 +5,23 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import queue
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pollama.errors import DigestMismatch, InvalidDigest, ModelNotFound, StoreError
+from pollama.errors import (
+    DigestMismatch,
+    InvalidDigest,
+    ModelNotFound,
+    StoreError,
+    StoreLocked,
+)
 from pollama.names import parse_name
-from pollama.store import Manifest, ModelStore, parse_digest
+from pollama.store import Manifest, ModelStore, Progress, parse_digest
 from pollama.store.create import CreateRequest, create_model
 from pollama.store.files import go_json
 
@@ -233,3 +242,126 @@ def test_read_ollama_written_store(tmp_path: Path) -> None:
     assert model.size == sum(int(x["size"]) for x in (weights, template, params, config))
     store.copy(parse_name("llama3:8b"), parse_name("copy"))
     assert store.manifest_path(parse_name("copy")).read_bytes() == raw
+
+
+def _run_on_changing_threads(work: Iterator[Progress], timeout: float = 10.0) -> list[str]:
+    """Drive ``work`` as ``iterate_in_threadpool`` may: every step on another live (daemon) thread.
+
+    Threads stay alive until the end, so no two steps share a thread identity.
+    """
+    finished = threading.Event()
+    statuses: list[str] = []
+
+    def step(out: queue.Queue[object]) -> None:
+        try:
+            out.put(next(work))
+        except BaseException as exc:  # noqa: BLE001 - handed to the test thread
+            out.put(exc)
+        finished.wait()
+
+    try:
+        while True:
+            out: queue.Queue[object] = queue.Queue()
+            threading.Thread(target=step, args=(out,), daemon=True).start()
+            try:
+                item = out.get(timeout=timeout)
+            except queue.Empty:
+                raise AssertionError(f"create hung after {statuses}") from None
+            if isinstance(item, StopIteration):
+                return statuses
+            if isinstance(item, BaseException):
+                raise item
+            assert isinstance(item, Progress)
+            statuses.append(item.status)
+    finally:
+        finished.set()
+
+
+def test_create_resumed_on_another_thread_at_every_step_finishes(store: ModelStore, smollm2_gguf: Path) -> None:
+    """Issue 10: the store lock was held across ``yield``s, so a create whose next step ran on another
+    thread blocked forever on the lock its first thread still owned."""
+    digest, _ = store.blobs.import_files([smollm2_gguf])
+    for n, request in enumerate([
+        CreateRequest(name=parse_name("a"), files={"a.gguf": digest}, system="one"),
+        CreateRequest(name=parse_name("a"), from_="a", system="two", parameters={"top_k": 3}),
+        CreateRequest(name=parse_name("b"), from_="a", licenses=["MIT"]),
+    ]):
+        statuses = _run_on_changing_threads(create_model(store, request))
+        assert statuses[-2:] == ["writing manifest", "success"], n
+    assert store.load(parse_name("a")).system == "two"
+    assert store.load(parse_name("b")).licenses == ["MIT"]
+    assert not store.lock.held
+    # The replaced version of "a" left nothing behind: every blob is referenced.
+    referenced = {parse_digest(layer.digest) for e in store.entries()
+                  for layer in Manifest.from_bytes(e.path.read_bytes()).all_blobs()}
+    assert {p.name.replace("-", ":", 1) for p in store.blobs.list_files()} == referenced
+
+
+def test_delete_during_create_keeps_the_blob_the_create_is_about_to_reference(
+        store: ModelStore, smollm2_gguf: Path) -> None:
+    """Issue 11: a delete's garbage collection removed the GGUF a concurrent create had already
+    checked, and the create then failed writing its manifest (or, without the check, named a missing blob)."""
+    digest, _ = store.blobs.import_files([smollm2_gguf])
+    list(create_model(store, CreateRequest(name=parse_name("old"), files={"m.gguf": digest})))
+    work = create_model(store, CreateRequest(name=parse_name("new"), files={"m.gguf": digest}, system="s"))
+    assert next(work).status == "parsing GGUF"
+    store.delete(parse_name("old"))  # "old" was the only model naming the GGUF
+    assert store.blobs.exists(digest)
+    assert [p.status for p in work][-1] == "success"
+    assert store.load(parse_name("new")).model_path == store.blobs.path(digest)
+    store.delete(parse_name("new"))
+    assert store.blobs.list_files() == []
+
+
+def test_collection_held_up_by_a_reservation_finishes_when_it_is_released(store: ModelStore) -> None:
+    text_model(store, "a", b"weights of a", system="sys a")
+    weights = sha(b"weights of a")
+    with store.reserve() as reserved:
+        assert reserved.add(weights) is True
+        store.delete(parse_name("a"))
+        assert store.blobs.exists(weights)  # reserved: left alone
+        assert not store.blobs.exists(sha(b"sys a"))
+    assert not store.blobs.exists(weights)  # released and still unreferenced: collected now
+    assert store.blobs.list_files() == []
+
+
+def test_store_lock_is_shared_with_other_processes(store: ModelStore) -> None:
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+                                "print('locked', flush=True); sys.stdin.read()"), str(store.lock.path)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
+        began = time.monotonic()
+        with pytest.raises(StoreLocked, match=r"^the models directory is busy: .*\.pollama\.lock is locked by "
+                                              r"another process \(waited 0\.3s\)$"):
+            store.lock.acquire(timeout=0.3)
+        assert 0.3 <= time.monotonic() - began < 2
+        assert not store.lock.held
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(10)
+    with store.lock, store.lock:  # reentrant in one thread
+        assert store.lock.held
+    assert not store.lock.held
+
+
+def test_startup_cleanup_leaves_a_blob_that_is_still_being_written(store: ModelStore) -> None:
+    """Start-up cleanup (of another server or CLI on the same folder) removes abandoned temporary
+    files only: a writer's temporary file is locked by it and survives."""
+    abandoned = store.blobs.root / ".tmp-blob-abandoned"
+    abandoned.write_bytes(b"half")
+    with store.blobs.writer(sha(b"in flight")) as writer:
+        writer.write(b"in ")
+        ModelStore(store.root).prepare()  # another store object: its own lock file descriptor
+        assert not abandoned.exists()
+        assert writer.tmp.exists()
+        writer.write(b"flight")
+        written = writer.commit()
+    assert (written.digest, written.size, written.created) == (sha(b"in flight"), 9, True)
+    assert written.path.read_bytes() == b"in flight"
+    assert [p.name for p in store.blobs.list_files()] == [written.path.name]

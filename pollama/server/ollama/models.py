@@ -3,9 +3,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator
+import contextlib
+from collections.abc import AsyncIterator, Generator
 from typing import Any
+
+import anyio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
@@ -19,6 +21,7 @@ from pollama.server.ollama_types import CopyRequest, CreateRequest, DeleteReques
 from pollama.server.wire import local_time, read_json, stream_or_collect
 from pollama.store import ModelStore, StoredModel, parse_digest
 from pollama.store.capabilities import model_capabilities
+from pollama.store.progress import Progress
 from pollama.store.create import CreateRequest as CreateJob
 from pollama.store.create import create_model
 
@@ -181,9 +184,8 @@ async def delete_model(request: Request) -> Response:
 async def create(request: Request) -> Response:
     ctx = context(request)
     req = await read_json(request, CreateRequest)
-    job = create_job(ctx.store, req)
-    progress = _progress_lines(iterate_in_threadpool(create_model(ctx.store, job)))
-    return await stream_or_collect(progress, stream=req.stream is not False)
+    job = await run_in_threadpool(create_job, ctx.store, req)  # name lookup reads the manifests folder
+    return await stream_or_collect(_progress_lines(create_model(ctx.store, job)), stream=req.stream is not False)
 
 
 def create_job(store: ModelStore, req: CreateRequest) -> CreateJob:
@@ -217,16 +219,22 @@ def create_job(store: ModelStore, req: CreateRequest) -> CreateJob:
     )
 
 
-async def _progress_lines(progress: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]:
-    async for item in progress:
-        yield item.to_json()
+async def _progress_lines(work: Generator[Progress, None, None]) -> AsyncIterator[dict[str, Any]]:
+    """Run ``work`` in the thread pool one step at a time; if the client goes, close it there too
+    (closing releases its blob reservations, which may finish a garbage collection: disk work)."""
+    try:
+        async for item in iterate_in_threadpool(work):
+            yield item.to_json()
+    finally:
+        with anyio.CancelScope(shield=True), contextlib.suppress(ValueError):  # ValueError: still running
+            await run_in_threadpool(work.close)
 
 
 @router.head("/api/blobs/{digest:path}", summary="Check whether a blob exists")
 async def blob_exists(request: Request, digest: str) -> Response:
     ctx = context(request)
     canonical = parse_digest(digest)
-    if not ctx.store.blobs.exists(canonical):
+    if not await run_in_threadpool(ctx.store.blobs.exists, canonical):
         return JSONResponse({"error": f'blob "{digest}" not found'}, status_code=404)
     return Response(status_code=200)
 
@@ -237,17 +245,9 @@ async def blob_exists(request: Request, digest: str) -> Response:
 async def upload_blob(request: Request, digest: str) -> Response:
     ctx = context(request)
     canonical = parse_digest(digest)
-    if ctx.store.blobs.exists(canonical):
-        ctx.store.blobs.touch(canonical)
+    if await run_in_threadpool(ctx.store.blobs.refresh, canonical):
         return Response(status_code=200)
-    await ctx.store.blobs.write_async_stream(canonical, _offload(request.stream()))
+    # The loop only gathers the body's chunks; hashing, writing and fsync run in worker threads.
+    await ctx.store.blobs.write_async(request.stream(), canonical)
     return Response(status_code=201)
-
-
-async def _offload(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Pass request chunks through, yielding to the event loop so big uploads don't starve it."""
-    async for chunk in chunks:
-        if chunk:
-            yield chunk
-            await asyncio.sleep(0)
 

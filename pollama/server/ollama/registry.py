@@ -59,7 +59,7 @@ async def pull(request: Request) -> Response:
         name = parse_name(req.model or req.name)
     except InvalidModelName:
         raise InvalidModelName("invalid model name") from None
-    name = ctx.store.canonical(name)
+    name = await run_in_threadpool(ctx.store.canonical, name)  # reads the manifests folder
     options = PullOptions(key_home=ctx.settings.home, insecure=req.insecure)
     work = pull_model(ctx.store, name, options, transfers=_transfers(ctx), offline=offline_source(ctx.store))
     return await stream_or_collect(_lines(work), stream=req.stream is not False)
@@ -76,7 +76,7 @@ async def push(request: Request) -> Response:
         name = parse_name(requested)
     except InvalidModelName:
         raise InvalidModelName("invalid model name") from None
-    name = ctx.store.canonical(name)
+    name = await run_in_threadpool(ctx.store.canonical, name)  # reads the manifests folder
     options = PushOptions(key_home=ctx.settings.home, insecure=req.insecure)
     return await stream_or_collect(_lines(push_model(ctx.store, name, options)), stream=req.stream is not False)
 
