@@ -172,7 +172,7 @@ class RunnerProcess:
                     raise RunnerError(RUNNER_STOPPED)
                 event = json.loads(line)
                 if "error" in event:
-                    if event.get("status") == 400:
+                    if event.get("kind") == "invalid_request":
                         raise InvalidRequest(event["error"])
                     raise RunnerError(event["error"])
                 yield event
