@@ -242,10 +242,17 @@ def test_queue_overflow_is_503(start_server: object, smollm2_gguf: Path) -> None
             statuses.append(r.status_code)
             bodies.append(r.json())
 
-    threads = [threading.Thread(target=run, args=(256 + 64 * i,)) for i in range(5)]
+    # Five loads of different contexts at once: one loads, one waits in the queue of 1, the rest
+    # are refused. They start together (a barrier, not sleeps), so the outcome does not hang on timing.
+    barrier = threading.Barrier(5)
+
+    def run_together(ctx: int) -> None:
+        barrier.wait(timeout=30)
+        run(ctx)
+
+    threads = [threading.Thread(target=run_together, args=(256 + 64 * i,)) for i in range(5)]
     for t in threads:
         t.start()
-        time.sleep(0.02)
     for t in threads:
         t.join()
     assert 503 in statuses and 200 in statuses
