@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -204,5 +205,38 @@ def test_a_server_that_goes_away_takes_the_socket_folder_with_it(smollm2_gguf: P
         await asyncio.wait_for(runner.wait_exit(), 10)
         assert not folder.exists()
         await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -> None:
+    import time
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    n = 100_000
+    schema = {"type": "object", "properties": {f"field_{i}": {"type": "integer"} for i in range(n)},
+              "required": [f"field_{i}" for i in range(n)]}
+    started = time.perf_counter()
+    json_schema_to_gbnf(json.dumps(schema))
+    compile_time = time.perf_counter() - started  # what the runner spends on it (plus the sampler chain)
+
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        loop = asyncio.get_running_loop()
+        try:
+            big = asyncio.create_task(runner.call({"op": "completion", "prompt": "JSON:", "json_schema": schema,
+                                                   "options": {"num_predict": 3, "temperature": 0}}))
+            slowest = 0.0
+            while not big.done():
+                t = loop.time()
+                assert (await runner.health())["status"] == "ok"
+                slowest = max(slowest, loop.time() - t)
+                await asyncio.sleep(0.02)
+            assert "prompt_tokens" in await big
+            assert slowest < max(0.25, compile_time / 3), (
+                f"health took {slowest:.2f} s while a schema that takes {compile_time:.2f} s to compile was handled")
+        finally:
+            await runner.stop()
 
     asyncio.run(main())
