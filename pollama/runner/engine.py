@@ -18,6 +18,7 @@ Error events carry the runner protocol's ``kind`` (``invalid_request``, ``intern
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import threading
 import time
@@ -236,12 +237,9 @@ class Engine:
             job.cancelled = True
             if any(j is job for j in self._batch_jobs) and all(j.cancelled for j in self._batch_jobs):
                 self.ctx.request_abort()
-            try:
+            with contextlib.suppress(ValueError):  # not queued: running (the engine releases it) or done
                 self._queue.remove(job)
-            except ValueError:
-                pass  # running (the engine releases it) or already done
-            else:
-                _close_chain(job)
+            _close_chain(job)  # a chain still on the job never reached a slot (``_start`` takes it)
             self._cond.notify_all()
 
     @property

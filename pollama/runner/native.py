@@ -40,7 +40,7 @@ def init_backend(*, quiet: bool = True) -> None:
 _aborting = threading.Event()  # set while a decode is being aborted on purpose: its errors are expected
 
 
-@C.llama_log_callback  # type: ignore[misc]
+@C.llama_log_callback  # type: ignore[untyped-decorator]
 def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == 4 and text:  # GGML_LOG_LEVEL_ERROR (5 continues the previous line)
         message = text.decode("utf-8", "replace").rstrip()

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from pollama.errors import InvalidRequest
-from pollama.runner.engine import CompletionJob, Emit, EmbedJob, Engine, check_tokens, error_event
+from pollama.runner.engine import CompletionJob, EmbedJob, Emit, Engine, check_tokens, error_event
 from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
 
 log = logging.getLogger("pollama.runner")
@@ -205,10 +205,11 @@ class RunnerServer:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         gone = loop.create_task(reader.read())  # EOF = the client went away
-        job: CompletionJob | None = None
+        submitted: CompletionJob | None = None
         try:
             job, first = await asyncio.to_thread(self._build_completion, request,
                                                  lambda event: self._post(events, event))
+            submitted = job
             if gone.done():
                 self.engine.cancel(job)
                 return
@@ -234,8 +235,8 @@ class RunnerServer:
                     await writer.drain()
                     return
         except (ConnectionError, asyncio.CancelledError):
-            if job is not None:
-                self.engine.cancel(job)
+            if submitted is not None:
+                self.engine.cancel(submitted)
             raise
         finally:
             gone.cancel()
@@ -246,8 +247,11 @@ class RunnerServer:
         inputs = request.get("inputs", [])
         if not isinstance(inputs, list):
             raise InvalidRequest("inputs must be a list of token lists")
-        job = EmbedJob(inputs=[_token_list(toks, "inputs") for toks in inputs],
-                       emit=lambda event: loop.call_soon_threadsafe(_settle, result, event))
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(_settle, result, event)
+
+        job = EmbedJob(inputs=[_token_list(toks, "inputs") for toks in inputs], emit=emit)
         await asyncio.to_thread(self.engine.prepare, job)
         self.engine.submit(job)
         try:

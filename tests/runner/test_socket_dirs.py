@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
 from pollama.runner.client import RUNNER_DIR_PREFIX, remove_stale_runner_dirs
 from tests.conftest import ServerProcess, create_from_gguf
 
