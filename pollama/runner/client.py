@@ -74,7 +74,7 @@ class RunnerProcess:
     async def start(cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False,
                     env: dict[str, str] | None = None) -> RunnerProcess:
         """Launch a runner and wait until its model is loaded."""
-        workdir = tempfile.mkdtemp(prefix="pollama-runner-")
+        workdir = _make_runner_dir()
         socket_path = os.path.join(workdir, "sock")
         proc = await asyncio.create_subprocess_exec(
             *runner_command(spec, socket_path, debug=debug),
@@ -172,7 +172,7 @@ class RunnerProcess:
                     raise RunnerError(RUNNER_STOPPED)
                 event = json.loads(line)
                 if "error" in event:
-                    if event.get("status") == 400:
+                    if event.get("kind") == "invalid_request":
                         raise InvalidRequest(event["error"])
                     raise RunnerError(event["error"])
                 yield event
@@ -205,6 +205,93 @@ class RunnerProcess:
 
 
 async def launch_runner(spec: LoadSpec, *, load_timeout: float, debug: bool = False) -> RunnerProcess:
-    """The scheduler's launcher: start a runner for ``spec``."""
+    """The scheduler's launcher: start a runner for ``spec`` (first clearing socket folders that
+    servers which were killed left behind)."""
+    await asyncio.to_thread(remove_stale_runner_dirs)
     return await RunnerProcess.start(spec, load_timeout=load_timeout, debug=debug)
+
+
+# --- socket folders -----------------------------------------------------------------------------
+#
+# Each runner gets a private folder in the temp dir for its socket, holding an ``owner`` file with
+# the server's pid. The server removes the folder when it stops the runner or notices it died; the
+# runner removes it when it exits because the server went away (killed: its stdin closed); and a
+# folder whose owner is no longer running is removed the next time a server launches a runner.
+
+RUNNER_DIR_PREFIX = "pollama-runner-"
+"""Name prefix of a runner's socket folder in the temp dir."""
+
+_OWNER_FILE = "owner"
+_UNOWNED_GRACE = 60.0  # seconds: a folder without an owner file may be one being created right now
+
+
+def _make_runner_dir() -> str:
+    """Create a runner's private socket folder and record this process as its owner."""
+    workdir = tempfile.mkdtemp(prefix=RUNNER_DIR_PREFIX)
+    with open(os.path.join(workdir, _OWNER_FILE), "w", encoding="ascii") as fh:
+        fh.write(f"{os.getpid()}\n")
+    return workdir
+
+
+def remove_stale_runner_dirs(tmp: str | None = None) -> list[str]:
+    """Remove runner socket folders (``pollama-runner-*``) whose owning server is gone; returns them.
+
+    A folder is stale when the pid in its ``owner`` file is not running, or (folders from before
+    owner files) when it has no owner file, is older than a minute and nothing listens on its socket.
+    Only this user's folders are considered.
+    """
+    import socket
+    import time
+
+    base = tmp or tempfile.gettempdir()
+    removed: list[str] = []
+    try:
+        names = [n for n in os.listdir(base) if n.startswith(RUNNER_DIR_PREFIX)]
+    except OSError:
+        return removed
+    for name in names:
+        path = os.path.join(base, name)
+        try:
+            info = os.lstat(path)
+        except OSError:
+            continue
+        if not os.path.isdir(path) or os.path.islink(path) or info.st_uid != os.getuid():
+            continue
+        try:
+            with open(os.path.join(path, _OWNER_FILE), encoding="ascii") as fh:
+                owner: int | None = int(fh.read().strip())
+        except (OSError, ValueError):
+            owner = None
+        if owner is not None:
+            if _pid_alive(owner):
+                continue
+        else:
+            if time.time() - info.st_mtime < _UNOWNED_GRACE:
+                continue
+            with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX) as probe:
+                probe.settimeout(0.2)
+                probe.connect(os.path.join(path, "sock"))
+                continue  # a runner still answers there
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    if removed:
+        log.info("removed %d stale runner socket folder(s)", len(removed))
+    return removed
+
+
+def _pid_alive(pid: int) -> bool:
+    """True if ``pid`` is a running process (a zombie, killed but not yet reaped, is not)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            return fh.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 

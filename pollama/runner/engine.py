@@ -6,13 +6,19 @@ generating slot plus as many pending prompt tokens as fit in ``num_batch``, deco
 each slot from its own output with its own sampler chain. A slot keeps the tokens of its last
 request in the KV cache, so a request whose prompt shares a prefix with them evaluates only the rest.
 
-The engine runs on one thread (``run``); ``submit`` and ``cancel`` may be called from any thread.
-Results flow back through each job's ``emit`` callback, also called on the engine thread.
+The engine runs on one thread (``run``); ``prepare``, ``submit`` and ``cancel`` may be called from
+any thread. ``prepare`` does a job's expensive, client-controlled setup (checking token ids against
+the vocabulary, compiling its grammar into a sampler chain) on the caller's thread, outside the
+engine lock, so a big JSON schema never stalls the other slots. Results flow back through each
+job's ``emit`` callback, called on the engine thread.
+
+Error events carry the runner protocol's ``kind`` (``invalid_request``, ``internal``, ...).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
 import logging
 import threading
 import time
@@ -33,8 +39,28 @@ PROMPT_TOO_LONG = (
 
 Emit = Callable[[dict[str, Any]], None]
 
+PREDICT_LIMIT_FACTOR = 10
+"""Ollama caps ``num_predict`` (negative = unbounded, or too large) at 10 × ``num_ctx``."""
 
-@dataclass
+
+def error_event(exc: BaseException) -> dict[str, Any]:
+    """The runner protocol's error event for an exception."""
+    kind = "invalid_request" if isinstance(exc, InvalidRequest) else "internal"
+    return {"error": str(exc), "kind": kind}
+
+
+def check_tokens(tokens: list[int], n_vocab: int) -> None:
+    """Raise ``InvalidRequest`` unless every id is a real token of the vocabulary.
+
+    llama.cpp indexes its vocabulary with ``std::vector::at``: an id outside ``[0, n_vocab)`` throws
+    ``std::out_of_range`` through the C API and aborts the whole runner (every request on it).
+    """
+    for token in tokens:
+        if type(token) is not int or not 0 <= token < n_vocab:
+            raise InvalidRequest(f"invalid token id {token!r}: the model's vocabulary has ids 0 to {n_vocab - 1}")
+
+
+@dataclass(eq=False)
 class CompletionJob:
     """One generation request as the engine sees it."""
 
@@ -49,15 +75,18 @@ class CompletionJob:
     logprobs: bool = False
     top_logprobs: int = 0
     cancelled: bool = False
+    chain: SamplerChain | None = None
+    prepared: bool = False
 
 
-@dataclass
+@dataclass(eq=False)
 class EmbedJob:
     """Embed some token lists (one vector each)."""
 
     inputs: list[list[int]]
     emit: Emit
     cancelled: bool = False
+    prepared: bool = False
 
 
 @dataclass
@@ -126,6 +155,8 @@ class Engine:
         self._cond = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
+        self._freed = False
+        self._batch_jobs: list[CompletionJob] = []  # the jobs in the batch being decoded
 
     # --- control (any thread) -----------------------------------------------------------------
 
@@ -134,29 +165,81 @@ class Engine:
         self._thread = threading.Thread(target=self.run, name="pollama-engine", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Stop the loop and wait for it."""
+    def stop(self, timeout: float | None = 30.0) -> bool:
+        """Stop the loop, wait for it, and free the engine's native handles.
+
+        Returns ``True`` once the engine thread has ended (so no decode can still be running and the
+        caller may free the context and model); if it is still inside llama.cpp after ``timeout``
+        seconds nothing is freed and the result is ``False``.
+        """
         with self._cond:
             self._stopping = True
+            self.ctx.request_abort()
             self._cond.notify_all()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            if thread.is_alive():
+                log.warning("engine thread still busy after %.0f s; leaving its native handles allocated", timeout)
+                return False
+        with self._cond:
+            if self._freed:
+                return True
+            self._freed = True
+            queued, self._queue = list(self._queue), deque()
+        for job in queued:
+            self._drop(job, "runner is shutting down")
         self._batch.close()
         for slot in self._slots:
             if slot.chain is not None:
                 slot.chain.close()
                 slot.chain = None
+        return True
+
+    def prepare(self, job: CompletionJob | EmbedJob) -> None:
+        """Validate a job and build what it needs, on the calling thread (not the engine's).
+
+        Token ids are checked against the vocabulary, ``num_predict`` gets Ollama's cap of
+        10 × ``num_ctx`` (also for -1/-2 and anything larger), and a completion's sampler chain
+        (grammar included) is compiled here. Raises ``InvalidRequest`` for bad input.
+        """
+        if job.prepared:
+            return
+        if isinstance(job, EmbedJob):
+            for tokens in job.inputs:
+                check_tokens(tokens, self.model.n_vocab)
+            job.prepared = True
+            return
+        check_tokens(job.tokens, self.model.n_vocab)
+        limit = PREDICT_LIMIT_FACTOR * self.num_ctx
+        if job.num_predict < 0 or job.num_predict > limit:
+            job.num_predict = limit
+        if job.tokens:
+            job.chain = SamplerChain(self.model, job.sampling, job.tokens, num_ctx=self.num_ctx)
+        job.prepared = True
 
     def submit(self, job: CompletionJob | EmbedJob) -> None:
-        """Queue a job; it joins a slot at the next step."""
+        """Queue a job (preparing it first if the caller did not); it joins a slot at the next step.
+
+        Raises ``InvalidRequest`` (from ``prepare``) without queueing anything.
+        """
+        self.prepare(job)
         with self._cond:
+            if self._stopping:
+                self._drop(job, "runner is shutting down")
+                return
             self._queue.append(job)
             self._cond.notify_all()
 
     def cancel(self, job: CompletionJob | EmbedJob) -> None:
-        """Stop a job (queued or running); its slot is freed at the next step."""
+        """Stop a job: a queued one leaves the queue now, a running one frees its slot at the next step."""
         with self._cond:
             job.cancelled = True
+            if any(j is job for j in self._batch_jobs) and all(j.cancelled for j in self._batch_jobs):
+                self.ctx.request_abort()
+            with contextlib.suppress(ValueError):  # not queued: running (the engine releases it) or done
+                self._queue.remove(job)
+            _close_chain(job)  # a chain still on the job never reached a slot (``_start`` takes it)
             self._cond.notify_all()
 
     @property
@@ -164,6 +247,10 @@ class Engine:
         """Slots in use plus jobs waiting."""
         with self._cond:
             return len(self._queue) + sum(1 for s in self._slots if s.job is not None)
+
+    def _drop(self, job: CompletionJob | EmbedJob, message: str) -> None:
+        _close_chain(job)
+        job.emit({"error": message, "kind": "canceled"})
 
     # --- the loop (engine thread) -------------------------------------------------------------
 
@@ -185,12 +272,12 @@ class Engine:
                 log.exception("decode step failed")
                 for slot in self._slots:
                     if slot.job is not None:
-                        self._fail(slot, str(exc))
+                        self._fail(slot, str(exc), kind="internal")
                         self.ctx.seq_remove(slot.seq)
                         slot.cache = []
         for slot in self._slots:
             if slot.job is not None:
-                self._fail(slot, "runner is shutting down")
+                self._fail(slot, "runner is shutting down", kind="canceled")
 
     def _admit(self) -> EmbedJob | None:
         """Move queued jobs into free slots (called with the lock held)."""
@@ -211,10 +298,9 @@ class Engine:
             slot = max(free, key=lambda s: (common_prefix(s.cache, head.tokens), -s.last_used))
             try:
                 self._start(slot, head)
-            except InvalidRequest as exc:
-                head.emit({"error": str(exc), "status": 400})
-            except Exception as exc:  # noqa: BLE001
-                head.emit({"error": str(exc)})
+            except Exception as exc:  # noqa: BLE001 - the job gets the error, the others go on
+                _close_chain(head)
+                head.emit(error_event(exc))
         return None
 
     def _start(self, slot: _Slot, job: CompletionJob) -> None:
@@ -236,7 +322,9 @@ class Engine:
             reuse = 0
         slot.cache = tokens[:reuse]
         slot.pending = tokens[reuse:]
-        slot.chain = SamplerChain(self.model, job.sampling, tokens)
+        if job.chain is None:  # not prepared through ``submit`` (cannot happen for a non-empty prompt)
+            job.chain = SamplerChain(self.model, job.sampling, tokens, num_ctx=self.num_ctx)
+        slot.chain, job.chain = job.chain, None
         slot.job = job
         slot.next_token = None
         slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -251,6 +339,7 @@ class Engine:
         batch = self._batch
         batch.clear()
         sampling: list[tuple[_Slot, int]] = []
+        before: dict[int, int] = {}  # slot seq -> its cache length before this step
         for slot in self._slots:
             job = slot.job
             if job is None:
@@ -266,6 +355,7 @@ class Engine:
                     continue
                 self._shift(slot, job)
             token = slot.next_token
+            before[slot.seq] = len(slot.cache)
             index = batch.add(token, len(slot.cache), slot.seq, True)
             slot.cache.append(token)
             slot.next_token = None
@@ -277,6 +367,7 @@ class Engine:
             if room <= 0:
                 break
             take = slot.pending[:room]
+            before.setdefault(slot.seq, len(slot.cache))
             for k, token in enumerate(take):
                 last = k == len(take) - 1 and len(take) == len(slot.pending)
                 index = batch.add(token, len(slot.cache), slot.seq, last)
@@ -286,7 +377,14 @@ class Engine:
             slot.pending = slot.pending[len(take):]
         if batch.n == 0:
             return
-        self.ctx.decode(batch)
+        if not self._decode_abortably(batch, [s for s in self._slots if s.seq in before]):
+            for slot in self._slots:
+                if slot.seq in before:  # the aborted batch is not in the KV cache: forget it here too
+                    self.ctx.seq_remove(slot.seq, before[slot.seq], -1)
+                    del slot.cache[before[slot.seq]:]
+                    if slot.job is not None and slot.job.cancelled:
+                        self._finish(slot, None)
+            return
         now = time.perf_counter()
         for slot, index in sampling:
             if slot.job is None or slot.chain is None:
@@ -296,6 +394,21 @@ class Engine:
             token = slot.chain.sample(self.ctx, index)
             probs = self._logprobs(index, token, slot.job.top_logprobs) if slot.job.logprobs else None
             self._accept(slot, slot.job, token, probs)
+
+    def _decode_abortably(self, batch: Batch, slots: list[_Slot]) -> bool:
+        """Decode ``batch`` unless every job in it is cancelled meanwhile (then ``cancel`` aborts the
+        decode mid-graph, so a client that leaves during a long prompt frees the engine at once)."""
+        jobs = [slot.job for slot in slots if slot.job is not None]
+        with self._cond:
+            if self._stopping or all(job.cancelled for job in jobs):
+                return False
+            self.ctx.clear_abort()
+            self._batch_jobs = jobs
+        try:
+            return self.ctx.decode(batch)
+        finally:
+            with self._cond:
+                self._batch_jobs = []
 
     def _shift(self, slot: _Slot, job: CompletionJob) -> None:
         """Make room: keep ``num_keep`` tokens, drop half of the rest (Ollama's context shift)."""
@@ -353,7 +466,7 @@ class Engine:
                 job.emit({"content": tail})
             end = time.perf_counter()
             prompt_done = slot.prompt_done or end
-            job.emit({
+            final = {
                 "done": True,
                 "done_reason": reason,
                 # Ollama counts the whole prompt, cached tokens included; "prompt_cached" says how
@@ -364,13 +477,17 @@ class Engine:
                 "eval_count": len(slot.generated),
                 "eval_duration": int((end - prompt_done) * 1e9),
                 "tokens": slot.generated,
-            })
+            }
+            self._release(slot)  # first, so that a client told "done" finds the slot free
+            job.emit(final)
+            return
         self._release(slot)
 
-    def _fail(self, slot: _Slot, message: str) -> None:
-        if slot.job is not None:
-            slot.job.emit({"error": message})
+    def _fail(self, slot: _Slot, message: str, *, kind: str) -> None:
+        job = slot.job
         self._release(slot)
+        if job is not None:
+            job.emit({"error": message, "kind": kind})
 
     def _release(self, slot: _Slot) -> None:
         if slot.pending:
@@ -394,6 +511,8 @@ class Engine:
                     return
                 if len(tokens) > self.num_batch or len(tokens) > self.num_ctx:
                     raise InvalidRequest("the input length exceeds the context length")
+                if not tokens:
+                    raise InvalidRequest("cannot embed an empty input")
                 self.ctx.clear()
                 for slot in self._slots:
                     slot.cache = []
@@ -401,7 +520,12 @@ class Engine:
                 batch.clear()
                 for pos, token in enumerate(tokens):
                     batch.add(token, pos, 0, True)
-                self.ctx.decode(batch)
+                with self._cond:
+                    if self._stopping:
+                        raise RunnerError("runner is shutting down")
+                    self.ctx.clear_abort()
+                if not self.ctx.decode(batch):
+                    raise RunnerError("runner is shutting down")
                 vector = self.ctx.embedding(0)
                 if vector is None:
                     vector = self.ctx.embedding_ith(len(tokens) - 1)
@@ -409,12 +533,16 @@ class Engine:
                     raise RunnerError("model produced no embedding")
                 vectors.append(vector)
                 count += len(tokens)
-        except InvalidRequest as exc:
-            job.emit({"error": str(exc), "status": 400})
-            return
-        except Exception as exc:  # noqa: BLE001
-            job.emit({"error": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - the job gets the error, the others go on
+            job.emit(error_event(exc))
             return
         finally:
             self.ctx.clear()
         job.emit({"done": True, "embeddings": vectors, "prompt_eval_count": count})
+
+
+def _close_chain(job: CompletionJob | EmbedJob) -> None:
+    """Free a job's prepared sampler chain if it never reached a slot."""
+    if isinstance(job, CompletionJob) and job.chain is not None:
+        job.chain.close()
+        job.chain = None

@@ -18,7 +18,7 @@ from typing import Any
 
 import llama_cpp.llama_cpp as C
 
-from pollama.errors import RunnerError
+from pollama.errors import InvalidRequest, RunnerError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,34 @@ def init_backend(*, quiet: bool = True) -> None:
         _backend_ready.append(True)
 
 
-@C.llama_log_callback  # type: ignore[misc]
+_aborting = threading.Event()  # set while a decode is being aborted on purpose: its errors are expected
+
+
+@C.llama_log_callback  # type: ignore[untyped-decorator]
 def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
     if level == 4 and text:  # GGML_LOG_LEVEL_ERROR (5 continues the previous line)
-        log.error("llama.cpp: %s", text.decode("utf-8", "replace").rstrip())
+        message = text.decode("utf-8", "replace").rstrip()
+        if _aborting.is_set():
+            log.debug("llama.cpp (aborted decode): %s", message)
+        else:
+            log.error("llama.cpp: %s", message)
+
+
+def _abort_reader() -> Any:
+    """A C function usable as llama.cpp's abort callback that reads a one-byte flag.
+
+    llama.cpp polls the abort callback after every graph node (about 500 times per decode of a
+    small model). A Python ctypes callback would take the GIL each time, which made decoding
+    several times slower; libc's ``strlen`` over a two-byte buffer ``[flag, 0]`` answers 0 or 1
+    without leaving C. None if libc cannot be found (then decodes are simply not abortable).
+    """
+    try:
+        return ctypes.cast(ctypes.CDLL(None).strlen, C.ggml_abort_callback)
+    except (AttributeError, OSError, TypeError):
+        return None
+
+
+_ABORT_READER = _abort_reader()
 
 
 _SILENT_LOG = _silent_log
@@ -148,6 +172,9 @@ class Model:
         cached = self._pieces.get(token)
         if cached is not None:
             return cached
+        if type(token) is not int or not 0 <= token < self.n_vocab:
+            # llama.cpp would throw std::out_of_range through the C API and abort the process.
+            raise InvalidRequest(f"invalid token id {token!r}: the model's vocabulary has ids 0 to {self.n_vocab - 1}")
         buf = ctypes.create_string_buffer(64)
         n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:
@@ -210,7 +237,8 @@ class Context:
         p.n_batch = params.n_batch
         p.n_ubatch = params.n_batch
         p.n_seq_max = params.n_seq_max
-        threads = params.n_threads or physical_cores()
+        # More threads than CPUs only makes them wait for each other (1000 made a step 400× slower).
+        threads = min(params.n_threads, os.cpu_count() or 1) if params.n_threads > 0 else physical_cores()
         p.n_threads = threads
         p.n_threads_batch = threads
         p.embeddings = params.embeddings
@@ -238,6 +266,9 @@ class Context:
         self.memory = C.llama_get_memory(handle)
         self.can_shift = bool(C.llama_memory_can_shift(self.memory))
         self.pooling = C.llama_pooling_type(handle)
+        self._abort_flag = ctypes.create_string_buffer(2)  # [flag, NUL]: see _abort_reader
+        if _ABORT_READER is not None:
+            C.llama_set_abort_callback(handle, _ABORT_READER, ctypes.cast(self._abort_flag, ctypes.c_void_p))
         if adapters:
             arr = (C.llama_adapter_lora_p_ctypes * len(adapters))(*(a.handle for a in adapters))
             scales = (ctypes.c_float * len(adapters))(*([1.0] * len(adapters)))
@@ -256,12 +287,26 @@ class Context:
             C.llama_free(self._handle)
             self._handle = None
 
-    def decode(self, batch: Batch) -> None:
-        """Evaluate a batch; raises on failure (1 = no KV slot, <0 = error)."""
+    def decode(self, batch: Batch) -> bool:
+        """Evaluate a batch: ``True`` when done, ``False`` if ``request_abort`` stopped it midway (the
+        batch's positions are then not in the KV cache). Raises on failure (1 = no KV slot, <0 = error)."""
         fn = C.llama_encode if (self.model.has_encoder and not self.model.has_decoder) else C.llama_decode
         rc = fn(self.handle, batch.struct)
+        if rc == 2 and self._abort_flag.raw[0]:
+            return False
         if rc != 0:
             raise RunnerError(f"llama_decode failed with status {rc}" + (" (KV cache full)" if rc == 1 else ""))
+        return True
+
+    def request_abort(self) -> None:
+        """Make a running (or the next) ``decode`` stop at its next graph node; any thread may call it."""
+        _aborting.set()
+        self._abort_flag[0] = b"\x01"
+
+    def clear_abort(self) -> None:
+        """Let decodes run to the end again."""
+        self._abort_flag[0] = b"\x00"
+        _aborting.clear()
 
     def seq_remove(self, seq: int, p0: int = 0, p1: int = -1) -> bool:
         """Drop positions [p0, p1) of a sequence from the KV cache."""
@@ -359,7 +404,8 @@ class SamplerChain:
     mirostat or greedy replacing the tail when asked.
     """
 
-    def __init__(self, model: Model, params: SamplingParams, context_tokens: Sequence[int] = ()) -> None:
+    def __init__(self, model: Model, params: SamplingParams, context_tokens: Sequence[int] = (), *,
+                 num_ctx: int = 0) -> None:
         cp = C.llama_sampler_chain_default_params()
         cp.no_perf = True
         self._chain: Any = C.llama_sampler_chain_init(cp)
@@ -374,7 +420,10 @@ class SamplerChain:
             penalize = params.repeat_last_n != 0 and (
                 params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
             if penalize:
-                last_n = model.n_vocab if params.repeat_last_n < 0 else params.repeat_last_n
+                # -1 means the whole context (Ollama); the window is a ring buffer, so bound it by the
+                # context too rather than let a huge value allocate gigabytes.
+                window = num_ctx if num_ctx > 0 else model.n_vocab
+                last_n = window if params.repeat_last_n < 0 else min(params.repeat_last_n, window)
                 self._penalties = C.llama_sampler_init_penalties(
                     model.n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
                 self._add(self._penalties)
@@ -391,7 +440,7 @@ class SamplerChain:
                 self._add(C.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))
             else:
                 if params.top_k > 0:
-                    self._add(C.llama_sampler_init_top_k(params.top_k))
+                    self._add(C.llama_sampler_init_top_k(min(params.top_k, model.n_vocab)))
                 if 0 < params.typical_p < 1:
                     self._add(C.llama_sampler_init_typical(params.typical_p, 1))
                 if 0 < params.top_p < 1:

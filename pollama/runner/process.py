@@ -10,7 +10,7 @@ Each connection carries one request as a JSON line and gets JSON lines back:
 * ``{"op": "tokenize", "content", "add_special"}`` → ``{"tokens"}``; ``{"op": "detokenize", "tokens"}``
   → ``{"content"}``; ``{"op": "embed", "inputs": [[tokens], ...]}`` → ``{"embeddings", ...}``;
   ``{"op": "health"}`` → ``{"status": "ok", "busy": n}``.
-* Any failure → ``{"error": "...", "status"?: 400}``.
+* Any failure → ``{"error": "...", "kind": "invalid_request" | "busy" | "canceled" | "internal"}``.
 
 The runner exits when its stdin closes (the server went away) or on SIGTERM.
 """
@@ -23,16 +23,22 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 import threading
 from pathlib import Path
 from typing import Any
 
-from pollama.runner.engine import CompletionJob, EmbedJob, Engine
+from pollama.errors import InvalidRequest
+from pollama.runner.engine import CompletionJob, EmbedJob, Emit, Engine, check_tokens, error_event
 from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
 
 log = logging.getLogger("pollama.runner")
+
+RUNNER_DIR_PREFIX = "pollama-runner-"
+"""Name prefix of the private folder the server makes for each runner's socket (the same as
+``pollama.runner.client.RUNNER_DIR_PREFIX``; not imported, to keep this process's imports small)."""
 
 _SAMPLING_FIELDS = {f for f in SamplingParams.__dataclass_fields__ if f != "grammar"}
 
@@ -64,7 +70,16 @@ def sampling_from(options: dict[str, Any], grammar: str | None) -> SamplingParam
 
 
 class RunnerServer:
-    """Socket front end of one engine."""
+    """Socket front end of one engine.
+
+    Client-controlled work (parsing a large request, tokenizing a long prompt, converting a JSON
+    schema, compiling a grammar into a sampler chain) runs in worker threads, never on this event
+    loop and never under the engine's lock, so one big request cannot stall the other connections
+    or the slots that are decoding. Tokenizing concurrently with decoding is safe: ``llama_tokenize``
+    only reads the model's vocabulary (immutable once loaded, and ``const`` in llama.cpp's API) and
+    never touches a context, which is also how llama-server tokenizes on its HTTP threads while its
+    main loop decodes.
+    """
 
     def __init__(self, model: Model, engine: Engine) -> None:
         self.model = model
@@ -74,6 +89,7 @@ class RunnerServer:
         self._outbox: list[tuple[asyncio.Queue[dict[str, Any]], dict[str, Any]]] = []
         self._outbox_lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def _post(self, queue: asyncio.Queue[dict[str, Any]], event: dict[str, Any]) -> None:
         """Called on the engine thread: queue ``event`` for delivery on the event loop."""
@@ -81,7 +97,8 @@ class RunnerServer:
             wake = not self._outbox
             self._outbox.append((queue, event))
         if wake and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._deliver)
+            with contextlib.suppress(RuntimeError):  # the loop already closed: nobody is listening
+                self._loop.call_soon_threadsafe(self._deliver)
 
     def _deliver(self) -> None:
         with self._outbox_lock:
@@ -89,46 +106,71 @@ class RunnerServer:
         for queue, event in pending:
             queue.put_nowait(event)
 
+    async def close(self) -> None:
+        """Cancel every connection still being served and wait for them (shutdown)."""
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Serve one connection: one request line, its replies, then close."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
+        self._loop = asyncio.get_running_loop()
         try:
             line = await reader.readline()
             if not line:
                 return
-            request = json.loads(line)
+            request = json.loads(line) if len(line) < _INLINE_JSON else await asyncio.to_thread(json.loads, line)
+            if not isinstance(request, dict):
+                raise InvalidRequest("a runner request is a JSON object")
             op = request.get("op")
             if op == "completion":
                 await self._completion(request, reader, writer)
             elif op == "embed":
                 await self._embed(request, writer)
             elif op == "tokenize":
-                tokens = self.model.tokenize(request.get("content", ""), add_special=bool(request.get("add_special")))
+                tokens = await asyncio.to_thread(self.model.tokenize, str(request.get("content", "")),
+                                                 add_special=bool(request.get("add_special")))
                 await _send(writer, {"tokens": tokens})
             elif op == "detokenize":
-                await _send(writer, {"content": self.model.detokenize(request.get("tokens", []))})
+                text = await asyncio.to_thread(self._detokenize, request.get("tokens", []))
+                await _send(writer, {"content": text})
             elif op == "health":
                 await _send(writer, {"status": "ok", "busy": self.engine.busy})
             else:
-                await _send(writer, {"error": f"unknown op {op!r}", "status": 400})
+                raise InvalidRequest(f"unknown op {op!r}")
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # noqa: BLE001 - the caller gets the error
-            log.exception("request failed")
+            if not isinstance(exc, InvalidRequest):
+                log.exception("request failed")
             with contextlib.suppress(Exception):
-                await _send(writer, {"error": str(exc)})
+                await _send(writer, error_event(exc))
         finally:
+            if task is not None:
+                self._tasks.discard(task)
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _completion(self, request: dict[str, Any], reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
-        loop = asyncio.get_running_loop()
-        self._loop = loop
-        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    def _detokenize(self, tokens: Any) -> str:
+        ids = _token_list(tokens, "tokens")
+        check_tokens(ids, self.model.n_vocab)
+        return self.model.detokenize(ids)
+
+    def _build_completion(self, request: dict[str, Any], emit: Emit) -> tuple[CompletionJob, bytes]:
+        """Worker thread: tokens, grammar and sampler chain for a completion, plus its first reply line."""
         if request.get("tokens") is not None:
-            tokens = [int(t) for t in request["tokens"]]
+            tokens = _token_list(request["tokens"], "tokens")
         else:
-            tokens = self.model.tokenize(request.get("prompt", ""), add_special=True, parse_special=True)
+            tokens = self.model.tokenize(str(request.get("prompt", "")), add_special=True, parse_special=True)
         options = request.get("options") or {}
+        if not isinstance(options, dict):
+            raise InvalidRequest("options must be an object")
         grammar = request.get("grammar")
         if request.get("json_schema") is not None:
             from llama_cpp.llama_grammar import json_schema_to_gbnf
@@ -136,27 +178,43 @@ class RunnerServer:
             try:
                 grammar = json_schema_to_gbnf(json.dumps(request["json_schema"]))
             except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
-                await _send(writer, {"error": f"invalid JSON schema in format: {exc}", "status": 400})
-                return
-        job = CompletionJob(
-            tokens=tokens,
-            sampling=sampling_from(options, grammar),
-            emit=lambda event: self._post(events, event),
-            num_predict=int(options.get("num_predict", -1) if options.get("num_predict") is not None else -1),
-            num_keep=int(options.get("num_keep", 4) if options.get("num_keep") is not None else 4),
-            stop=tuple(s for s in (options.get("stop") or []) if s),
-            shift=bool(request.get("shift", True)),
-            truncate=bool(request.get("truncate", True)),
-            logprobs=bool(request.get("logprobs")),
-            top_logprobs=int(request.get("top_logprobs") or 0),
-        )
-        self.engine.submit(job)
+                raise InvalidRequest(f"invalid JSON schema in format: {exc}") from None
+        try:
+            job = CompletionJob(
+                tokens=tokens,
+                sampling=sampling_from(options, grammar),
+                emit=emit,
+                num_predict=int(options["num_predict"]) if options.get("num_predict") is not None else -1,
+                num_keep=int(options["num_keep"]) if options.get("num_keep") is not None else 4,
+                stop=tuple(str(s) for s in (options.get("stop") or []) if s),
+                shift=bool(request.get("shift", True)),
+                truncate=bool(request.get("truncate", True)),
+                logprobs=bool(request.get("logprobs")),
+                top_logprobs=int(request.get("top_logprobs") or 0),
+            )
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest(f"invalid completion request: {exc}") from None
+        self.engine.prepare(job)
         first: dict[str, Any] = {"prompt_tokens": len(tokens)}
         if request.get("return_tokens"):
             first["tokens"] = tokens  # the caller wants them (Ollama's ``context``): no second tokenization
-        await _send(writer, first)
+        return job, _line(first)
+
+    async def _completion(self, request: dict[str, Any], reader: asyncio.StreamReader,
+                          writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         gone = loop.create_task(reader.read())  # EOF = the client went away
+        submitted: CompletionJob | None = None
         try:
+            job, first = await asyncio.to_thread(self._build_completion, request,
+                                                 lambda event: self._post(events, event))
+            submitted = job
+            if gone.done():
+                self.engine.cancel(job)
+                return
+            self.engine.submit(job)
+            writer.write(first)
             while True:
                 if events.empty():
                     await writer.drain()
@@ -172,12 +230,13 @@ class RunnerServer:
                 if gone.done():
                     self.engine.cancel(job)
                     return
-                writer.write(json.dumps(event, separators=(",", ":")).encode() + b"\n")
+                writer.write(_line(event))
                 if event.get("done") or "error" in event:
                     await writer.drain()
                     return
         except (ConnectionError, asyncio.CancelledError):
-            self.engine.cancel(job)
+            if submitted is not None:
+                self.engine.cancel(submitted)
             raise
         finally:
             gone.cancel()
@@ -185,13 +244,35 @@ class RunnerServer:
     async def _embed(self, request: dict[str, Any], writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
         result: asyncio.Future[dict[str, Any]] = loop.create_future()
-        job = EmbedJob(inputs=[[int(t) for t in toks] for toks in request.get("inputs", [])],
-                       emit=lambda event: loop.call_soon_threadsafe(_settle, result, event))
+        inputs = request.get("inputs", [])
+        if not isinstance(inputs, list):
+            raise InvalidRequest("inputs must be a list of token lists")
+
+        def emit(event: dict[str, Any]) -> None:
+            loop.call_soon_threadsafe(_settle, result, event)
+
+        job = EmbedJob(inputs=[_token_list(toks, "inputs") for toks in inputs], emit=emit)
+        await asyncio.to_thread(self.engine.prepare, job)
         self.engine.submit(job)
         try:
             await _send(writer, await result)
         finally:
             self.engine.cancel(job)
+
+
+_INLINE_JSON = 64 * 1024
+"""Request lines shorter than this are parsed on the loop; longer ones in a worker thread."""
+
+
+def _token_list(value: Any, name: str) -> list[int]:
+    """A JSON array of token ids (ints; ``check_tokens`` bounds them by the vocabulary)."""
+    if not isinstance(value, list):
+        raise InvalidRequest(f"{name} must be a list of token ids")
+    return value
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 def _settle(future: asyncio.Future[dict[str, Any]], event: dict[str, Any]) -> None:
@@ -200,7 +281,7 @@ def _settle(future: asyncio.Future[dict[str, Any]], event: dict[str, Any]) -> No
 
 
 async def _send(writer: asyncio.StreamWriter, obj: dict[str, Any]) -> None:
-    writer.write(json.dumps(obj, separators=(",", ":")).encode() + b"\n")
+    writer.write(_line(obj))
     await writer.drain()
 
 
@@ -221,9 +302,16 @@ async def _serve(args: argparse.Namespace, model: Model, engine: Engine, ready: 
         stop.set()
 
     watcher = loop.create_task(watch_stdin())
-    await stop.wait()
-    watcher.cancel()
-    server.close()
+    try:
+        await stop.wait()
+    finally:
+        watcher.cancel()
+        server.close()
+        # Stop the engine first (it fails what is still running and waits for the last decode),
+        # then end the connections, so every client gets its error line before the socket closes.
+        await asyncio.to_thread(engine.stop)
+        await front.close()
+        await asyncio.gather(watcher, return_exceptions=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     adapters = [LoraAdapter(model, path) for path in args.lora]
     parallel = 1 if args.embedding else max(1, args.parallel)
     num_ctx = max(4, args.ctx_size)
-    batch = min(2048, num_ctx) if args.embedding else max(1, args.batch_size)
+    batch = min(2048, num_ctx) if args.embedding else min(max(1, args.batch_size), num_ctx)
     flash = {"on": True, "off": False}.get(args.flash_attn)
     ctx = Context(model, ContextParams(n_ctx=num_ctx * parallel, n_batch=batch, n_seq_max=parallel,
                                        n_threads=args.threads, embeddings=args.embedding,
@@ -252,11 +340,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         asyncio.run(_serve(args, model, engine, ready))
     finally:
-        engine.stop()
-        ctx.close()
-        for adapter in adapters:
-            adapter.close()
-        model.close()
-        with contextlib.suppress(OSError):
-            os.unlink(args.socket)
+        if engine.stop():  # only once no decode can still be using them
+            ctx.close()
+            for adapter in adapters:
+                adapter.close()
+            model.close()
+        _remove_socket(args.socket)
     return 0
+
+
+def _remove_socket(path: str) -> None:
+    """Remove the socket and, if the server made a private folder for it, that folder too.
+
+    The server removes the folder when it stops a runner; this covers a server that was killed
+    (the runner notices its stdin closing and exits on its own).
+    """
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    folder = os.path.dirname(path)
+    if os.path.basename(folder).startswith(RUNNER_DIR_PREFIX):
+        shutil.rmtree(folder, ignore_errors=True)

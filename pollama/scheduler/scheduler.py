@@ -5,6 +5,11 @@ A request asks for a ``LoadSpec`` with ``acquire``; if a runner for it is loaded
 it gets a ``Lease`` at once (Ollama's fast path), otherwise it waits in a queue of at most
 ``OLLAMA_MAX_QUEUE`` entries that one loop serves in order, loading one model at a time. Releasing
 the lease starts the runner's idle timer (its keep-alive); when the timer fires the runner stops.
+
+``OLLAMA_MAX_QUEUE`` also bounds each loaded runner: it holds at most ``num_parallel`` requests in
+flight plus ``OLLAMA_MAX_QUEUE`` waiting for a slot; one more is refused with ``ServerBusy`` at once
+(Ollama lets every request through the fast path and queues them all inside the runner, its issue
+#7758). Time comes from an injectable ``Clock`` so tests can drive keep-alive without sleeping.
 """
 
 from __future__ import annotations
@@ -14,9 +19,9 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from pollama.errors import RequestCanceled, RunnerError, ServerBusy
 from pollama.scheduler.memory import MemoryInfo, system_memory
@@ -44,6 +49,34 @@ class Runner(Protocol):
 Launcher = Callable[[LoadSpec], Awaitable[Runner]]
 
 
+class Timer(Protocol):
+    """A scheduled callback that can be called off."""
+
+    def cancel(self) -> None: ...
+
+
+class Clock(Protocol):
+    """Where the scheduler gets the time and its keep-alive timers from."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        """Run ``callback`` on the event loop after ``delay`` seconds."""
+        ...
+
+
+class LoopClock:
+    """The real clock: ``time.monotonic`` and the running event loop's timers."""
+
+    def monotonic(self) -> float:
+        return time.monotonic()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(delay, callback)
+
+
 @dataclass
 class Loaded:
     """A runner in the table, with its bookkeeping."""
@@ -55,7 +88,7 @@ class Loaded:
     expires_at: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
     expiring: bool = False
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     watcher: asyncio.Task[None] | None = None
     unloaded: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -110,15 +143,18 @@ class Scheduler:
         max_loaded: int,
         max_queue: int,
         memory_probe: Callable[[], MemoryInfo] = system_memory,
+        clock: Clock | None = None,
     ) -> None:
         self._launch = launcher
         self.default_keep_alive = default_keep_alive
         self.max_loaded = max_loaded
         self.max_queue = max_queue
         self._memory_probe = memory_probe
+        self._clock: Clock = clock or LoopClock()
         self._loaded: dict[str, Loaded] = {}
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()  # unloads and watchers, awaited by close()
         self._closed = False
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -129,7 +165,7 @@ class Scheduler:
             self._loop_task = asyncio.get_running_loop().create_task(self._serve_queue())
 
     async def close(self) -> None:
-        """Stop every runner and fail every waiting request."""
+        """Stop every runner, fail every waiting request, and wait for the scheduler's own tasks."""
         self._closed = True
         if self._loop_task is not None:
             self._loop_task.cancel()
@@ -141,6 +177,16 @@ class Scheduler:
                 pending.future.set_exception(RunnerError("server is shutting down"))
         await asyncio.gather(*(self._unload(entry) for entry in list(self._loaded.values())),
                              return_exceptions=True)
+        while self._tasks:  # unloads already under way finish; watchers of stopped runners end
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run ``coro`` as a task the scheduler keeps (so it is never garbage-collected midway and
+        ``close`` can wait for it)."""
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     # --- requests ------------------------------------------------------------------------------
 
@@ -148,13 +194,16 @@ class Scheduler:
         """A lease on a runner for ``spec``, loading it if needed.
 
         ``keep_alive`` (seconds, ``math.inf`` = forever, ``None`` = keep the current value) becomes
-        the runner's session duration. Raises ``ServerBusy`` when the queue is full, and
+        the runner's session duration. Raises ``ServerBusy`` when the queue is full or the runner
+        already holds ``num_parallel`` requests plus ``max_queue`` waiting ones, and
         ``RequestCanceled`` if the caller is cancelled while waiting.
         """
         entry = self._loaded.get(spec.key)
         if entry is not None and not entry.expiring and entry.runner.alive and not entry.spec.needs_reload(spec):
-            self._attach(entry, keep_alive)
+            self._attach_or_refuse(entry, keep_alive)
             return Lease(self, entry, 0.0)
+        if self._closed:
+            raise RunnerError("server is shutting down")
         if self._queue.qsize() >= self.max_queue:
             raise ServerBusy()
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
@@ -167,9 +216,15 @@ class Scheduler:
                 future.result().release()
             raise RequestCanceled() from None
 
+    def _attach_or_refuse(self, entry: Loaded, keep_alive: float | None) -> None:
+        """Attach a request to a loaded runner unless its slots and its waiting line are all taken."""
+        if entry.refs >= entry.spec.num_parallel + self.max_queue:
+            raise ServerBusy()
+        self._attach(entry, keep_alive)
+
     def _attach(self, entry: Loaded, keep_alive: float | None) -> None:
         entry.refs += 1
-        entry.last_used = time.monotonic()
+        entry.last_used = self._clock.monotonic()
         if keep_alive is not None:
             entry.keep_alive = keep_alive
         if entry.timer is not None:
@@ -179,16 +234,19 @@ class Scheduler:
 
     def _release(self, entry: Loaded) -> None:
         entry.refs = max(entry.refs - 1, 0)
-        entry.last_used = time.monotonic()
+        entry.last_used = self._clock.monotonic()
         if entry.refs > 0 or entry.unloaded.is_set():
             return
         if entry.expiring or entry.keep_alive <= 0:
-            asyncio.get_running_loop().create_task(self._unload(entry))
+            self._spawn(self._unload(entry))
             return
         entry.expires_at = _deadline(entry.keep_alive)
         if not math.isinf(entry.keep_alive):
-            entry.timer = asyncio.get_running_loop().call_later(
-                entry.keep_alive, lambda: asyncio.ensure_future(self._expire(entry)))
+            entry.timer = self._clock.call_later(entry.keep_alive, lambda: self._on_timer(entry))
+
+    def _on_timer(self, entry: Loaded) -> None:
+        if not self._closed:
+            self._spawn(self._expire(entry))
 
     async def _expire(self, entry: Loaded) -> None:
         entry.timer = None
@@ -208,6 +266,11 @@ class Scheduler:
         if entry.refs == 0:
             await self._unload(entry)
         return True
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in the load queue."""
+        return self._queue.qsize()
 
     def loaded(self) -> list[Loaded]:
         """Every loaded runner (for ``/api/ps``)."""
@@ -241,7 +304,7 @@ class Scheduler:
             entry = self._loaded.get(spec.key)
             if entry is not None:
                 if entry.runner.alive and not entry.expiring and not entry.spec.needs_reload(spec):
-                    self._attach(entry, pending.keep_alive)
+                    self._attach_or_refuse(entry, pending.keep_alive)
                     return Lease(self, entry, 0.0)
                 await self._evict(entry)
                 continue
@@ -279,15 +342,15 @@ class Scheduler:
 
     async def _load(self, pending: _Pending) -> Lease:
         spec = pending.spec
-        started = time.monotonic()
+        started = self._clock.monotonic()
         log.info("loading %s (ctx %d × %d)", spec.name, spec.num_ctx, spec.num_parallel)
         runner = await self._launch(spec)
         keep_alive = self.default_keep_alive if pending.keep_alive is None else pending.keep_alive
-        entry = Loaded(spec, runner, keep_alive)
+        entry = Loaded(spec, runner, keep_alive, last_used=self._clock.monotonic())
         self._loaded[spec.key] = entry
-        entry.watcher = asyncio.get_running_loop().create_task(self._watch(entry))
+        entry.watcher = self._spawn(self._watch(entry))
         self._attach(entry, None)
-        return Lease(self, entry, time.monotonic() - started)
+        return Lease(self, entry, self._clock.monotonic() - started)
 
     async def _watch(self, entry: Loaded) -> None:
         """Notice a runner that exits on its own and forget it, so the next request reloads."""
@@ -295,6 +358,10 @@ class Scheduler:
         if not entry.unloaded.is_set():
             log.warning("runner for %s exited unexpectedly", entry.spec.name)
             self._forget(entry)
+            try:
+                await entry.runner.stop()  # a dead runner still has things to clean up (its socket folder)
+            except Exception as exc:  # noqa: BLE001 - it is gone anyway
+                log.warning("cleaning up after runner for %s: %s", entry.spec.name, exc)
 
     async def _unload(self, entry: Loaded) -> None:
         if entry.unloaded.is_set():

@@ -1,9 +1,27 @@
-"""``LoadSpec``: everything that decides how a model is loaded, and so when it must be reloaded."""
+"""``LoadSpec``: everything that decides how a model is loaded, and so when it must be reloaded.
+
+Every spec is clamped to what llama.cpp and the machine can take when it is built (``__post_init__``),
+so no caller can start a runner with a context of 3 tokens, a batch larger than the context, a
+thousand threads or a layer count that overflows a C int; each clamp is logged once per spec.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+MIN_NUM_CTX = 4
+"""Ollama's floor for ``num_ctx``."""
+
+MAX_KV_TOKENS = 2**31 - 1
+"""llama.cpp sizes the KV cache (``num_ctx × num_parallel`` tokens) with a 32-bit count."""
+
+ALL_LAYERS = 999
+"""``num_gpu`` meaning "every layer" (llama.cpp's convention; -1 means "as many as fit")."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +49,22 @@ class LoadSpec:
     kv_cache_type: str = "f16"
     estimated_memory: int = field(default=0, compare=False)
     digest: str = field(default="", compare=False)
+
+    def __post_init__(self) -> None:
+        self._clamp("num_parallel", max(1, self.num_parallel))
+        self._clamp("num_ctx", min(max(self.num_ctx, MIN_NUM_CTX), MAX_KV_TOKENS // self.num_parallel))
+        self._clamp("num_batch", min(max(self.num_batch, 1), self.num_ctx))
+        self._clamp("num_gpu", min(max(self.num_gpu, -1), ALL_LAYERS))
+        self._clamp("num_thread", min(self.num_thread, os.cpu_count() or 1) if self.num_thread > 0 else 0)
+        if self.main_gpu is not None and self.main_gpu < 0:
+            self._clamp("main_gpu", 0)
+
+    def _clamp(self, option: str, value: int) -> None:
+        """Set ``option`` to ``value`` (the dataclass is frozen) and log it when that changes it."""
+        original = getattr(self, option)
+        if original != value:
+            log.warning("option %s=%d is out of range for %s; using %d", option, original, self.name, value)
+            object.__setattr__(self, option, value)
 
     @property
     def key(self) -> str:

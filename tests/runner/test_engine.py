@@ -163,7 +163,7 @@ def test_cancel_frees_slot(engine: Engine) -> None:
 
 def test_prompt_too_long_without_shift_is_an_error(engine: Engine) -> None:
     _, final = run_job(engine, "word " * 600, num_predict=2, shift=False)
-    assert final["status"] == 400 and "longer than the context length" in final["error"]
+    assert final["kind"] == "invalid_request" and "longer than the context length" in final["error"]
 
 
 def test_embed_job_requires_embedding_context(smollm2_gguf: Path) -> None:
@@ -226,3 +226,98 @@ def test_penalties_and_truncation_samplers_change_output(engine: Engine) -> None
     b, _ = run_job(engine, "My favourite animal is", num_predict=16,
                    sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4))
     assert a == b and a
+
+
+# A grammar that never reaches an accepting state: the model can never end the text on its own,
+# so only a length limit stops it.
+ENDLESS = 'root ::= "a" root'
+
+
+@pytest.fixture(scope="module")
+def tiny_engine(smollm2_gguf: Path) -> Iterator[Engine]:
+    """An engine with a 16-token context, so Ollama's cap (10 × num_ctx = 160 tokens) is quick to reach."""
+    model = Model(ModelParams(path=smollm2_gguf))
+    ctx = Context(model, ContextParams(n_ctx=16 * 2, n_batch=16, n_seq_max=2))
+    eng = Engine(model, ctx, num_ctx=16, num_parallel=2, num_batch=16)
+    eng.start()
+    yield eng
+    eng.stop()
+    ctx.close()
+    model.close()
+
+
+@pytest.mark.parametrize("num_predict", [-1, -2, 2**63, 10_000])
+def test_num_predict_is_capped_at_ten_times_num_ctx(tiny_engine: Engine, num_predict: int) -> None:
+    sampling = SamplingParams(temperature=0, grammar=ENDLESS)
+    text, final = run_job(tiny_engine, "Say a", num_predict=num_predict, sampling=sampling)
+    assert (final["done_reason"], final["eval_count"]) == ("length", 160)
+    assert set(text) == {"a"}
+
+
+def test_num_predict_below_the_cap_is_kept(tiny_engine: Engine) -> None:
+    _, final = run_job(tiny_engine, "Say a", num_predict=7, sampling=SamplingParams(temperature=0, grammar=ENDLESS))
+    assert (final["done_reason"], final["eval_count"]) == ("length", 7)
+
+
+@pytest.mark.parametrize("bad", [49152, -1, 2**31, 2**63])
+def test_out_of_vocabulary_ids_are_refused_and_the_engine_keeps_serving(engine: Engine, bad: int) -> None:
+    from pollama.errors import InvalidRequest
+
+    tokens = engine.model.tokenize("Hello") + [bad]
+    job = CompletionJob(tokens=tokens, sampling=GREEDY, emit=lambda e: None, num_predict=2)
+    with pytest.raises(InvalidRequest, match=rf"^invalid token id {bad}: the model's vocabulary has ids 0 to 49151$"):
+        engine.submit(job)
+    with pytest.raises(InvalidRequest, match="^invalid token id"):
+        engine.submit(EmbedJob(inputs=[[1, 2], [bad]], emit=lambda e: None))
+    with pytest.raises(InvalidRequest, match="^invalid token id"):
+        engine.model.detokenize([1, bad])
+    assert engine.busy == 0
+    _, final = run_job(engine, "Hi", num_predict=2)
+    assert final["eval_count"] == 2
+
+
+def test_cancel_removes_a_queued_job_at_once(engine: Engine) -> None:
+    started = threading.Event()
+    runners = []
+    for _ in range(4):  # fill every slot
+        job = CompletionJob(tokens=engine.model.tokenize("Tell me everything."), sampling=GREEDY,
+                            emit=lambda e: started.set(), num_predict=100000)
+        engine.submit(job)
+        runners.append(job)
+    assert started.wait(30)
+    events: list[dict] = []
+    queued = CompletionJob(tokens=engine.model.tokenize("Queued"), sampling=GREEDY, emit=events.append)
+    engine.submit(queued)
+    assert engine.busy == 5
+    engine.cancel(queued)
+    assert engine.busy == 4 and queued.chain is None  # its sampler chain was freed with it
+    for job in runners:
+        engine.cancel(job)
+    _, final = run_job(engine, "Hi", num_predict=2)
+    assert final["eval_count"] == 2 and events == []
+
+
+def test_stop_waits_for_the_engine_thread_and_fails_waiting_jobs(smollm2_gguf: Path) -> None:
+    model = Model(ModelParams(path=smollm2_gguf))
+    ctx = Context(model, ContextParams(n_ctx=256, n_batch=64, n_seq_max=1))
+    eng = Engine(model, ctx, num_ctx=256, num_parallel=1, num_batch=64)
+    eng.start()
+    events: list[dict] = []
+    started = threading.Event()
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        started.set()
+
+    endless = SamplingParams(temperature=0, grammar=ENDLESS)
+    eng.submit(CompletionJob(tokens=model.tokenize("Tell me a story."), sampling=endless, emit=emit))
+    waiting: list[dict] = []
+    eng.submit(CompletionJob(tokens=model.tokenize("Waiting"), sampling=endless, emit=waiting.append))
+    assert started.wait(30)
+    assert eng.stop() is True
+    assert eng._thread is not None and not eng._thread.is_alive()
+    assert events[-1] == {"error": "runner is shutting down", "kind": "canceled"}
+    assert waiting == [{"error": "runner is shutting down", "kind": "canceled"}]
+    assert eng.stop() is True  # idempotent
+    ctx.close()
+    model.close()

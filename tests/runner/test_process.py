@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -91,5 +92,151 @@ def test_bad_model_file_fails_to_load(tmp_path: Path) -> None:
     async def main() -> None:
         with pytest.raises(RunnerError, match="llama runner process has terminated"):
             await RunnerProcess.start(spec(junk))
+
+    asyncio.run(main())
+
+
+async def _wait_idle(runner: RunnerProcess, within: float) -> float:
+    """Seconds until the runner's health says no slot is busy (fails after ``within``)."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while (await runner.health())["busy"] != 0:
+        assert loop.time() - started < within, "runner still busy"
+        await asyncio.sleep(0.02)
+    return loop.time() - started
+
+
+ENDLESS = 'root ::= "a" root'  # never accepting: only a length limit ends the generation
+
+
+def test_disconnect_frees_the_slot_within_a_second(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf, num_batch=64))
+        try:
+            # Generating: an endless generation with Ollama's largest num_predict.
+            stream = runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
+                                    "options": {"num_predict": 2**63, "temperature": 0}})
+            async for event in stream:
+                if "content" in event:
+                    break
+            assert (await runner.health())["busy"] == 1
+            await stream.aclose()
+            assert await _wait_idle(runner, 1.0) < 1.0
+            # Evaluating a long prompt (many batches of 64): leave right after the runner accepted it.
+            tokens = (await runner.tokenize("word " * 2000))[:500]
+            stream = runner.stream({"op": "completion", "tokens": tokens, "options": {"num_predict": 2**63}})
+            first = await stream.__anext__()
+            assert first == {"prompt_tokens": 500}
+            await stream.aclose()
+            assert await _wait_idle(runner, 1.0) < 1.0
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_num_predict_is_capped_by_the_runner(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(LoadSpec(name="smollm2", model_path=smollm2_gguf, num_ctx=32))
+        try:
+            for num_predict in (-1, 2**63):
+                events = [e async for e in runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
+                                                           "options": {"num_predict": num_predict,
+                                                                       "temperature": 0}})]
+                assert (events[-1]["done_reason"], events[-1]["eval_count"]) == ("length", 320)
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("bad", [49152, -1, 2**31])
+def test_out_of_vocabulary_ids_are_a_bad_request_and_others_keep_running(smollm2_gguf: Path, bad: int) -> None:
+    message = f"^invalid token id {bad}: the model's vocabulary has ids 0 to 49151$"
+
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        try:
+            other = runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
+                                   "options": {"num_predict": 40, "temperature": 0}})
+            assert "prompt_tokens" in await other.__anext__()
+            with pytest.raises(InvalidRequest, match=message):
+                await runner.call({"op": "completion", "tokens": [1, 2, bad], "options": {"num_predict": 2}})
+            with pytest.raises(InvalidRequest, match=message):
+                await runner.detokenize([1, bad])
+            with pytest.raises(InvalidRequest, match="^invalid token id"):
+                await runner.call({"op": "completion", "tokens": [1, "x"]})
+            rest = [e async for e in other]
+            assert (rest[-1]["done_reason"], rest[-1]["eval_count"]) == ("length", 40)
+            assert runner.alive and (await runner.health()) == {"status": "ok", "busy": 0}
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_tokenizing_a_huge_prompt_does_not_block_the_runner(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        loop = asyncio.get_running_loop()
+        try:
+            big = asyncio.create_task(runner.tokenize("hello world, this is a test. " * 120_000))  # 3.5 MB
+            slowest = 0.0
+            while not big.done():
+                started = loop.time()
+                assert (await runner.health())["status"] == "ok"
+                slowest = max(slowest, loop.time() - started)
+                await asyncio.sleep(0.05)
+            assert len(await big) > 500_000
+            assert slowest < 0.25, f"health took {slowest:.2f} s while a prompt was tokenized"
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_a_server_that_goes_away_takes_the_socket_folder_with_it(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        folder = Path(runner.socket_path).parent
+        assert folder.name.startswith("pollama-runner-") and folder.is_dir()
+        assert runner._proc.stdin is not None
+        runner._proc.stdin.close()  # what the runner sees when the server is killed
+        await asyncio.wait_for(runner.wait_exit(), 10)
+        assert not folder.exists()
+        await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -> None:
+    import time
+
+    from llama_cpp.llama_grammar import json_schema_to_gbnf
+
+    n = 100_000
+    schema = {"type": "object", "properties": {f"field_{i}": {"type": "integer"} for i in range(n)},
+              "required": [f"field_{i}" for i in range(n)]}
+    started = time.perf_counter()
+    json_schema_to_gbnf(json.dumps(schema))
+    compile_time = time.perf_counter() - started  # what the runner spends on it (plus the sampler chain)
+
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        loop = asyncio.get_running_loop()
+        try:
+            big = asyncio.create_task(runner.call({"op": "completion", "prompt": "JSON:", "json_schema": schema,
+                                                   "options": {"num_predict": 3, "temperature": 0}}))
+            slowest = 0.0
+            while not big.done():
+                t = loop.time()
+                assert (await runner.health())["status"] == "ok"
+                slowest = max(slowest, loop.time() - t)
+                await asyncio.sleep(0.02)
+            assert "prompt_tokens" in await big
+            assert slowest < max(0.25, compile_time / 3), (
+                f"health took {slowest:.2f} s while a schema that takes {compile_time:.2f} s to compile was handled")
+        finally:
+            await runner.stop()
 
     asyncio.run(main())

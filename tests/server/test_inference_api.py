@@ -242,10 +242,17 @@ def test_queue_overflow_is_503(start_server: object, smollm2_gguf: Path) -> None
             statuses.append(r.status_code)
             bodies.append(r.json())
 
-    threads = [threading.Thread(target=run, args=(256 + 64 * i,)) for i in range(5)]
+    # Five loads of different contexts at once: one loads, one waits in the queue of 1, the rest
+    # are refused. They start together (a barrier, not sleeps), so the outcome does not hang on timing.
+    barrier = threading.Barrier(5)
+
+    def run_together(ctx: int) -> None:
+        barrier.wait(timeout=30)
+        run(ctx)
+
+    threads = [threading.Thread(target=run_together, args=(256 + 64 * i,)) for i in range(5)]
     for t in threads:
         t.start()
-        time.sleep(0.02)
     for t in threads:
         t.join()
     assert 503 in statuses and 200 in statuses
@@ -330,3 +337,19 @@ def test_debug_render_only(smollm2_server: ServerProcess) -> None:
                                                              "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"}
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "_debug_render_only": True})
         assert r.json()["_debug_info"]["rendered_template"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+
+
+@pytest.mark.parametrize("bad", [49152, -1, 2**31])
+def test_out_of_vocabulary_context_is_a_400_and_other_requests_go_on(smollm2_server: ServerProcess, bad: int) -> None:
+    with smollm2_server.client() as c, c.stream(
+            "POST", "/api/generate", json={"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,", "raw": True,
+                                           "options": {"num_predict": 30, "temperature": 0}}) as other:
+        lines = other.iter_lines()
+        assert "response" in json.loads(next(lines))  # in flight on the same runner
+        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "context": [1, bad], "stream": False})
+        assert (r.status_code, r.json()) == (
+            400, {"error": f"invalid token id {bad}: the model's vocabulary has ids 0 to 49151"})
+        rest = [json.loads(line) for line in lines]
+        assert rest[-1]["done"] is True and rest[-1]["done_reason"] == "length"
+    with smollm2_server.client() as c:
+        assert generate(c, prompt="Say yes.", options={"num_predict": 2})["eval_count"] >= 1
