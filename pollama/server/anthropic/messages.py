@@ -26,10 +26,10 @@ from pollama.errors import InvalidRequest, PollamaError
 from pollama.inference import Chunk, CompletionRequest, Stats
 from pollama.server.anthropic.types import MessageParam, MessagesRequest, ToolParam, documented
 from pollama.server.context import body_schema, context
-from pollama.server.errors import status_for
+from pollama.server.errors import error_headers, status_for
 from pollama.server.ollama.inference import service
 from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
-from pollama.server.wire import read_json
+from pollama.server.wire import read_json, unless_disconnected
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
     return JSONResponse({"type": "error", "error": _error_object(exc), "request_id": f"req_{secrets.token_hex(12)}"},
-                        status_code=status)
+                        status_code=status, headers=error_headers(exc))
 
 
 class AnthropicRoute(APIRoute):
@@ -261,7 +261,7 @@ async def messages(request: Request) -> Response:
     chunks = service(request).complete(req)
     message_id = f"msg_{secrets.token_hex(12)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         content: list[dict[str, Any]] = []
         if answer.thinking:
             content.append({"type": "thinking", "thinking": answer.thinking})

@@ -27,7 +27,7 @@ from pollama.server.openai.errors import OpenAIRoute, error_for
 from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import ChatCompletion, ChatCompletionRequest, ChatMessage, ResponseFormat, documented
 from pollama.server.openai.types import ToolCall as ToolCallBody
-from pollama.server.wire import read_json
+from pollama.server.wire import read_json, unless_disconnected
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -256,7 +256,7 @@ async def chat_completions(request: Request) -> Response:
     chunks = service(request).complete(req)
     completion_id = f"chatcmpl-{random.randrange(999)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         calls = tool_calls_out(answer.tool_calls)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content}
         if answer.thinking:
