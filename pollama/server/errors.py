@@ -16,9 +16,9 @@ from collections.abc import Iterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from starlette.routing import Match
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pollama.errors import (
     InvalidRequest,

@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pollama.server.wire import decode_base64
 
+
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
 

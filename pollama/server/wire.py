@@ -147,9 +147,11 @@ def decode_base64(data: str) -> bytes:
     """
     clean = data.replace("\r", "").replace("\n", "") if ("\n" in data or "\r" in data) else data
     try:
-        return binascii.a2b_base64(clean, strict_mode=True)
+        if len(clean) % 4 == 0 and not clean.endswith("==="):  # Python's strict mode allows extra "="
+            return binascii.a2b_base64(clean, strict_mode=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"illegal base64 data at input byte {_base64_error_offset(data)}") from None
+        pass
+    raise InvalidRequest(f"illegal base64 data at input byte {_base64_error_offset(data)}")
 
 
 _BASE64_ALPHABET = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")
