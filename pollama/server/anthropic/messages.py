@@ -10,7 +10,6 @@ for models that cannot think), and the answer comes back as a ``message`` with t
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import secrets
@@ -29,7 +28,7 @@ from pollama.server.context import body_schema, context
 from pollama.server.errors import error_headers, status_for
 from pollama.server.ollama.inference import service
 from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
-from pollama.server.wire import read_json, unless_disconnected
+from pollama.server.wire import decode_base64, read_json, unless_disconnected
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +94,8 @@ def _image(block: dict[str, Any]) -> str:
                              "Only base64 images are supported.")
     data = source.get("data")
     try:
-        return base64.b64encode(base64.b64decode(data if isinstance(data, str) else "", validate=True)).decode()
-    except (binascii.Error, ValueError) as exc:
+        return base64.b64encode(decode_base64(data if isinstance(data, str) else "")).decode()
+    except InvalidRequest as exc:
         raise InvalidRequest(f"invalid base64 image data: {exc}") from None
 
 
