@@ -116,8 +116,8 @@ def test_expiry_beyond_any_datetime_renders_as_forever() -> None:
 
 
 @pytest.mark.parametrize(("data", "offset"), [
-    ("abc", 0), ("abcde", 4), ("ab*d", 2), ("ab=c", 2), ("=abc", 0), ("abcd=", 4), ("abcd====", 4), ("ab==cd", 4), ("ab==\n", None),
-    ("aGVsbG8=", None), ("aGVs\r\nbG8=", None), ("", None),
+    ("abc", 0), ("abcde", 4), ("ab*d", 2), ("ab=c", 2), ("=abc", 0), ("abcd=", 4), ("abcd====", 4), ("ab==cd", 4),
+    ("ab==\n", None), ("aGVsbG8=", None), ("aGVs\r\nbG8=", None), ("", None),
 ])
 def test_base64_follows_go(data: str, offset: int | None) -> None:
     if offset is None:

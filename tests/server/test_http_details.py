@@ -51,7 +51,8 @@ def test_invalid_base64_images_are_400_on_every_api(smollm2_server: ServerProces
         r = c.post("/v1/messages", json={"model": "smollm2", "max_tokens": 4, "messages": [
             {"role": "user", "content": [block, {"type": "text", "text": "hi"}]}]})
         assert r.status_code == 400
-        assert r.json()["error"] == {"type": "invalid_request_error", "message": f"invalid base64 image data: {illegal}"}
+        expected = {"type": "invalid_request_error", "message": f"invalid base64 image data: {illegal}"}
+        assert r.json()["error"] == expected
 
 
 @pytest.mark.parametrize(("method", "path", "allow"), [
