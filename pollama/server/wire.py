@@ -285,9 +285,9 @@ async def stream_or_collect(
         return [item async for item in iterator]
 
     try:
-        head = await _unless_disconnected(request, until_first(), iterator)
+        head = await unless_disconnected(request, until_first(), iterator)
         if not stream:
-            collected = head + await _unless_disconnected(request, until_end(), iterator)
+            collected = head + await unless_disconnected(request, until_end(), iterator)
             if collect is not None:
                 return JSONResponse(collect(collected))
             return JSONResponse(collected[-1] if collected else {})
@@ -309,9 +309,9 @@ async def stream_or_collect(
     return StreamingResponse(body(), media_type=NDJSON)
 
 
-async def unless_disconnected(request: Request, work: Coroutine[Any, Any, R],
+async def unless_disconnected(request: Request | None, work: Coroutine[Any, Any, R],
                               closing: AsyncIterator[Any] | None = None) -> R:
-    """Await ``work`` unless ``request``'s client disconnects first.
+    """Await ``work`` unless ``request``'s client disconnects first (without ``request``: just await it).
 
     A request that is not streamed reads its whole answer before sending a byte, so nothing else
     notices a client that went away; this watches the ASGI ``http.disconnect`` message meanwhile.
@@ -319,32 +319,30 @@ async def unless_disconnected(request: Request, work: Coroutine[Any, Any, R],
     ends the generation in the runner, and ``RequestCanceled`` is raised. Call it once the body has
     been read.
     """
-    return await _unless_disconnected(request, work, closing)
-
-
-async def _unless_disconnected(request: Request | None, work: Coroutine[Any, Any, R],
-                               closing: AsyncIterator[Any] | None) -> R:
     if request is None:
         return await work
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        gone = not task.done() and watcher.done() and watcher.exception() is None
     except asyncio.CancelledError:
         task.cancel()
         raise
     finally:
         watcher.cancel()
-    if not task.done():
-        task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        if closing is not None:
-            with contextlib.suppress(Exception):
-                await _close(closing)
-        log.info("client disconnected: %s %s canceled", request.method, request.url.path)
-        raise RequestCanceled()
-    return task.result()
+            await watcher
+    if not gone:  # finished first (or the disconnect could not be watched)
+        return await task
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if closing is not None:
+        with contextlib.suppress(Exception):
+            await _close(closing)
+    log.info("client disconnected: %s %s canceled", request.method, request.url.path)
+    raise RequestCanceled()
 
 
 async def _disconnected(request: Request) -> None:
