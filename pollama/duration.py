@@ -15,6 +15,12 @@ from pollama.errors import InvalidRequest
 
 FOREVER = math.inf
 
+# Go's time.Duration is an int64 of nanoseconds: nothing longer exists in Ollama. A longer keep_alive is
+# clamped to "forever" (Ollama's own forever is this same maximum), so no expiry instant can overflow a
+# datetime (``/api/ps`` renders every expiry).
+MAX_DURATION_NS = 2**63 - 1
+MAX_SECONDS = MAX_DURATION_NS / 1e9
+
 _UNITS_NS = {
     "ns": 1,
     "us": 1_000,
@@ -123,7 +129,12 @@ def keep_alive_seconds(value: object) -> float | None:
     if isinstance(value, bool):
         raise InvalidRequest(f"Unsupported type: '{type(value).__name__}'")
     if isinstance(value, (int, float)):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer beyond any float: as long as a duration can be
+            seconds = MAX_SECONDS if value > 0 else -MAX_SECONDS
+        if math.isnan(seconds):
+            raise InvalidRequest("json: cannot unmarshal number NaN into Go value of type float64")
     elif isinstance(value, str):
         try:
             seconds = parse_go_duration(value) / 1e9
@@ -131,4 +142,4 @@ def keep_alive_seconds(value: object) -> float | None:
             raise InvalidRequest(str(exc)) from None
     else:
         raise InvalidRequest(f"Unsupported type: '{type(value).__name__}'")
-    return FOREVER if seconds < 0 else seconds
+    return FOREVER if seconds < 0 or seconds >= MAX_SECONDS else seconds

@@ -13,7 +13,7 @@ from pollama import __version__
 from pollama.config import Settings
 from pollama.inference.service import InferenceService
 from pollama.server import anthropic, openai
-from pollama.server.context import ServerContext
+from pollama.server.context import ServerContext, document_errors
 from pollama.server.errors import install_error_handlers
 from pollama.server.middleware import HostGuard, add_cors
 from pollama.server.ollama import inference, misc, models
@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> FastAPI:
                   description="Ollama's API, served by pollama.")
     app.state.ctx = ctx
     install_error_handlers(app)
+    document_errors(app)
     app.include_router(misc.router)
     app.include_router(models.router)
     app.include_router(registry_api.router)

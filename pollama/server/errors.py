@@ -2,16 +2,23 @@
 
 Handlers raise the errors of ``pollama.errors``; ``status_for`` looks the class up in a single table
 and ``install_error_handlers`` renders them. Starlette's own 404/405 answers become Ollama's plain
-texts (``404 page not found``, ``405 method not allowed``).
+texts (``404 page not found``, ``405 method not allowed``, the latter with an ``Allow`` header).
+
+A 503 for a full queue (``ServerBusy``) carries ``Retry-After``: a slot frees as soon as any
+queued request finishes, which takes seconds on a loaded model, so one second tells clients (the
+OpenAI and Anthropic SDKs honour the header) to come back soon without hammering the server.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from pollama.errors import (
     InvalidRequest,
@@ -23,6 +30,11 @@ from pollama.errors import (
 )
 
 log = logging.getLogger(__name__)
+
+RETRY_AFTER_SECONDS = 1
+
+# Order of the methods in an ``Allow`` header.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
 # First match wins, so subclasses come before their bases.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
@@ -47,12 +59,40 @@ def error_body(exc: BaseException) -> dict[str, str]:
     return {"error": str(exc) or exc.__class__.__name__}
 
 
+def error_headers(exc: BaseException) -> dict[str, str]:
+    """Headers an error response for ``exc`` carries (``Retry-After`` when the server is busy)."""
+    if isinstance(exc, ServerBusy):
+        return {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    return {}
+
+
 def error_response(exc: BaseException) -> JSONResponse:
     """A complete JSON error response for ``exc``."""
     status = status_for(exc)
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
-    return JSONResponse(error_body(exc), status_code=status)
+    return JSONResponse(error_body(exc), status_code=status, headers=error_headers(exc))
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app accepts on ``request``'s path (for ``Allow``)."""
+    methods: set[str] = set()
+    for route in _routes(request.app.router.routes):
+        route_methods = getattr(route, "methods", None)
+        # A route whose path matches answers PARTIAL (wrong method) or FULL; NONE when the path differs.
+        if route_methods and route.matches(request.scope)[0] != Match.NONE:
+            methods |= set(route_methods)
+    return [m for m in _METHODS if m in methods] + sorted(methods - set(_METHODS))
+
+
+def _routes(routes: list[Any]) -> Iterator[Any]:
+    """Every route, looking into included routers (which pollama includes without a prefix)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _routes(included.routes)
+        else:
+            yield route
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -67,9 +107,10 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(exc)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_: Request, exc: StarletteHTTPException) -> Response:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         if exc.status_code == 404:
             return PlainTextResponse("404 page not found", status_code=404)
         if exc.status_code == 405:
-            return PlainTextResponse("405 method not allowed", status_code=405)
+            return PlainTextResponse("405 method not allowed", status_code=405,
+                                     headers={"Allow": ", ".join(allowed_methods(request))})
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)

@@ -1,4 +1,10 @@
-"""Ollama's two guards in front of every route: CORS origins and the DNS-rebinding Host check."""
+"""The guards in front of every route: CORS origins and the DNS-rebinding Host check.
+
+A browser sends a "simple" cross-site request (``POST`` with ``Content-Type: text/plain``, say)
+without a preflight, so CORS headers alone cannot stop a web page from changing models; like
+gin-contrib/cors in Ollama, ``OriginGuard`` refuses (403) every request whose ``Origin`` is neither
+allowed nor the server's own address before it runs. Requests without ``Origin`` (curl, SDKs) pass.
+"""
 
 from __future__ import annotations
 
@@ -41,13 +47,52 @@ def origin_regex(origins: list[str]) -> str:
 
 
 def add_cors(app: Any, extra_origins: tuple[str, ...]) -> None:
-    """Install CORS with Ollama's origins and allowed headers."""
+    """Install CORS with Ollama's origins and allowed headers, behind the ``OriginGuard``."""
+    regex = origin_regex(allowed_origins(extra_origins))
     app.add_middleware(
         CORSMiddleware,
-        allow_origin_regex=origin_regex(allowed_origins(extra_origins)),
+        allow_origin_regex=regex,
         allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
         allow_headers=ALLOWED_HEADERS,
     )
+    app.add_middleware(OriginGuard, origin_regex=regex)  # added last, so it runs first
+
+
+def same_origin(origin: str, host_header: str) -> bool:
+    """Whether ``origin`` is the server's own address as the client reached it (``scheme://Host``)."""
+    return bool(host_header) and origin in (f"http://{host_header}", f"https://{host_header}")
+
+
+class OriginGuard:
+    """Refuse (403, empty body) a request whose ``Origin`` is not allowed, before it runs.
+
+    Allowed are the origins of ``OLLAMA_ORIGINS`` and Ollama's defaults (``origin_regex``) and the
+    server's own address (same-origin requests, e.g. a page served by this server on a LAN address).
+    Preflights of allowed origins go on to the CORS middleware.
+    """
+
+    def __init__(self, app: ASGIApp, *, origin_regex: str) -> None:
+        self.app = app
+        self.allowed = re.compile(origin_regex)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            origin = _header(scope, b"origin")
+            if origin and not self.origin_allowed(origin, _header(scope, b"host") or ""):
+                await _empty(send, 403)
+                return
+        await self.app(scope, receive, send)
+
+    def origin_allowed(self, origin: str, host_header: str) -> bool:
+        """Whether a request from ``origin`` to ``host_header`` may run."""
+        return same_origin(origin, host_header) or self.allowed.fullmatch(origin) is not None
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
 
 
 def host_allowed(host_header: str) -> bool:
@@ -88,12 +133,7 @@ class HostGuard:
         if not self.enabled or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        host = ""
-        for key, value in scope.get("headers", []):
-            if key == b"host":
-                host = value.decode("latin-1")
-                break
-        if not host_allowed(host):
+        if not host_allowed(_header(scope, b"host") or ""):
             await _empty(send, 403)
             return
         await self.app(scope, receive, send)

@@ -6,13 +6,25 @@ into pollama's internal requests at once. Unknown fields are ignored, as Go's de
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from pollama.server.wire import decode_base64
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="ignore", strict=True, populate_by_name=True)
+
+
+def _check_images(images: list[str] | None) -> list[str] | None:
+    """``images`` are Go ``[]byte`` values: standard base64, or the decoder's 400."""
+    for image in images or []:
+        decode_base64(image)
+    return images
+
+
+Images = Annotated[list[str] | None, AfterValidator(_check_images)]
 
 
 class ToolCallFunction(_Body):
@@ -32,7 +44,7 @@ class Message(_Body):
     role: str = ""
     content: str = ""
     thinking: str | None = None
-    images: list[str] | None = None
+    images: Images = None
     tool_calls: list[ToolCall] | None = None
     tool_name: str | None = None
     tool_call_id: str | None = None
@@ -48,6 +60,8 @@ class ShowRequest(_Body):
 
 
 class CopyRequest(_Body):
+    model_config = ConfigDict(json_schema_extra={"required": ["source", "destination"]})
+
     source: str = ""
     destination: str = ""
 
@@ -117,7 +131,7 @@ class GenerateRequest(CompletionBody):
     template: str = ""
     context: list[int] | None = None
     raw: bool = False
-    images: list[str] | None = None
+    images: Images = None
 
 
 class ChatRequest(CompletionBody):

@@ -179,3 +179,64 @@ def test_real_answers_match_documented_schemas(smollm2_server: ServerProcess, do
             if r.status_code != 200:  # /v1/models lists; the others answer 404 for a missing model
                 assert r.status_code == 404, (path, r.text)
                 _validator(document, path, method, 404).validate(r.json())
+
+
+NATIVE_REQUIRED = {
+    ("/api/generate", "post"): {"required": ["model"]},
+    ("/api/chat", "post"): {"required": ["model"]},
+    ("/api/embed", "post"): {"required": ["model"]},
+    ("/api/embeddings", "post"): {"required": ["model"]},
+    ("/api/copy", "post"): {"required": ["source", "destination"]},
+    ("/api/create", "post"): {"anyOf": [{"required": ["model"]}, {"required": ["name"]}]},
+    ("/api/pull", "post"): {"anyOf": [{"required": ["model"]}, {"required": ["name"]}]},
+    ("/api/push", "post"): {"anyOf": [{"required": ["model"]}, {"required": ["name"]}]},
+    ("/api/show", "post"): {"anyOf": [{"required": ["model"]}, {"required": ["name"]}]},
+    ("/api/delete", "delete"): {"anyOf": [{"required": ["model"]}, {"required": ["name"]}]},
+}
+NATIVE_ERRORS = {
+    ("/api/generate", "post"): {"400", "404", "503"},
+    ("/api/chat", "post"): {"400", "404", "503"},
+    ("/api/embed", "post"): {"400", "404", "503"},
+    ("/api/embeddings", "post"): {"400", "404", "503"},
+    ("/api/show", "post"): {"400", "404"},
+    ("/api/copy", "post"): {"400", "404"},
+    ("/api/delete", "delete"): {"400", "404"},
+    ("/api/create", "post"): {"400"},
+    ("/api/pull", "post"): {"400"},
+    ("/api/blobs/{digest}", "head"): {"400", "404"},
+    ("/api/blobs/{digest}", "post"): {"400"},
+}
+
+
+def test_native_bodies_mark_required_fields(document: dict[str, Any]) -> None:
+    for (path, method), expected in NATIVE_REQUIRED.items():
+        schema = document["paths"][path][method]["requestBody"]["content"]["application/json"]["schema"]
+        for key, value in expected.items():
+            assert schema.get(key) == value, (path, key, schema.get(key))
+    validator = jsonschema.Draft202012Validator(
+        document["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+    assert not validator.is_valid({"prompt": "hi"})
+    assert validator.is_valid({"model": "m", "prompt": "hi"})
+    show = document["paths"]["/api/show"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert jsonschema.Draft202012Validator(show).is_valid({"name": "m"})
+
+
+def test_native_error_responses_documented(app_client: TestClient, document: dict[str, Any]) -> None:
+    for (path, method), statuses in NATIVE_ERRORS.items():
+        responses = document["paths"][path][method]["responses"]
+        assert statuses <= set(responses), (path, method, set(responses))
+        for status in statuses:
+            schema = responses[status]["content"]["application/json"]["schema"]
+            assert schema["required"] == ["error"] and schema["properties"]["error"]["type"] == "string"
+    # Real error answers validate against what is documented.
+    checks = [("post", "/api/generate", {"model": "missing", "prompt": "x"}, 404),
+              ("post", "/api/generate", {"model": "m", "keep_alive": "300"}, 400),
+              ("post", "/api/show", {"model": "missing"}, 404),
+              ("delete", "/api/delete", {"model": "missing"}, 404),
+              ("post", "/api/create", {"model": "x"}, 400)]
+    for method, path, body, status in checks:
+        r = app_client.request(method.upper(), path, json=body)
+        assert r.status_code == status, (path, r.text)
+        _validator(document, path, method, status).validate(r.json())
+    assert "503" in document["paths"]["/api/chat"]["post"]["responses"]
+    assert "Retry-After" in document["paths"]["/api/chat"]["post"]["responses"]["503"]["description"]

@@ -10,7 +10,6 @@ for models that cannot think), and the answer comes back as a ``message`` with t
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import logging
 import secrets
@@ -26,10 +25,10 @@ from pollama.errors import InvalidRequest, PollamaError
 from pollama.inference import Chunk, CompletionRequest, Stats
 from pollama.server.anthropic.types import MessageParam, MessagesRequest, ToolParam, documented
 from pollama.server.context import body_schema, context
-from pollama.server.errors import status_for
+from pollama.server.errors import error_headers, status_for
 from pollama.server.ollama.inference import service
 from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
-from pollama.server.wire import read_json
+from pollama.server.wire import decode_base64, read_json, unless_disconnected
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
     return JSONResponse({"type": "error", "error": _error_object(exc), "request_id": f"req_{secrets.token_hex(12)}"},
-                        status_code=status)
+                        status_code=status, headers=error_headers(exc))
 
 
 class AnthropicRoute(APIRoute):
@@ -95,8 +94,8 @@ def _image(block: dict[str, Any]) -> str:
                              "Only base64 images are supported.")
     data = source.get("data")
     try:
-        return base64.b64encode(base64.b64decode(data if isinstance(data, str) else "", validate=True)).decode()
-    except (binascii.Error, ValueError) as exc:
+        return base64.b64encode(decode_base64(data if isinstance(data, str) else "")).decode()
+    except InvalidRequest as exc:
         raise InvalidRequest(f"invalid base64 image data: {exc}") from None
 
 
@@ -261,7 +260,7 @@ async def messages(request: Request) -> Response:
     chunks = service(request).complete(req)
     message_id = f"msg_{secrets.token_hex(12)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         content: list[dict[str, Any]] = []
         if answer.thinking:
             content.append({"type": "thinking", "thinking": answer.thinking})

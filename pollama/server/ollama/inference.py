@@ -153,7 +153,7 @@ async def _complete(request: Request, req: CompletionRequest, stream: bool | Non
                     collect: Any) -> Response:
     chunks = service(request).complete(req)
     streaming = stream is not False and not req.is_empty and not req.debug_render_only
-    return await stream_or_collect(_rendered(chunks, render), stream=streaming, collect=collect)
+    return await stream_or_collect(_rendered(chunks, render), stream=streaming, collect=collect, request=request)
 
 
 async def _rendered(chunks: AsyncIterator[Chunk], render: Any) -> AsyncIterator[dict[str, Any]]:

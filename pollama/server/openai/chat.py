@@ -9,7 +9,6 @@ decoded, ``temperature``/``top_p`` defaulting to 1.0, ``response_format`` → ``
 from __future__ import annotations
 
 import base64
-import binascii
 import json
 import random
 import time
@@ -27,7 +26,7 @@ from pollama.server.openai.errors import OpenAIRoute, error_for
 from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import ChatCompletion, ChatCompletionRequest, ChatMessage, ResponseFormat, documented
 from pollama.server.openai.types import ToolCall as ToolCallBody
-from pollama.server.wire import read_json
+from pollama.server.wire import decode_base64, read_json, unless_disconnected
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -50,8 +49,8 @@ def decode_image(url: str) -> str:
 
 def _base64(data: str, error: str) -> str:
     try:
-        return base64.b64encode(base64.b64decode(data, validate=True)).decode("ascii")
-    except (binascii.Error, ValueError):
+        return base64.b64encode(decode_base64(data)).decode("ascii")
+    except InvalidRequest:
         raise InvalidRequest(error) from None
 
 
@@ -256,7 +255,7 @@ async def chat_completions(request: Request) -> Response:
     chunks = service(request).complete(req)
     completion_id = f"chatcmpl-{random.randrange(999)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         calls = tool_calls_out(answer.tool_calls)
         message: dict[str, Any] = {"role": "assistant", "content": answer.content}
         if answer.thinking:

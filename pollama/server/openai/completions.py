@@ -21,7 +21,7 @@ from pollama.server.openai.errors import OpenAIRoute, error_for
 from pollama.server.openai.stream import collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import Completion, documented
 from pollama.server.openai.types import CompletionRequest as CompletionBody
-from pollama.server.wire import read_json
+from pollama.server.wire import read_json, unless_disconnected
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -77,7 +77,7 @@ async def completions(request: Request) -> Response:
     chunks = service(request).complete(req)
     completion_id = f"cmpl-{random.randrange(999)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         return JSONResponse({
             "id": completion_id, "object": "text_completion", "created": int(time.time()),
             "model": answer.model or body.model, "system_fingerprint": "fp_ollama",

@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from pollama.errors import PollamaError
-from pollama.server.errors import status_for
+from pollama.server.errors import error_headers, status_for
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ def error_response(exc: BaseException) -> JSONResponse:
     status = status_for(exc)
     if status >= 500:
         log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
-    return JSONResponse(error_for(exc), status_code=status)
+    return JSONResponse(error_for(exc), status_code=status, headers=error_headers(exc))
 
 
 class OpenAIRoute(APIRoute):

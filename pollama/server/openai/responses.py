@@ -28,7 +28,7 @@ from pollama.server.openai.chat import decode_image, think_from_effort, tool_cal
 from pollama.server.openai.errors import OpenAIRoute, error_type
 from pollama.server.openai.stream import collect, converted, first_chunk, sse, sse_response
 from pollama.server.openai.types import ResponseObject, ResponsesRequest, ResponsesTool, documented
-from pollama.server.wire import read_json
+from pollama.server.wire import read_json, unless_disconnected
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
@@ -263,7 +263,7 @@ async def responses(request: Request) -> Response:
     response_id = f"resp_{random.randrange(999999)}"
     item_id = f"msg_{random.randrange(999999)}"
     if not body.stream:
-        answer = await collect(chunks)
+        answer = await unless_disconnected(request, collect(chunks), chunks)
         output: list[Any] = []
         if answer.thinking:
             output.append(_reasoning_item(f"rs_{response_id}", answer.thinking))
