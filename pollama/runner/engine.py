@@ -212,7 +212,7 @@ class Engine:
             try:
                 self._start(slot, head)
             except InvalidRequest as exc:
-                head.emit({"error": str(exc), "status": 400})
+                head.emit({"error": str(exc), "kind": "invalid_request"})
             except Exception as exc:  # noqa: BLE001
                 head.emit({"error": str(exc)})
         return None
@@ -410,7 +410,7 @@ class Engine:
                 vectors.append(vector)
                 count += len(tokens)
         except InvalidRequest as exc:
-            job.emit({"error": str(exc), "status": 400})
+            job.emit({"error": str(exc), "kind": "invalid_request"})
             return
         except Exception as exc:  # noqa: BLE001
             job.emit({"error": str(exc)})

@@ -9,8 +9,11 @@ Each connection carries one request as a JSON line and gets JSON lines back:
   cancels the generation and frees its slot.
 * ``{"op": "tokenize", "content", "add_special"}`` → ``{"tokens"}``; ``{"op": "detokenize", "tokens"}``
   → ``{"content"}``; ``{"op": "embed", "inputs": [[tokens], ...]}`` → ``{"embeddings", ...}``;
+  ``{"op": "count", "texts": [...], "add_special"}`` → ``{"counts": [...]}`` (the token counts of
+  many texts in one call, worked out in a worker thread);
   ``{"op": "health"}`` → ``{"status": "ok", "busy": n}``.
-* Any failure → ``{"error": "...", "status"?: 400}``.
+* Any failure → ``{"error": "...", "kind": "invalid_request" | "busy" | "canceled" | "internal"}``
+  (``pollama.runner.protocol``).
 
 The runner exits when its stdin closes (the server went away) or on SIGTERM.
 """
@@ -31,6 +34,7 @@ from typing import Any
 
 from pollama.runner.engine import CompletionJob, EmbedJob, Engine
 from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
+from pollama.runner.protocol import INVALID_REQUEST, error_event
 
 log = logging.getLogger("pollama.runner")
 
@@ -103,18 +107,24 @@ class RunnerServer:
             elif op == "tokenize":
                 tokens = self.model.tokenize(request.get("content", ""), add_special=bool(request.get("add_special")))
                 await _send(writer, {"tokens": tokens})
+            elif op == "count":
+                texts = [str(text) for text in request.get("texts") or []]
+                special = bool(request.get("add_special", True))
+                counts = await asyncio.to_thread(lambda: [len(self.model.tokenize(t, add_special=special))
+                                                          for t in texts])
+                await _send(writer, {"counts": counts})
             elif op == "detokenize":
                 await _send(writer, {"content": self.model.detokenize(request.get("tokens", []))})
             elif op == "health":
                 await _send(writer, {"status": "ok", "busy": self.engine.busy})
             else:
-                await _send(writer, {"error": f"unknown op {op!r}", "status": 400})
+                await _send(writer, {"error": f"unknown op {op!r}", "kind": INVALID_REQUEST})
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:  # noqa: BLE001 - the caller gets the error
             log.exception("request failed")
             with contextlib.suppress(Exception):
-                await _send(writer, {"error": str(exc)})
+                await _send(writer, error_event(exc))
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
@@ -136,7 +146,7 @@ class RunnerServer:
             try:
                 grammar = json_schema_to_gbnf(json.dumps(request["json_schema"]))
             except Exception as exc:  # noqa: BLE001 - the converter raises many kinds
-                await _send(writer, {"error": f"invalid JSON schema in format: {exc}", "status": 400})
+                await _send(writer, {"error": f"invalid JSON schema in format: {exc}", "kind": INVALID_REQUEST})
                 return
         job = CompletionJob(
             tokens=tokens,
