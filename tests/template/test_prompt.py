@@ -68,8 +68,8 @@ def test_corpus_vars_match_ollama() -> None:
 CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+def _words(texts: list[str]) -> list[int]:
+    return [len(text.split()) for text in texts]
 
 
 def _chat(*messages: tuple[str, str], images: dict[int, list[str]] | None = None) -> PromptRequest:
