@@ -114,7 +114,9 @@ class RunnerServer:
                                                           for t in texts])
                 await _send(writer, {"counts": counts})
             elif op == "detokenize":
-                await _send(writer, {"content": self.model.detokenize(request.get("tokens", []))})
+                # Special tokens are written out, as Ollama's runner does: ``context`` sent back to
+                # /api/generate is the conversation so far, template markup included.
+                await _send(writer, {"content": self.model.detokenize(request.get("tokens", []), special=True)})
             elif op == "health":
                 await _send(writer, {"status": "ok", "busy": self.engine.busy})
             else:
