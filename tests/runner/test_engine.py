@@ -163,7 +163,7 @@ def test_cancel_frees_slot(engine: Engine) -> None:
 
 def test_prompt_too_long_without_shift_is_an_error(engine: Engine) -> None:
     _, final = run_job(engine, "word " * 600, num_predict=2, shift=False)
-    assert final["status"] == 400 and "longer than the context length" in final["error"]
+    assert final["kind"] == "invalid_request" and "longer than the context length" in final["error"]
 
 
 def test_embed_job_requires_embedding_context(smollm2_gguf: Path) -> None:

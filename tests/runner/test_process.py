@@ -93,3 +93,22 @@ def test_bad_model_file_fails_to_load(tmp_path: Path) -> None:
             await RunnerProcess.start(spec(junk))
 
     asyncio.run(main())
+
+
+def test_count_and_special_tokens(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        try:
+            texts = ["Hello world", "<|im_start|>user\nHi<|im_end|>\n", ""]
+            expected = [len(await runner.tokenize(text, add_special=True)) for text in texts]
+            assert await runner.count(texts) == expected  # one round trip for all of them
+            assert await runner.count([]) == []
+            # Special tokens survive a round trip (Ollama's context carries the template's markup).
+            tokens = await runner.tokenize(texts[1])
+            assert tokens[0] == 1 and tokens[4] == 2 and await runner.detokenize(tokens) == texts[1]
+            with pytest.raises(InvalidRequest, match="unknown op 'nope'"):
+                await runner.call({"op": "nope"})
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
