@@ -188,6 +188,7 @@ class RunnerProcess:
         self._stderr: deque[str] = deque(maxlen=40)
         self._stderr_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._lost = False  # the socket broke mid-request: treat the runner as gone before its exit is seen
 
     @classmethod
     async def start(cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False,
@@ -237,7 +238,9 @@ class RunnerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc.returncode is None
+        """Whether the process runs and its socket still answers (a broken connection counts as dead
+        at once, so the next request gets a new runner even before the process exit is noticed)."""
+        return self._proc.returncode is None and not self._lost
 
     @property
     def memory(self) -> int:
@@ -277,6 +280,7 @@ class RunnerProcess:
         try:
             return await asyncio.open_unix_connection(self.socket_path, limit=64 * 1024 * 1024)
         except OSError:
+            self._lost = True
             raise RunnerError(RUNNER_STOPPED) from None
 
     async def stream(self, request: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
@@ -288,6 +292,7 @@ class RunnerProcess:
             while True:
                 line = await reader.readline()
                 if not line:
+                    self._lost = True
                     raise RunnerError(RUNNER_STOPPED)
                 event = json.loads(line)
                 if "error" in event:
@@ -296,6 +301,7 @@ class RunnerProcess:
                 if event.get("done") or request.get("op") != "completion":
                     return
         except ConnectionError:
+            self._lost = True
             raise RunnerError(RUNNER_STOPPED) from None
         finally:
             writer.close()

@@ -112,3 +112,21 @@ def test_count_and_special_tokens(smollm2_gguf: Path) -> None:
             await runner.stop()
 
     asyncio.run(main())
+
+
+def test_broken_connection_marks_the_runner_dead_at_once(smollm2_gguf: Path) -> None:
+    # The scheduler asks ``alive`` before handing the runner to the next request; it must not wait for
+    # the process exit to be reaped, or a request right after a crash gets the dead runner (a 500).
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        try:
+            with pytest.raises(RunnerError):
+                async for event in runner.stream({"op": "completion", "prompt": "Count: 1, 2, 3,",
+                                                  "options": {"num_predict": 100000, "temperature": 0}}):
+                    if "content" in event:
+                        os.kill(runner.pid, signal.SIGKILL)
+            assert not runner.alive  # no await in between: known from the socket, not from the exit status
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
