@@ -8,6 +8,7 @@ Messages, tools and tool calls keep Ollama's dict shape (``role``, ``content``, 
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -44,6 +45,11 @@ class CompletionRequest:
             return not self.messages
         return not self.prompt and not self.suffix and not self.images
 
+    @property
+    def image_count(self) -> int:
+        """How many images the request carries (the generate ``images`` and every message's)."""
+        return len(self.images) + sum(len(m.get("images") or []) for m in self.messages)
+
 
 @dataclass
 class Stats:
@@ -74,6 +80,28 @@ class Chunk:
     debug_info: dict[str, Any] | None = None  # ``_debug_render_only``: the rendered prompt
 
 
+def fold_chunks(chunks: Iterable[Chunk]) -> Chunk:
+    """A whole (non-streamed) answer as one chunk: texts concatenated, tool calls and log
+    probabilities gathered, everything else from the last chunk (the one with the statistics)."""
+    folded = Chunk()
+    content: list[str] = []
+    thinking: list[str] = []
+    for chunk in chunks:
+        content.append(chunk.content)
+        thinking.append(chunk.thinking)
+        folded.tool_calls.extend(chunk.tool_calls)
+        folded.logprobs.extend(chunk.logprobs)
+        folded.model = chunk.model or folded.model
+        folded.done = chunk.done
+        folded.done_reason = chunk.done_reason
+        folded.stats = chunk.stats
+        folded.context = chunk.context
+        folded.debug_info = chunk.debug_info
+    folded.content = "".join(content)
+    folded.thinking = "".join(thinking)
+    return folded
+
+
 @dataclass
 class EmbedRequest:
     """Embed one or more texts."""
@@ -96,17 +124,3 @@ class EmbedResult:
     total_duration: int = 0
     load_duration: int = 0
     prompt_eval_count: int = 0
-
-
-@dataclass
-class RunningModel:
-    """A loaded model as ``/api/ps`` describes it."""
-
-    name: str
-    model: str
-    size: int
-    digest: str
-    details: dict[str, Any]
-    expires_at: float
-    size_vram: int
-    context_length: int

@@ -5,6 +5,11 @@ its ready line (bounded by the load timeout). Each call opens its own connection
 Unix socket, so cancelling a call (the HTTP client went away) closes the connection and the runner
 frees the slot. If the process exits mid-request the call fails with Ollama's "runner has
 unexpectedly stopped" error and the scheduler forgets the runner, so the next request reloads.
+
+This module also owns the client side of the wire protocol: ``ModelRunner`` is what the inference
+service needs from a loaded model (the seam tests fake), ``CompletionParams`` is one generation
+request, and a generation comes back as typed events (``PromptTokens``, ``Piece``, ``Finished``);
+error events become domain errors by their kind (``pollama.runner.protocol``).
 """
 
 from __future__ import annotations
@@ -19,16 +24,130 @@ import signal
 import sys
 import tempfile
 from collections import deque
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
-from pollama.errors import InvalidRequest, RunnerError
+from pollama.errors import RunnerError
+from pollama.runner.protocol import event_error
 from pollama.scheduler.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 
 RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
                   "error, check ollama server logs for details")
+
+
+
+@dataclass(frozen=True)
+class CompletionParams:
+    """One generation: the prompt and how to sample it (load-time options went into the ``LoadSpec``)."""
+
+    prompt: str
+    options: dict[str, Any] = field(default_factory=dict)
+    shift: bool = True
+    truncate: bool = True
+    logprobs: bool = False
+    top_logprobs: int = 0
+    return_tokens: bool = False  # send the prompt's tokens back (Ollama's ``context``)
+    grammar: str | None = None
+    json_schema: dict[str, Any] | None = None
+
+    def wire(self) -> dict[str, Any]:
+        """The request line sent to the runner."""
+        body: dict[str, Any] = {"op": "completion", "prompt": self.prompt, "shift": self.shift,
+                                "truncate": self.truncate, "options": self.options, "logprobs": self.logprobs,
+                                "top_logprobs": self.top_logprobs, "return_tokens": self.return_tokens}
+        if self.grammar is not None:
+            body["grammar"] = self.grammar
+        if self.json_schema is not None:
+            body["json_schema"] = self.json_schema
+        return body
+
+
+@dataclass(frozen=True)
+class PromptTokens:
+    """The prompt was tokenized: its length, and its tokens when asked for (``return_tokens``)."""
+
+    count: int
+    tokens: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Generated text (one or more tokens' worth), with per-token log probabilities when asked for."""
+
+    content: str
+    logprobs: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Finished:
+    """The generation ended: why, its counts and durations (ns), and the generated tokens."""
+
+    done_reason: str = "stop"
+    prompt_eval_count: int = 0
+    prompt_eval_duration: int = 0
+    eval_count: int = 0
+    eval_duration: int = 0
+    tokens: list[int] = field(default_factory=list)
+
+
+CompletionEvent = PromptTokens | Piece | Finished
+
+
+@dataclass(frozen=True)
+class Embeddings:
+    """One vector per input, and how many tokens were evaluated."""
+
+    vectors: list[list[float]]
+    prompt_eval_count: int = 0
+
+
+def completion_event(event: dict[str, Any]) -> CompletionEvent | None:
+    """The typed value of one event of a completion stream (``None`` for one this side ignores)."""
+    if "prompt_tokens" in event:
+        return PromptTokens(int(event["prompt_tokens"]), [int(t) for t in event.get("tokens") or []])
+    if "content" in event:
+        return Piece(str(event["content"]), list(event.get("logprobs") or []))
+    if event.get("done"):
+        return Finished(
+            done_reason=str(event.get("done_reason") or "stop"),
+            prompt_eval_count=int(event.get("prompt_eval_count", 0)),
+            prompt_eval_duration=int(event.get("prompt_eval_duration", 0)),
+            eval_count=int(event.get("eval_count", 0)),
+            eval_duration=int(event.get("eval_duration", 0)),
+            tokens=[int(t) for t in event.get("tokens") or []],
+        )
+    return None
+
+
+class ModelRunner(Protocol):
+    """What the inference service needs from a loaded model (beyond the scheduler's ``Runner``)."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    @property
+    def memory(self) -> int: ...
+
+    async def wait_exit(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]: ...
+
+    async def detokenize(self, tokens: list[int]) -> str: ...
+
+    async def count(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is, special tokens included (one call for many texts)."""
+        ...
+
+    def complete(self, params: CompletionParams) -> AsyncGenerator[CompletionEvent, None]:
+        """The events of one generation, ending with ``Finished``; closing the generator cancels it."""
+        ...
+
+    async def embed(self, inputs: list[list[int]]) -> Embeddings: ...
 
 
 def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> list[str]:
@@ -69,6 +188,7 @@ class RunnerProcess:
         self._stderr: deque[str] = deque(maxlen=40)
         self._stderr_task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._lost = False  # the socket broke mid-request: treat the runner as gone before its exit is seen
 
     @classmethod
     async def start(cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False,
@@ -118,7 +238,9 @@ class RunnerProcess:
 
     @property
     def alive(self) -> bool:
-        return self._proc.returncode is None
+        """Whether the process runs and its socket still answers (a broken connection counts as dead
+        at once, so the next request gets a new runner even before the process exit is noticed)."""
+        return self._proc.returncode is None and not self._lost
 
     @property
     def memory(self) -> int:
@@ -158,9 +280,10 @@ class RunnerProcess:
         try:
             return await asyncio.open_unix_connection(self.socket_path, limit=64 * 1024 * 1024)
         except OSError:
+            self._lost = True
             raise RunnerError(RUNNER_STOPPED) from None
 
-    async def stream(self, request: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, request: dict[str, Any]) -> AsyncGenerator[dict[str, Any], None]:
         """Send one request and yield the runner's replies until the last one."""
         reader, writer = await self._open()
         try:
@@ -169,16 +292,16 @@ class RunnerProcess:
             while True:
                 line = await reader.readline()
                 if not line:
+                    self._lost = True
                     raise RunnerError(RUNNER_STOPPED)
                 event = json.loads(line)
                 if "error" in event:
-                    if event.get("kind") == "invalid_request":
-                        raise InvalidRequest(event["error"])
-                    raise RunnerError(event["error"])
+                    raise event_error(event)
                 yield event
                 if event.get("done") or request.get("op") != "completion":
                     return
         except ConnectionError:
+            self._lost = True
             raise RunnerError(RUNNER_STOPPED) from None
         finally:
             writer.close()
@@ -191,16 +314,40 @@ class RunnerProcess:
             return event
         raise RunnerError(RUNNER_STOPPED)
 
+    async def complete(self, params: CompletionParams) -> AsyncGenerator[CompletionEvent, None]:
+        """One generation as typed events (see ``ModelRunner.complete``)."""
+        stream = self.stream(params.wire())
+        try:
+            async for event in stream:
+                typed = completion_event(event)
+                if typed is not None:
+                    yield typed
+                if isinstance(typed, Finished):
+                    return
+        finally:
+            await stream.aclose()
+
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """``text``'s tokens."""
         return list((await self.call({"op": "tokenize", "content": text, "add_special": add_special}))["tokens"])
 
     async def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens``."""
         return str((await self.call({"op": "detokenize", "tokens": tokens}))["content"])
 
-    async def embed(self, inputs: list[list[int]]) -> dict[str, Any]:
-        return await self.call({"op": "embed", "inputs": inputs})
+    async def count(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is, special tokens included (one round trip for all)."""
+        if not texts:
+            return []
+        return [int(n) for n in (await self.call({"op": "count", "texts": texts, "add_special": True}))["counts"]]
+
+    async def embed(self, inputs: list[list[int]]) -> Embeddings:
+        """One embedding per token list."""
+        reply = await self.call({"op": "embed", "inputs": inputs})
+        return Embeddings([list(v) for v in reply["embeddings"]], int(reply.get("prompt_eval_count", 0)))
 
     async def health(self) -> dict[str, Any]:
+        """The runner's ``{"status": "ok", "busy": n}``."""
         return await self.call({"op": "health"})
 
 

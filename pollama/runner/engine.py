@@ -29,6 +29,7 @@ from typing import Any
 
 from pollama.errors import InvalidRequest, RunnerError
 from pollama.runner.native import Batch, Context, Model, SamplerChain, SamplingParams
+from pollama.runner.protocol import error_event
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,6 @@ Emit = Callable[[dict[str, Any]], None]
 
 PREDICT_LIMIT_FACTOR = 10
 """Ollama caps ``num_predict`` (negative = unbounded, or too large) at 10 × ``num_ctx``."""
-
-
-def error_event(exc: BaseException) -> dict[str, Any]:
-    """The runner protocol's error event for an exception."""
-    kind = "invalid_request" if isinstance(exc, InvalidRequest) else "internal"
-    return {"error": str(exc), "kind": kind}
 
 
 def check_tokens(tokens: list[int], n_vocab: int) -> None:

@@ -184,9 +184,19 @@ class Model:
         self._pieces[token] = piece
         return piece
 
-    def detokenize(self, tokens: Sequence[int]) -> str:
-        """Token ids back to text (without special tokens)."""
-        return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+    def detokenize(self, tokens: Sequence[int], *, special: bool = False) -> str:
+        """Token ids back to text; special tokens (``<|im_start|>``...) are written out only with ``special``."""
+        if not special:
+            return b"".join(self.piece(t) for t in tokens).decode("utf-8", "replace")
+        out = bytearray()
+        buf = ctypes.create_string_buffer(64)
+        for token in tokens:
+            n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            if n < 0:
+                buf = ctypes.create_string_buffer(-n)
+                n = C.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
+            out += buf.raw[:n]
+        return out.decode("utf-8", "replace")
 
     def is_eog(self, token: int) -> bool:
         """True for end-of-generation tokens (EOS, EOT, ...)."""

@@ -9,6 +9,8 @@ Each connection carries one request as a JSON line and gets JSON lines back:
   cancels the generation and frees its slot.
 * ``{"op": "tokenize", "content", "add_special"}`` → ``{"tokens"}``; ``{"op": "detokenize", "tokens"}``
   → ``{"content"}``; ``{"op": "embed", "inputs": [[tokens], ...]}`` → ``{"embeddings", ...}``;
+  ``{"op": "count", "texts": [...], "add_special"}`` → ``{"counts": [...]}`` (the token counts of
+  many texts in one call, worked out in a worker thread);
   ``{"op": "health"}`` → ``{"status": "ok", "busy": n}``.
 * Any failure → ``{"error": "...", "kind": "invalid_request" | "busy" | "canceled" | "internal"}``.
 
@@ -31,8 +33,9 @@ from pathlib import Path
 from typing import Any
 
 from pollama.errors import InvalidRequest
-from pollama.runner.engine import CompletionJob, EmbedJob, Emit, Engine, check_tokens, error_event
+from pollama.runner.engine import CompletionJob, EmbedJob, Emit, Engine, check_tokens
 from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
+from pollama.runner.protocol import error_event
 
 log = logging.getLogger("pollama.runner")
 
@@ -135,6 +138,12 @@ class RunnerServer:
                 tokens = await asyncio.to_thread(self.model.tokenize, str(request.get("content", "")),
                                                  add_special=bool(request.get("add_special")))
                 await _send(writer, {"tokens": tokens})
+            elif op == "count":
+                texts = [str(text) for text in request.get("texts") or []]
+                special = bool(request.get("add_special", True))
+                counts = await asyncio.to_thread(lambda: [len(self.model.tokenize(t, add_special=special))
+                                                          for t in texts])
+                await _send(writer, {"counts": counts})
             elif op == "detokenize":
                 text = await asyncio.to_thread(self._detokenize, request.get("tokens", []))
                 await _send(writer, {"content": text})
@@ -160,7 +169,9 @@ class RunnerServer:
     def _detokenize(self, tokens: Any) -> str:
         ids = _token_list(tokens, "tokens")
         check_tokens(ids, self.model.n_vocab)
-        return self.model.detokenize(ids)
+        # Special tokens are written out, as Ollama's runner does: ``context`` sent back to
+        # /api/generate is the conversation so far, template markup included.
+        return self.model.detokenize(ids, special=True)
 
     def _build_completion(self, request: dict[str, Any], emit: Emit) -> tuple[CompletionJob, bytes]:
         """Worker thread: tokens, grammar and sampler chain for a completion, plus its first reply line."""

@@ -2,6 +2,6 @@
 runner is loaded with), and system memory probing."""
 
 from pollama.scheduler.scheduler import Lease, Loaded, Runner, Scheduler
-from pollama.scheduler.spec import LoadSpec
+from pollama.scheduler.spec import LoadSpec, RunningModel
 
-__all__ = ["Lease", "LoadSpec", "Loaded", "Runner", "Scheduler"]
+__all__ = ["Lease", "LoadSpec", "Loaded", "Runner", "RunningModel", "Scheduler"]

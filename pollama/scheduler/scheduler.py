@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 from pollama.errors import RequestCanceled, RunnerError, ServerBusy
 from pollama.scheduler.memory import MemoryInfo, system_memory
-from pollama.scheduler.spec import LoadSpec
+from pollama.scheduler.spec import LoadSpec, RunningModel
 
 log = logging.getLogger(__name__)
 
@@ -273,8 +273,14 @@ class Scheduler:
         return self._queue.qsize()
 
     def loaded(self) -> list[Loaded]:
-        """Every loaded runner (for ``/api/ps``)."""
+        """Every loaded runner."""
         return [e for e in self._loaded.values() if not e.unloaded.is_set()]
+
+    def running(self) -> list[RunningModel]:
+        """Every loaded model, most recently used first (for ``/api/ps``)."""
+        entries = sorted(self.loaded(), key=lambda e: e.last_used, reverse=True)
+        return [RunningModel(name=e.spec.name, model=e.spec.name, digest=e.spec.digest, size=e.size, size_vram=0,
+                             context_length=e.spec.num_ctx, expires_at=e.expires_at) for e in entries]
 
     # --- the queue ------------------------------------------------------------------------------
 

@@ -85,3 +85,16 @@ class LoadSpec:
             return True
         return (self.num_thread, self.num_parallel, self.embedding, self.use_mlock) != (
             wanted.num_thread, wanted.num_parallel, wanted.embedding, wanted.use_mlock)
+
+
+@dataclass(frozen=True)
+class RunningModel:
+    """A loaded model as the scheduler reports it (what ``/api/ps`` shows)."""
+
+    name: str
+    model: str
+    digest: str
+    size: int
+    size_vram: int
+    context_length: int
+    expires_at: float  # POSIX time; ``math.inf`` when kept loaded forever

@@ -32,7 +32,8 @@ from pollama.template.values import GoSlice
 
 Clock = datetime.date | datetime.datetime | None
 
-_IMAGE_TOKENS = 768
+IMAGE_TOKENS = 768
+"""Tokens counted per image when fitting a prompt to the context (Ollama's estimate)."""
 
 
 @dataclass
@@ -271,33 +272,52 @@ def _request_messages(req: PromptRequest) -> list[_Message]:
 
 
 def build_prompt(template: Template, req: PromptRequest, *, now: Clock = None, num_ctx: int | None = None,
-                 count_tokens: Callable[[str], int] | None = None, image_tokens: int = _IMAGE_TOKENS) -> str:
+                 count_tokens: Callable[[list[str]], list[int]] | None = None,
+                 image_tokens: int = IMAGE_TOKENS) -> str:
     """The prompt Ollama builds for ``req`` with ``template`` (parsed by ``parse_template``).
 
     With ``num_ctx`` and ``count_tokens``, the oldest non-system messages are dropped until the
     rendered prompt's token count (plus ``image_tokens`` per image; pass 0 for a model without a
     vision projector) fits ``num_ctx``; system messages and the last message are always kept.
+    ``count_tokens`` counts several candidate prompts at once (one call per batch, not per
+    candidate): candidates are tried oldest-first, as Ollama does, in batches of 1, 2, 4, ...
     Raises ``TemplateParseError``, ``TemplateExecError`` or ``TemplatePanic``.
     """
     prepared = _OllamaTemplate(template)
     think = ThinkFields.from_request(req.think)
     if req.endpoint == "generate":
-        tools = Tools([])
         if req.suffix:
+            # Ollama's generate handler fills no tool list next to a suffix: ``.Tools`` is Go's nil.
+            tools = Tools(None)
             return _execute(prepared, [], tools, think, prompt=req.prompt, suffix=req.suffix, now=now)
+        tools = Tools([])
     else:
         tools = Tools.from_api(req.tools)
     msgs = _request_messages(req)
 
     start = 0
     if num_ctx is not None and count_tokens is not None and len(msgs) > 1:
-        start = len(msgs) - 1
-        for i in range(len(msgs) - 1):
-            candidate = [m for m in msgs[:i] if m.role == "system"] + msgs[i:]
-            count = count_tokens(_execute(prepared, candidate, tools, think, now=now))
-            count += image_tokens * sum(len(m.images) for m in msgs[i:])
-            if count <= num_ctx:
-                start = i
-                break
+        start, rendered = _fit_start(prepared, msgs, tools, think, now, num_ctx, count_tokens, image_tokens)
+        if rendered is not None and not any(m.images for m in msgs[start:]):
+            return rendered  # the candidate that fit is already the final prompt (no image tags to add)
     kept = [m for m in msgs[:start] if m.role == "system"] + _tag_images(msgs[start:])
     return _execute(prepared, kept, tools, think, now=now)
+
+
+def _fit_start(prepared: _OllamaTemplate, msgs: list[_Message], tools: Tools, think: ThinkFields, now: Clock,
+               num_ctx: int, count_tokens: Callable[[list[str]], list[int]],
+               image_tokens: int) -> tuple[int, str | None]:
+    """The first message to keep (Ollama's oldest-first search) and that candidate's rendering."""
+    last = len(msgs) - 1
+    first = 0
+    size = 1
+    while first < last:
+        batch = range(first, min(first + size, last))
+        texts = [_execute(prepared, [m for m in msgs[:i] if m.role == "system"] + msgs[i:], tools, think, now=now)
+                 for i in batch]
+        for i, text, count in zip(batch, texts, count_tokens(texts), strict=True):
+            if count + image_tokens * sum(len(m.images) for m in msgs[i:]) <= num_ctx:
+                return i, text
+        first += size
+        size *= 2
+    return last, None

@@ -240,3 +240,40 @@ def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -
             await runner.stop()
 
     asyncio.run(main())
+
+
+def test_count_and_special_tokens(smollm2_gguf: Path) -> None:
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        try:
+            texts = ["Hello world", "<|im_start|>user\nHi<|im_end|>\n", ""]
+            expected = [len(await runner.tokenize(text, add_special=True)) for text in texts]
+            assert await runner.count(texts) == expected  # one round trip for all of them
+            assert await runner.count([]) == []
+            # Special tokens survive a round trip (Ollama's context carries the template's markup).
+            tokens = await runner.tokenize(texts[1])
+            assert tokens[0] == 1 and tokens[4] == 2 and await runner.detokenize(tokens) == texts[1]
+            with pytest.raises(InvalidRequest, match="unknown op 'nope'"):
+                await runner.call({"op": "nope"})
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_broken_connection_marks_the_runner_dead_at_once(smollm2_gguf: Path) -> None:
+    # The scheduler asks ``alive`` before handing the runner to the next request; it must not wait for
+    # the process exit to be reaped, or a request right after a crash gets the dead runner (a 500).
+    async def main() -> None:
+        runner = await RunnerProcess.start(spec(smollm2_gguf))
+        try:
+            with pytest.raises(RunnerError):
+                async for event in runner.stream({"op": "completion", "prompt": "Count: 1, 2, 3,",
+                                                  "options": {"num_predict": 100000, "temperature": 0}}):
+                    if "content" in event:
+                        os.kill(runner.pid, signal.SIGKILL)
+            assert not runner.alive  # no await in between: known from the socket, not from the exit status
+        finally:
+            await runner.stop()
+
+    asyncio.run(main())

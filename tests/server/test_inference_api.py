@@ -314,11 +314,12 @@ def test_load_options_reload_and_max_loaded_models(start_server: object, smollm2
                                                                                     "num_predict": 1}})
         assert r.json()["load_duration"] > 0
         assert [(m["name"], m["context_length"]) for m in c.get("/api/ps").json()["models"]] == [("a:latest", 512)]
-        # Sampling options never reload.
+        # Sampling options never reload; load_duration is still the (short) time it took to get the
+        # runner, never 0, as in Ollama (`--verbose` prints it).
         r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512,
                                                                                     "temperature": 0.1,
                                                                                     "num_predict": 1}})
-        assert r.json()["load_duration"] == 0
+        assert 0 < r.json()["load_duration"] < 1_000_000_000
         # "b" shares a's weights blob: Ollama keys runners by weights, so it reuses the loaded runner.
         r = c.post("/api/generate", json={"model": "b", **generate_opts, "options": {"num_ctx": 512,
                                                                                     "num_predict": 1}})
@@ -353,3 +354,62 @@ def test_out_of_vocabulary_context_is_a_400_and_other_requests_go_on(smollm2_ser
         assert rest[-1]["done"] is True and rest[-1]["done_reason"] == "length"
     with smollm2_server.client() as c:
         assert generate(c, prompt="Say yes.", options={"num_predict": 2})["eval_count"] >= 1
+
+
+def test_loaded_model_reports_load_duration(smollm2_server: ServerProcess) -> None:
+    with smollm2_server.client() as c:
+        generate(c, prompt="hi", options={"num_predict": 1})  # loaded now
+        again = generate(c, prompt="hi", options={"num_predict": 1})
+        chatted = chat(c, [{"role": "user", "content": "hi"}], options={"num_predict": 1})
+        embedded = c.post("/api/embed", json={"model": "smollm2", "input": "hi"}).json()
+        embedded_again = c.post("/api/embed", json={"model": "smollm2", "input": "hi"}).json()
+    for body in (again, chatted, embedded_again):
+        assert 0 < body["load_duration"] < body["total_duration"]
+    assert embedded["load_duration"] > 0
+
+
+def test_context_continues_the_conversation(smollm2_server: ServerProcess) -> None:
+    with smollm2_server.client() as c:
+        first = generate(c, prompt="My name is Ada.", options={**GREEDY, "num_predict": 6})
+        context = first["context"]
+        prompt = "<|im_start|>user\nMy name is Ada.<|im_end|>\n<|im_start|>assistant\n"
+        assert first["done_reason"] == "length" and first["eval_count"] == 6
+        assert len(context) == first["prompt_eval_count"] + 6
+        # Sent back, the context is the conversation so far, in front of the next turn's prompt ...
+        rendered = c.post("/api/generate", json={"model": "smollm2", "prompt": "What is my name?", "context": context,
+                                                 "_debug_render_only": True}).json()["_debug_info"]
+        turn = "<|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n"
+        assert rendered == {"rendered_template": prompt + first["response"] + turn}
+        # ... so the model evaluates those tokens again, and the new answer's context extends the old one.
+        alone = generate(c, prompt="What is my name?", options={**GREEDY, "num_predict": 4})
+        second = generate(c, prompt="What is my name?", context=context, options={**GREEDY, "num_predict": 4})
+        assert second["prompt_eval_count"] == len(context) + alone["prompt_eval_count"]
+        assert second["context"][:len(context)] == context
+        assert len(second["context"]) == second["prompt_eval_count"] + second["eval_count"]
+
+
+def test_template_render_does_not_block_other_requests(smollm2_server: ServerProcess) -> None:
+    # A template whose cost the client chooses renders in a worker thread: other clients keep being served.
+    with smollm2_server.client() as c:
+        generate(c, prompt="hi", options={"num_predict": 1})  # loaded, so the next request renders at once
+        heavy = {"model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 1},
+                 "template": "{{ range 5000000 }}{{ end }}{{ .Prompt }}"}
+        done: list[float] = []
+
+        def render() -> None:
+            with smollm2_server.client() as other:
+                started = time.monotonic()
+                other.post("/api/generate", json=heavy)
+                done.append(time.monotonic() - started)
+
+        thread = threading.Thread(target=render)
+        thread.start()
+        time.sleep(0.5)
+        latencies = []
+        for _ in range(5):
+            started = time.monotonic()
+            assert c.get("/api/tags").status_code == 200
+            latencies.append(time.monotonic() - started)
+        thread.join()
+    assert done and done[0] > 1.0  # the render was still going while /api/tags was asked
+    assert max(latencies) < 0.5, latencies

@@ -68,8 +68,8 @@ def test_corpus_vars_match_ollama() -> None:
 CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 
 
-def _words(text: str) -> int:
-    return len(text.split())
+def _words(texts: list[str]) -> list[int]:
+    return [len(text.split()) for text in texts]
 
 
 def _chat(*messages: tuple[str, str], images: dict[int, list[str]] | None = None) -> PromptRequest:
@@ -171,3 +171,27 @@ def test_thinking_tags_need_a_range_over_messages() -> None:
     assert thinking_tags(parse_template("{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}")) is None
     t = parse_template("{{ range $.Messages }}{{ if .Thinking }}<think>\n{{ .Thinking }}\n</think>{{ end }}{{ end }}")
     assert thinking_tags(t) == ("<think>", "</think>")
+
+
+def test_truncation_counts_in_growing_batches_oldest_first() -> None:
+    messages = [("user" if i % 2 == 0 else "assistant", f"m{i} " + "w " * 9) for i in range(30)]
+    req = _chat(*messages, ("user", "last"))
+    t = parse_template(CHATML)
+    batches: list[int] = []
+
+    def count(texts: list[str]) -> list[int]:
+        batches.append(len(texts))
+        return _words(texts)
+
+    prompt = build_prompt(t, req, num_ctx=25, count_tokens=count)
+    assert prompt.startswith("<|im_start|>assistant\nm29 ") and prompt.count("<|im_start|>") == 3
+    assert batches == [1, 2, 4, 8, 15]  # 30 candidates; the first that fits is the newest one
+
+
+def test_generate_suffix_tools_are_nil() -> None:
+    # Ollama's generate handler fills no tool list next to a suffix: Go's nil prints (and marshals) as null,
+    # while a plain generate request has an empty list.
+    t = parse_template("{{ range .Messages }}{{ .Content }}{{ end }}|{{ .Tools }}|{{ json .Tools }}|{{ len .Tools }}")
+    suffix_only = PromptRequest(endpoint="generate", prompt="", suffix="return x")
+    assert build_prompt(t, suffix_only) == "|null|null|0"
+    assert build_prompt(t, PromptRequest(endpoint="generate", prompt="hi")) == "hi|[]|[]|0"

@@ -11,26 +11,31 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import secrets
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
-from starlette.concurrency import run_in_threadpool
 
-from pollama.errors import InvalidRequest, PollamaError
+from pollama.errors import InvalidRequest
 from pollama.inference import Chunk, CompletionRequest, Stats
 from pollama.server.anthropic.types import MessageParam, MessagesRequest, ToolParam, documented
-from pollama.server.context import body_schema, context
+from pollama.server.common import (
+    ErrorShapedRoute,
+    arguments_json,
+    collect,
+    converted,
+    failure_status,
+    first_chunk,
+    go_type,
+    service,
+    sse,
+    sse_response,
+)
+from pollama.server.context import body_schema
 from pollama.server.errors import error_headers, status_for
-from pollama.server.ollama.inference import service
-from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.wire import decode_base64, read_json, unless_disconnected
-
-log = logging.getLogger(__name__)
 
 _ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
                 404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
@@ -47,26 +52,17 @@ def _error_object(exc: BaseException) -> dict[str, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     """Anthropic's ``{"type": "error", "error": {...}, "request_id"}`` for ``exc``, with its status."""
-    status = status_for(exc)
-    if status >= 500:
-        log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
     return JSONResponse({"type": "error", "error": _error_object(exc), "request_id": f"req_{secrets.token_hex(12)}"},
-                        status_code=status, headers=error_headers(exc))
+                        status_code=failure_status(exc), headers=error_headers(exc))
 
 
-class AnthropicRoute(APIRoute):
+class AnthropicRoute(ErrorShapedRoute):
     """A route whose errors are answered in Anthropic's shape."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes Anthropic's error shape
-                return error_response(exc)
-
-        return handle
+    @staticmethod
+    def render_error(exc: BaseException) -> Response:
+        """Anthropic's error response for ``exc``."""
+        return error_response(exc)
 
 
 router = APIRouter(tags=["anthropic"], route_class=AnthropicRoute)
@@ -211,9 +207,9 @@ async def _drop_unsupported_think(request: Request, req: CompletionRequest) -> N
     """``/v1/messages`` silently drops ``think`` for models without the thinking capability."""
     if req.think in (None, False):
         return
-    stored = await service(request).load_model(req.model)
-    capabilities = await run_in_threadpool(context(request).model_capabilities, stored)
-    if "thinking" not in capabilities:
+    svc = service(request)
+    info = await svc.model_info(await svc.load_model(req.model))
+    if "thinking" not in info.capabilities:
         req.think = None
 
 
@@ -261,6 +257,7 @@ async def messages(request: Request) -> Response:
     message_id = f"msg_{secrets.token_hex(12)}"
     if not body.stream:
         answer = await unless_disconnected(request, collect(chunks), chunks)
+        stats = answer.stats or Stats()
         content: list[dict[str, Any]] = []
         if answer.thinking:
             content.append({"type": "thinking", "thinking": answer.thinking})
@@ -269,9 +266,9 @@ async def messages(request: Request) -> Response:
         content.extend(_tool_use(call) for call in answer.tool_calls)
         return JSONResponse({
             "id": message_id, "type": "message", "role": "assistant", "model": answer.model or body.model,
-            "content": content, "stop_reason": stop_reason(answer.done_reason, bool(answer.tool_calls)),
+            "content": content, "stop_reason": stop_reason(answer.done_reason or "", bool(answer.tool_calls)),
             "stop_sequence": None,
-            "usage": {"input_tokens": answer.stats.prompt_eval_count, "output_tokens": answer.stats.eval_count}})
+            "usage": {"input_tokens": stats.prompt_eval_count, "output_tokens": stats.eval_count}})
     first = await first_chunk(chunks)
     stream = _MessageStream(message_id, body.model, _estimate_tokens(req))
     return sse_response(stream.events(first, chunks))

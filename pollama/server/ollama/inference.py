@@ -7,40 +7,28 @@ and renders its chunks as Ollama's NDJSON lines (or one object when ``stream`` i
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from pollama.duration import keep_alive_seconds
-from pollama.errors import InvalidRequest
+from pollama.errors import InvalidRequest, PollamaError
 from pollama.inference import Chunk, CompletionRequest, EmbedRequest
-from pollama.inference.service import InferenceService
+from pollama.names import parse_name
+from pollama.scheduler import RunningModel
+from pollama.server.common import collect, parse_format, service
 from pollama.server.context import body_schema, context
 from pollama.server.ollama.models import model_details
-from pollama.server.ollama_types import ChatRequest, EmbeddingsRequest, GenerateRequest, CompletionBody
+from pollama.server.ollama_types import ChatRequest, CompletionBody, EmbeddingsRequest, GenerateRequest
 from pollama.server.ollama_types import EmbedRequest as EmbedBody
-from pollama.server.wire import local_time, read_json, stream_or_collect, utc_now
+from pollama.server.wire import local_time, read_json, stream_or_collect, unless_disconnected, utc_now
+from pollama.store import ModelStore
 
 router = APIRouter(tags=["inference"])
-
-
-def service(request: Request) -> InferenceService:
-    """The app's inference service."""
-    svc: InferenceService = context(request).services["inference"]
-    return svc
-
-
-def parse_format(value: Any) -> Any:
-    """``format``: ``"json"``, a JSON-schema object, or nothing (spec §9.3)."""
-    if value is None or value == "":
-        return None
-    if value == "json" or isinstance(value, dict):
-        return value
-    raw = json.dumps(value, separators=(",", ":"))
-    raise InvalidRequest(f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
 
 
 def parse_think(value: Any) -> bool | str | None:
@@ -107,38 +95,6 @@ def render_chat(chunk: Chunk) -> dict[str, Any]:
     return _stats(chunk, out)
 
 
-def _collect_generate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    final = dict(items[-1])
-    final["response"] = "".join(i.get("response", "") for i in items)
-    thinking = "".join(i.get("thinking", "") for i in items)
-    if thinking:
-        final["thinking"] = thinking
-    calls = [c for i in items for c in i.get("tool_calls", [])]
-    if calls:
-        final["tool_calls"] = calls
-    logprobs = [p for i in items for p in i.get("logprobs", [])]
-    if logprobs:
-        final["logprobs"] = logprobs
-    return final
-
-
-def _collect_chat(items: list[dict[str, Any]]) -> dict[str, Any]:
-    final = dict(items[-1])
-    message = dict(final["message"])
-    message["content"] = "".join(i["message"].get("content", "") for i in items)
-    thinking = "".join(i["message"].get("thinking", "") for i in items)
-    if thinking:
-        message["thinking"] = thinking
-    calls = [c for i in items for c in i["message"].get("tool_calls", [])]
-    if calls:
-        message["tool_calls"] = calls
-    final["message"] = message
-    logprobs = [p for i in items for p in i.get("logprobs", [])]
-    if logprobs:
-        final["logprobs"] = logprobs
-    return final
-
-
 def _completion_fields(body: CompletionBody) -> dict[str, Any]:
     """The internal request's fields that come the same way from a generate or a chat body."""
     _check_logprobs(body.top_logprobs)
@@ -149,16 +105,19 @@ def _completion_fields(body: CompletionBody) -> dict[str, Any]:
             "debug_render_only": body.debug_render_only}
 
 
-async def _complete(request: Request, req: CompletionRequest, stream: bool | None, render: Any,
-                    collect: Any) -> Response:
+async def _complete(request: Request, req: CompletionRequest, stream: bool | None,
+                    render: Callable[[Chunk], dict[str, Any]]) -> Response:
     chunks = service(request).complete(req)
-    streaming = stream is not False and not req.is_empty and not req.debug_render_only
-    return await stream_or_collect(_rendered(chunks, render), stream=streaming, collect=collect, request=request)
+    if stream is False or req.is_empty or req.debug_render_only:
+        return JSONResponse(render(await unless_disconnected(request, collect(chunks), chunks)))
+    return await stream_or_collect(_rendered(chunks, render), stream=True, request=request)
 
 
-async def _rendered(chunks: AsyncIterator[Chunk], render: Any) -> AsyncIterator[dict[str, Any]]:
-    async for chunk in chunks:
-        yield render(chunk)
+async def _rendered(chunks: AsyncGenerator[Chunk, None],
+                    render: Callable[[Chunk], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+    async with aclosing(chunks):
+        async for chunk in chunks:
+            yield render(chunk)
 
 
 @router.post("/api/generate", summary="Generate a completion", openapi_extra=body_schema(GenerateRequest))
@@ -168,7 +127,7 @@ async def generate(request: Request) -> Response:
         endpoint="generate", prompt=body.prompt, suffix=body.suffix, system=body.system or None,
         template=body.template or None, raw=body.raw, context=body.context, images=list(body.images or []),
         **_completion_fields(body))
-    return await _complete(request, req, body.stream, render_generate, _collect_generate)
+    return await _complete(request, req, body.stream, render_generate)
 
 
 @router.post("/api/chat", summary="Chat with a model", openapi_extra=body_schema(ChatRequest))
@@ -185,7 +144,7 @@ async def chat(request: Request) -> Response:
         tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None, **fields)
     if not req.model:
         raise InvalidRequest("model is required")
-    return await _complete(request, req, body.stream, render_chat, _collect_chat)
+    return await _complete(request, req, body.stream, render_chat)
 
 
 @router.post("/api/embed", summary="Embed text", openapi_extra=body_schema(EmbedBody))
@@ -223,29 +182,32 @@ async def embeddings(request: Request) -> JSONResponse:
 
 @router.get("/api/ps", summary="List running models")
 async def running(request: Request) -> JSONResponse:
-    ctx = context(request)
+    store = context(request).store
     models = []
     for entry in service(request).running():
-        spec = entry.spec
-        details: dict[str, Any] = {}
-        digest = spec.digest
-        try:
-            from pollama.names import parse_name
-
-            stored = ctx.store.load(parse_name(spec.name))
-            details = {**model_details(stored), "parent_model": ""}
-            digest = stored.digest
-        except Exception:  # noqa: BLE001 - a model deleted while loaded still shows
-            pass
-        expires = entry.expires_at
-        models.append({
-            "name": spec.name,
-            "model": spec.name,
-            "size": entry.size,
-            "digest": digest,
-            "details": details,
-            "expires_at": local_time(expires) if expires != float("inf") else "2318-03-31T00:00:00Z",
-            "size_vram": 0,
-            "context_length": spec.num_ctx,
-        })
+        models.append(await run_in_threadpool(_running_model, store, entry))
     return JSONResponse({"models": models})
+
+
+def _running_model(store: ModelStore, entry: RunningModel) -> dict[str, Any]:
+    """One ``/api/ps`` entry; the details come from the store (read off the event loop)."""
+    details: dict[str, Any] = {}
+    digest = entry.digest
+    try:
+        stored = store.load(parse_name(entry.name))
+    except (PollamaError, OSError, ValueError):
+        stored = None  # a model deleted (or renamed) while loaded still shows
+    if stored is not None:
+        details = {**model_details(stored), "parent_model": ""}
+        digest = stored.digest
+    expires = entry.expires_at
+    return {
+        "name": entry.name,
+        "model": entry.model,
+        "size": entry.size,
+        "digest": digest,
+        "details": details,
+        "expires_at": local_time(expires) if expires != float("inf") else "2318-03-31T00:00:00Z",
+        "size_vram": entry.size_vram,
+        "context_length": entry.context_length,
+    }

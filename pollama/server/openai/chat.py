@@ -20,10 +20,19 @@ from fastapi.responses import JSONResponse, Response
 
 from pollama.errors import InvalidRequest
 from pollama.inference import Chunk, CompletionRequest, Stats
+from pollama.server.common import (
+    arguments_json,
+    collect,
+    converted,
+    first_chunk,
+    go_type,
+    parse_format,
+    service,
+    sse,
+    sse_response,
+)
 from pollama.server.context import body_schema
-from pollama.server.ollama.inference import parse_format, service
 from pollama.server.openai.errors import OpenAIRoute, error_for
-from pollama.server.openai.stream import arguments_json, collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import ChatCompletion, ChatCompletionRequest, ChatMessage, ResponseFormat, documented
 from pollama.server.openai.types import ToolCall as ToolCallBody
 from pollama.server.wire import decode_base64, read_json, unless_disconnected
@@ -270,7 +279,7 @@ async def chat_completions(request: Request) -> Response:
         return JSONResponse({
             "id": completion_id, "object": "chat.completion", "created": int(time.time()),
             "model": answer.model or body.model, "system_fingerprint": "fp_ollama", "choices": [choice],
-            "usage": usage(answer.stats)})
+            "usage": usage(answer.stats or Stats())})
     first = await first_chunk(chunks)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     stream = _ChatStream(completion_id, body.model, include_usage)

@@ -14,11 +14,10 @@ from fastapi.responses import JSONResponse, Response
 
 from pollama.errors import InvalidRequest
 from pollama.inference import Chunk, CompletionRequest, Stats
+from pollama.server.common import collect, converted, first_chunk, go_type, service, sse, sse_response
 from pollama.server.context import body_schema
-from pollama.server.ollama.inference import service
 from pollama.server.openai.chat import check_top_logprobs, usage
 from pollama.server.openai.errors import OpenAIRoute, error_for
-from pollama.server.openai.stream import collect, converted, first_chunk, go_type, sse, sse_response
 from pollama.server.openai.types import Completion, documented
 from pollama.server.openai.types import CompletionRequest as CompletionBody
 from pollama.server.wire import read_json, unless_disconnected
@@ -82,7 +81,7 @@ async def completions(request: Request) -> Response:
             "id": completion_id, "object": "text_completion", "created": int(time.time()),
             "model": answer.model or body.model, "system_fingerprint": "fp_ollama",
             "choices": [_choice(answer.content, answer.done_reason, answer.logprobs)],
-            "usage": usage(answer.stats)})
+            "usage": usage(answer.stats or Stats())})
     first = await first_chunk(chunks)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return sse_response(_events(completion_id, body.model, include_usage, first, chunks))

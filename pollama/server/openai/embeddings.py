@@ -12,8 +12,8 @@ from fastapi.responses import JSONResponse
 
 from pollama.errors import InvalidRequest
 from pollama.inference import EmbedRequest
+from pollama.server.common import service
 from pollama.server.context import body_schema
-from pollama.server.ollama.inference import service
 from pollama.server.openai.errors import OpenAIRoute
 from pollama.server.openai.types import EmbeddingList, EmbeddingRequest, documented
 from pollama.server.wire import read_json

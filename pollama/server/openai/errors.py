@@ -6,18 +6,13 @@ this shape; the status comes from the one table in ``pollama.server.errors``.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable, Coroutine
 from typing import Any
 
-from fastapi import Request, Response
+from fastapi import Response
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
-from pollama.errors import PollamaError
+from pollama.server.common import ErrorShapedRoute, failure_status
 from pollama.server.errors import error_headers, status_for
-
-log = logging.getLogger(__name__)
 
 
 def error_type(status: int) -> str:
@@ -41,22 +36,13 @@ def error_for(exc: BaseException) -> dict[str, Any]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     """A complete OpenAI-shaped error response for ``exc``."""
-    status = status_for(exc)
-    if status >= 500:
-        log.error("request failed: %s", exc, exc_info=not isinstance(exc, PollamaError))
-    return JSONResponse(error_for(exc), status_code=status, headers=error_headers(exc))
+    return JSONResponse(error_for(exc), status_code=failure_status(exc), headers=error_headers(exc))
 
 
-class OpenAIRoute(APIRoute):
+class OpenAIRoute(ErrorShapedRoute):
     """A route whose errors are answered in OpenAI's shape instead of Ollama's ``{"error": "..."}``."""
 
-    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
-        handler = super().get_route_handler()
-
-        async def handle(request: Request) -> Response:
-            try:
-                return await handler(request)
-            except Exception as exc:  # noqa: BLE001 - every failure becomes OpenAI's error shape
-                return error_response(exc)
-
-        return handle
+    @staticmethod
+    def render_error(exc: BaseException) -> Response:
+        """OpenAI's error response for ``exc``."""
+        return error_response(exc)

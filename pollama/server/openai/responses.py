@@ -21,12 +21,11 @@ from fastapi.responses import JSONResponse, Response
 
 from pollama.errors import InvalidRequest
 from pollama.inference import Chunk, CompletionRequest, Stats
+from pollama.server.common import collect, converted, first_chunk, parse_format, service, sse, sse_response
 from pollama.server.context import body_schema
 from pollama.server.errors import status_for
-from pollama.server.ollama.inference import parse_format, service
 from pollama.server.openai.chat import decode_image, think_from_effort, tool_calls_out
 from pollama.server.openai.errors import OpenAIRoute, error_type
-from pollama.server.openai.stream import collect, converted, first_chunk, sse, sse_response
 from pollama.server.openai.types import ResponseObject, ResponsesRequest, ResponsesTool, documented
 from pollama.server.wire import read_json, unless_disconnected
 
@@ -273,7 +272,7 @@ async def responses(request: Request) -> Response:
         else:
             output.append(_message_item(item_id, answer.content))
         return JSONResponse(response_object(body, response_id, answer.model or body.model, "completed", output,
-                                            _usage(answer.stats), completed_at=int(time.time())))
+                                            _usage(answer.stats or Stats()), completed_at=int(time.time())))
     first = await first_chunk(chunks)
     return sse_response(_ResponsesStream(body, response_id, item_id).events(first, chunks))
 
