@@ -35,7 +35,9 @@ def test_raw_greedy_matches_llama_cpp(smollm2_server: ServerProcess, smollm2_ggu
         ours = generate(c, prompt=prompt, raw=True, options={"temperature": 0, "num_predict": 16})
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(smollm2_gguf), n_ctx=512, verbose=False, seed=1)
+    # The runner leaves flash attention to llama.cpp's "auto", which turns it on for this model on the CPU;
+    # llama-cpp-python's Llama defaults to off. Attention sums in another order, so compare like with like.
+    llm = Llama(model_path=str(smollm2_gguf), n_ctx=512, verbose=False, seed=1, flash_attn=True)
     theirs = llm.create_completion(prompt, max_tokens=16, temperature=0, repeat_penalty=1.0, top_k=40,
                                    top_p=0.9)
     llm.close()
