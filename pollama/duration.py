@@ -91,7 +91,7 @@ def parse_go_duration(text: str) -> int:
 
 def format_go_duration(seconds: float) -> str:
     """Format seconds as Go's ``time.Duration.String()`` would (``"1m30s"``, ``"1.5s"``, ``"0s"``)."""
-    ns = int(round(seconds * 1e9))
+    ns = round(seconds * 1e9)
     if ns == 0:
         return "0s"
     sign = "-" if ns < 0 else ""

@@ -148,7 +148,7 @@ def parse_name(text: str, *, error: str | None = None) -> ModelName:
         scheme=scheme,
     )
     if scheme not in ("http", "https") or not all(
-        _valid_part(kind, value) for kind, value in zip(("host", "namespace", "model", "tag"), name.parts)
+        _valid_part(kind, value) for kind, value in zip(("host", "namespace", "model", "tag"), name.parts, strict=True)
     ):
         raise InvalidModelName(error or "invalid model name")
     return name

@@ -7,7 +7,7 @@ import json
 import math
 import os
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import IO, Any
 
 
@@ -226,9 +226,7 @@ class WordWrapper:
                 continue
             out.append(ch)
             self.line_length += ch_width
-            if ch_width >= 2:
-                self.word = ""
-            elif ch in " \t":
+            if ch_width >= 2 or ch in " \t":
                 self.word = ""
             elif ch in "\n\r":
                 self.line_length = 0
@@ -361,7 +359,7 @@ def processor_label(size: int, size_vram: int) -> str:
 
 def _round_half_away(value: float) -> int:
     """Go's ``math.Round`` (halves away from zero)."""
-    return int(math.floor(value + 0.5)) if value >= 0 else -int(math.floor(-value + 0.5))
+    return math.floor(value + 0.5) if value >= 0 else -math.floor(-value + 0.5)
 
 
 def ps_table(models: list[dict[str, Any]], prefix: str = "", *, now: datetime | None = None) -> str:
@@ -373,9 +371,9 @@ def ps_table(models: list[dict[str, Any]], prefix: str = "", *, now: datetime | 
             continue
         size = int(m.get("size") or 0)
         expires = parse_time(str(m.get("expires_at") or ""))
-        current = now or datetime.now(timezone.utc)
+        current = now or datetime.now(UTC)
         if expires is not None and expires.tzinfo is None:
-            expires = expires.replace(tzinfo=timezone.utc)
+            expires = expires.replace(tzinfo=UTC)
         if expires is not None and current > expires:
             until = "Stopping..."
         else:

@@ -298,7 +298,7 @@ class Repl:
             elif line.startswith("/show"):
                 self._show(line.split())
                 continue
-            elif line.startswith("/help") or line.startswith("/?"):
+            elif line.startswith(("/help", "/?")):
                 args = line.split()
                 if len(args) > 1:
                     if args[1] in ("set", "/set"):
@@ -313,7 +313,7 @@ class Repl:
                         _usage_multimodal()
                     sys.stderr.write("\n")
                 continue
-            elif line.startswith("/exit") or line.startswith("/bye"):
+            elif line.startswith(("/exit", "/bye")):
                 return 0
             elif line.startswith("/"):
                 first = line.split()[0]

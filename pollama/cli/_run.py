@@ -299,7 +299,7 @@ def _sniff(head: bytes) -> str:
         return "image/webp"
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         return "audio/wave"
-    if head.startswith(b"GIF87a") or head.startswith(b"GIF89a"):
+    if head.startswith((b"GIF87a", b"GIF89a")):
         return "image/gif"
     if b"\x00" in head:
         return "application/octet-stream"

@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -86,7 +86,7 @@ class PullOptions:
 
     key_home: Path  # folder of id_ed25519 (``~/.ollama``)
     insecure: bool = False
-    settings: TransferSettings = TransferSettings()
+    settings: TransferSettings = field(default_factory=TransferSettings)
     home: Path | None = None  # for ~/.docker/config.json (default: $HOME)
 
 

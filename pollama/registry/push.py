@@ -13,12 +13,13 @@ so a model pulled back has the same ID.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import time
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -42,7 +43,7 @@ class PushOptions:
 
     key_home: Path  # folder of id_ed25519 (``~/.ollama``)
     insecure: bool = False
-    settings: TransferSettings = TransferSettings()
+    settings: TransferSettings = field(default_factory=TransferSettings)
     home: Path | None = None  # for ~/.docker/config.json (default: $HOME)
 
 
@@ -164,7 +165,7 @@ def _upload_once(client: RegistryClient, name: ModelName, layer: Layer, path: Pa
     with ThreadPoolExecutor(max_workers=settings.max_parts, thread_name_prefix="push-part") as pool:
         for chunk in chunks:
             response = client.request(
-                "PATCH", url, body=lambda chunk=chunk: chunk.body(path, counter),
+                "PATCH", url, body=functools.partial(chunk.body, path, counter),
                 headers={"Content-Type": "application/octet-stream", "Content-Length": str(chunk.size),
                          "X-Redirect-Uploads": "1",
                          "Content-Range": f"{chunk.offset}-{chunk.offset + chunk.size - 1}"},

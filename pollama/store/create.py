@@ -124,7 +124,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
         def add_text_layer(media_type: str, data: bytes, *, replace: bool) -> None:
             nonlocal layers, statuses
             if replace:
-                kept = [(lay, st) for lay, st in zip(layers, statuses) if lay.media_type != media_type]
+                kept = [(lay, st) for lay, st in zip(layers, statuses, strict=True) if lay.media_type != media_type]
                 layers, statuses = [lay for lay, _ in kept], [st for _, st in kept]
             written = store.blobs.write([data], reservation=reserved)
             layers.append(Layer(media_type, written.digest, len(data)))

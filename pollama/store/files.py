@@ -42,20 +42,20 @@ def atomic_writer(path: Path, *, mode: int = 0o644) -> Iterator[IO[bytes]]:
     """Open a temporary file that replaces ``path`` only if the ``with`` block succeeds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path.parent)
-    fh = open(tmp, "xb")
-    try:
-        yield fh
-        fh.flush()
-        os.fsync(fh.fileno())
-        fh.close()
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        fh.close()
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
+    with open(tmp, "xb") as fh:
+        try:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+            os.chmod(tmp, mode)
+            os.replace(tmp, path)
+            fsync_dir(path.parent)
+        except BaseException:
+            fh.close()
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int = 0o644) -> None:

@@ -363,16 +363,16 @@ def _f_lt(_: State, arg1: Any, arg2: Any) -> bool:
         raise FuncError("invalid type for comparison")
     if k1 != k2:
         if k1 == "int" and k2 == "uint":
-            return arg1 < 0 or arg1 < arg2
+            return bool(arg1 < 0 or arg1 < arg2)
         if k1 == "uint" and k2 == "int":
-            return arg2 >= 0 and arg1 < arg2
+            return bool(arg2 >= 0 and arg1 < arg2)
         raise FuncError(f"incompatible types for comparison: {type_name(arg1)} and {type_name(arg2)}")
     if k1 in ("bool", "complex"):
         raise FuncError("invalid type for comparison")
     if k1 == "string":
         return gostrconv.to_bytes(arg1) < gostrconv.to_bytes(arg2) if not (arg1.isascii() and arg2.isascii()) \
             else arg1 < arg2
-    return arg1 < arg2
+    return bool(arg1 < arg2)
 
 
 def _f_le(state: State, arg1: Any, arg2: Any) -> bool:

@@ -40,9 +40,7 @@ def _visit(n: Node | None, enter: Callable[[Node], bool], exit_: Callable[[Node]
         _visit(n.pipe, enter, exit_)
         _visit(n.list, enter, exit_)
         _visit(n.else_list, enter, exit_)
-    elif isinstance(n, ActionNode):
-        _visit(n.pipe, enter, exit_)
-    elif isinstance(n, TemplateNode):
+    elif isinstance(n, (ActionNode, TemplateNode)):
         _visit(n.pipe, enter, exit_)
     elif isinstance(n, PipeNode):
         for cmd in n.cmds:
@@ -59,9 +57,9 @@ def _range_uses_field(r: RangeNode, name: str) -> bool:
 
     def enter(n: Node) -> bool:
         nonlocal found
-        if isinstance(n, FieldNode) and n.ident and n.ident[0] == name:
-            found = True
-        elif isinstance(n, VariableNode) and len(n.ident) > 1 and n.ident[1] == name:
+        if (isinstance(n, FieldNode) and n.ident and n.ident[0] == name) or (
+            isinstance(n, VariableNode) and len(n.ident) > 1 and n.ident[1] == name
+        ):
             found = True
         return True
 

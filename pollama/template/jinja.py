@@ -26,11 +26,12 @@ import string
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import jinja2
 import jinja2.ext
 import jinja2.nodes as nodes
+from jinja2.parser import Parser
 from jinja2.runtime import Context
 from jinja2.sandbox import MAX_RANGE, ImmutableSandboxedEnvironment
 from jinja2.utils import pass_context
@@ -154,12 +155,12 @@ class _Instrument(NodeTransformer):
     """Rewrites a parsed template so loops, literal output and ``~`` go through the render guard."""
 
     def visit_For(self, node: nodes.For) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)  # rewrites the children in place (and returns ``node`` itself)
         node.iter = nodes.Filter(node.iter, "pollama_iter", [], [], None, None, lineno=node.iter.lineno)
         return node
 
     def visit_Output(self, node: nodes.Output) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         # Literal text becomes a runtime constant so it passes through ``finalize`` (which counts it)
         # instead of being appended to output buffers unseen.
         node.nodes = [nodes.Const(child.data, lineno=child.lineno) if isinstance(child, nodes.TemplateData)
@@ -167,7 +168,7 @@ class _Instrument(NodeTransformer):
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
-        node = self.generic_visit(node)
+        self.generic_visit(node)
         items = nodes.Tuple(node.nodes, "load", lineno=node.lineno)
         return nodes.Filter(items, "pollama_concat", [], [], None, None, lineno=node.lineno)
 
@@ -175,9 +176,10 @@ class _Instrument(NodeTransformer):
 class _GenerationExtension(jinja2.ext.Extension):
     """``{% generation %}…{% endgeneration %}`` (HF's assistant-mask marker) renders its body as is."""
 
-    tags = {"generation"}
+    # jinja2 declares ``Extension.tags`` as a plain (instance-typed) attribute; ClassVar would clash with it.
+    tags = {"generation"}  # noqa: RUF012
 
-    def parse(self, parser: Any) -> list[nodes.Node]:
+    def parse(self, parser: Parser) -> list[nodes.Node]:
         next(parser.stream)
         return parser.parse_statements(("name:endgeneration",), drop_needle=True)
 
@@ -316,7 +318,7 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
 
     def _parse(self, source: str, name: str | None, filename: str | None) -> nodes.Template:
         tree = super()._parse(source, name, filename)
-        tree = _Instrument().visit(tree)
+        tree = cast(nodes.Template, _Instrument().visit(tree))
         tree.set_environment(self)
         return tree
 
@@ -330,9 +332,9 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
                         guard.size(len(seq) * max(times, 0))
                     elif isinstance(seq, (list, tuple)) and isinstance(times, int):
                         guard.items(len(seq) * max(times, 0))
-                if isinstance(left, int) and isinstance(right, int):
-                    if left.bit_length() + right.bit_length() > _MAX_INT_BITS:
-                        raise _int_error()
+                if (isinstance(left, int) and isinstance(right, int)
+                        and left.bit_length() + right.bit_length() > _MAX_INT_BITS):
+                    raise _int_error()
             elif operator == "**":
                 if (isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
                         and right * left.bit_length() > _MAX_INT_BITS):
@@ -347,7 +349,7 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
         result = super().call_binop(context, operator, left, right)
         return result if guard is None else guard.result(result)
 
-    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:  # noqa: N805
+    def call(__self, __context: Context, __obj: Any, *args: Any, **kwargs: Any) -> Any:
         guard = _guard(__context)
         if guard is not None:
             guard.tick()
@@ -485,7 +487,7 @@ class ChatTemplate:
                 guard.tick()
         except TemplateExecError:
             raise
-        except Exception:
+        except Exception:  # noqa: BLE001 - _raise_exec_error turns every failure of untrusted code into one error
             self._raise_exec_error()
         return "".join(parts)
 

@@ -140,7 +140,7 @@ class PropertyType(GoSlice):
         super().__init__("api.PropertyType", types)
 
     def go_string(self) -> str:
-        items = self.items or []
+        items: list[str] = self.items or []
         if len(items) == 0:
             return ""
         if len(items) == 1:

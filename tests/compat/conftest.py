@@ -15,7 +15,8 @@ from tests.conftest import ServerProcess
 # parser looks for ``<tool_call>``. A trailing assistant message is left open (prefill).
 TOOLS_TEMPLATE = """
 {{- if .Tools }}<|im_start|>system
-You can call functions. To call one, answer with <tool_call>{"name": <function-name>, "arguments": <args-object>}</tool_call>
+You can call functions. To call one, answer with \
+<tool_call>{"name": <function-name>, "arguments": <args-object>}</tool_call>
 <tools>
 {{- range .Tools }}
 {{ json .Function }}

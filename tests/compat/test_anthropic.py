@@ -10,13 +10,12 @@ import base64
 import re
 from collections.abc import Iterator
 
+import anthropic
 import httpx
 import pytest
 
 from tests.compat.conftest import native_chat
 from tests.conftest import ServerProcess
-
-anthropic = pytest.importorskip("anthropic")
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"extra_body": {"temperature": 0}}

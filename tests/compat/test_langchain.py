@@ -7,13 +7,12 @@ import math
 from typing import Literal
 
 import httpx
+import langchain_ollama
 import pytest
 from pydantic import BaseModel
 
 from tests.compat.conftest import native_chat
 from tests.conftest import ServerProcess
-
-langchain_ollama = pytest.importorskip("langchain_ollama")
 
 QUESTION = "What is the capital of France?"
 

@@ -3,12 +3,10 @@ their streaming forms, compared with the native API's answers."""
 
 from __future__ import annotations
 
-import pytest
+import llama_index.llms.ollama as llama_index_ollama
 
 from tests.compat.conftest import native_chat, native_generate
 from tests.conftest import ServerProcess
-
-llama_index_ollama = pytest.importorskip("llama_index.llms.ollama")
 
 QUESTION = "What is the capital of France?"
 OPTIONS = {"temperature": 0, "seed": 1, "num_predict": 16}

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Literal
 
 import httpx
+import ollama
 import pytest
 from pydantic import BaseModel
 
 from tests.compat.conftest import native_chat, native_generate
 from tests.conftest import CHATML_TEMPLATE, ServerProcess
-
-ollama = pytest.importorskip("ollama")
 
 GREEDY = {"temperature": 0, "num_predict": 16, "seed": 1}
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]

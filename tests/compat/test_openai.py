@@ -14,13 +14,13 @@ from collections.abc import Iterator
 from typing import Literal
 
 import httpx
+import openai
 import pytest
+import zstandard
 from pydantic import BaseModel
 
 from tests.compat.conftest import native_chat, native_generate
 from tests.conftest import ServerProcess
-
-openai = pytest.importorskip("openai")
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 16, "seed": 1}
@@ -473,7 +473,6 @@ def test_responses_errors(client: openai.OpenAI) -> None:
 
 
 def test_responses_zstd_body(client: openai.OpenAI, smollm2_server: ServerProcess) -> None:
-    zstandard = pytest.importorskip("zstandard")
     body = {"model": "smollm2", "input": "Say hello.", "temperature": 0, "max_output_tokens": 8}
     plain = client.responses.create(**body)  # type: ignore[arg-type]
     packed = zstandard.ZstdCompressor().compress(json.dumps(body).encode())

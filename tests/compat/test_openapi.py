@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jsonschema
 import pytest
 from fastapi.testclient import TestClient
 
 from pollama.config import Settings
 from pollama.server.app import create_app
 from tests.conftest import ServerProcess
-
-jsonschema = pytest.importorskip("jsonschema")
 
 COMPAT_POSTS = ("/v1/chat/completions", "/v1/completions", "/v1/embeddings", "/v1/responses", "/v1/messages")
 

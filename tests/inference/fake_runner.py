@@ -34,6 +34,7 @@ class FakeRunner:
     count_calls: list[list[str]] = field(default_factory=list)
     tokenize_calls: list[str] = field(default_factory=list)
     stopped: bool = False
+    _exited: asyncio.Event = field(default_factory=asyncio.Event, repr=False, compare=False)
 
     # --- the scheduler's part -----------------------------------------------------------------
 
@@ -46,11 +47,11 @@ class FakeRunner:
         return 1000
 
     async def wait_exit(self) -> None:
-        while not self.stopped:
-            await asyncio.sleep(3600)
+        await self._exited.wait()
 
     async def stop(self) -> None:
         self.stopped = True
+        self._exited.set()
 
     # --- the service's part -------------------------------------------------------------------
 

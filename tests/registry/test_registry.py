@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import httpx
-import pytest
 
 from pollama.names import parse_name
 from pollama.registry import PullOptions, PushOptions, TransferSettings, pull_model, push_model
@@ -225,7 +225,6 @@ def test_blob_altered_in_transit_is_rejected(registry: DockerRegistry, proxy: Co
 
 
 def _htpasswd(path: Path, user: str, password: str) -> Path:
-    bcrypt = pytest.importorskip("bcrypt")
     hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()
     path.write_text(f"{user}:{hashed}\n")
     return path

@@ -132,8 +132,8 @@ def test_utf8_is_never_split(engine: Engine) -> None:
 
 
 def test_context_shift_keeps_generating(engine: Engine) -> None:
-    text, final = run_job(engine, "Write a very long story about a dragon.", num_predict=700,
-                          sampling=SamplingParams(temperature=0.7, seed=3))
+    _, final = run_job(engine, "Write a very long story about a dragon.", num_predict=700,
+                       sampling=SamplingParams(temperature=0.7, seed=3))
     assert final["done_reason"] in ("length", "stop")
     if final["done_reason"] == "length":
         assert final["eval_count"] == 700  # past num_ctx=512 thanks to shifting
@@ -157,7 +157,7 @@ def test_cancel_frees_slot(engine: Engine) -> None:
     assert started.wait(30)
     for job in jobs:
         engine.cancel(job)
-    text, final = run_job(engine, "Hi", num_predict=2)
+    _, final = run_job(engine, "Hi", num_predict=2)
     assert final["eval_count"] == 2
 
 
@@ -263,7 +263,7 @@ def test_num_predict_below_the_cap_is_kept(tiny_engine: Engine) -> None:
 def test_out_of_vocabulary_ids_are_refused_and_the_engine_keeps_serving(engine: Engine, bad: int) -> None:
     from pollama.errors import InvalidRequest
 
-    tokens = engine.model.tokenize("Hello") + [bad]
+    tokens = [*engine.model.tokenize("Hello"), bad]
     job = CompletionJob(tokens=tokens, sampling=GREEDY, emit=lambda e: None, num_predict=2)
     with pytest.raises(InvalidRequest, match=rf"^invalid token id {bad}: the model's vocabulary has ids 0 to 49151$"):
         engine.submit(job)

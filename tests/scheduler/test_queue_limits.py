@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +32,23 @@ def _memory(server: ServerProcess) -> dict[str, int]:
     return values
 
 
-async def _burst(url: str, *, at_least_busy: int, timeout: float = 60.0) -> tuple[collections.Counter[int], float,
-                                                                                   list[Any]]:
+async def _burst(url: str, *, at_least_busy: int, within: float = 60.0) -> tuple[collections.Counter[int], float,
+                                                                                  list[Any]]:
     """Send BURST concurrent long generations; return the statuses seen once ``at_least_busy`` 503s
     arrived (requests holding a slot stay open meanwhile), the seconds that took, and the 503 bodies."""
     loop = asyncio.get_running_loop()
     statuses: list[int] = []
     bodies: list[Any] = []
     release = asyncio.Event()
+    busy_enough = asyncio.Event()
     limits = httpx.Limits(max_connections=BURST + 8, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+    async with httpx.AsyncClient(base_url=url, timeout=within, limits=limits) as client:
 
         async def one() -> None:
             async with client.stream("POST", "/api/generate", json=LONG) as r:
                 statuses.append(r.status_code)
+                if statuses.count(503) >= at_least_busy:
+                    busy_enough.set()
                 if r.status_code == 200:
                     await release.wait()  # keep the slot until the test has counted
                 else:
@@ -52,8 +56,8 @@ async def _burst(url: str, *, at_least_busy: int, timeout: float = 60.0) -> tupl
 
         started = loop.time()
         tasks = [asyncio.create_task(one()) for _ in range(BURST)]
-        while statuses.count(503) < at_least_busy and loop.time() - started < timeout:
-            await asyncio.sleep(0.05)  # waiting for a condition (with a deadline), not ordering
+        with contextlib.suppress(TimeoutError):  # the deadline passed: the caller checks the counts
+            await asyncio.wait_for(busy_enough.wait(), within)
         elapsed = loop.time() - started
         await asyncio.sleep(0.5)  # nothing else may be refused: the admitted ones hold their slots
         seen = collections.Counter(statuses)

@@ -203,8 +203,9 @@ def test_runner_killed_mid_stream(smollm2_server: ServerProcess) -> None:
         pids = _runner_pids(smollm2_server)
         assert pids
         lines = []
-        with c.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,",
-                                                      "raw": True, "options": {"num_predict": 2000, "temperature": 0}}) as r:
+        body = {"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,", "raw": True,
+                "options": {"num_predict": 2000, "temperature": 0}}
+        with c.stream("POST", "/api/generate", json=body) as r:
             for line in r.iter_lines():
                 lines.append(json.loads(line))
                 if len(lines) == 3:

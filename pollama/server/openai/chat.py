@@ -39,7 +39,7 @@ from pollama.server.wire import decode_base64, read_json, unless_disconnected
 
 router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 
-_IMAGE_PREFIXES = tuple(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp")) + ("data:;base64,",)
+_IMAGE_PREFIXES = (*(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp")), "data:;base64,")
 
 # reasoning_effort → think (spec §3.1).
 _EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
