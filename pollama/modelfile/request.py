@@ -8,8 +8,8 @@ The caller hashes and uploads the files and fills in their digests.
 from __future__ import annotations
 
 import os
-import re
 import pwd
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

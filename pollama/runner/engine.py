@@ -263,7 +263,7 @@ class Engine:
                 continue
             try:
                 self._step()
-            except Exception as exc:  # noqa: BLE001 - every running job gets the failure
+            except Exception as exc:
                 log.exception("decode step failed")
                 for slot in self._slots:
                     if slot.job is not None:

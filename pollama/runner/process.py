@@ -155,7 +155,7 @@ class RunnerServer:
             pass
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - the caller gets the error
+        except Exception as exc:
             if not isinstance(exc, InvalidRequest):
                 log.exception("request failed")
             with contextlib.suppress(Exception):

@@ -16,7 +16,7 @@ import logging
 import math
 import re
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from fastapi import Request
@@ -234,7 +234,7 @@ def format_time(moment: datetime) -> str:
 
 def utc_now() -> str:
     """``created_at``: the current time in UTC."""
-    return format_time(datetime.now(timezone.utc))
+    return format_time(datetime.now(UTC))
 
 
 # What Ollama shows as the expiry of a model kept loaded forever (now + the longest Go duration).

@@ -192,9 +192,25 @@ def _format_hex_float(x: float, fmt: str, prec: int) -> str:
 class _Printer:
     """One ``fmt.pp``: an output buffer plus the flags of the verb being printed."""
 
-    __slots__ = ("buf", "wid", "prec", "wid_present", "prec_present", "minus", "plus", "sharp",
-                 "space", "zero", "plus_v", "sharp_v", "arg", "value", "erroring", "reordered",
-                 "good_arg_num")
+    __slots__ = (
+        "arg",
+        "buf",
+        "erroring",
+        "good_arg_num",
+        "minus",
+        "plus",
+        "plus_v",
+        "prec",
+        "prec_present",
+        "reordered",
+        "sharp",
+        "sharp_v",
+        "space",
+        "value",
+        "wid",
+        "wid_present",
+        "zero",
+    )
 
     def __init__(self) -> None:
         self.buf: list[str] = []

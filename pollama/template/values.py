@@ -67,7 +67,7 @@ class Uint8(int):
 class SliceView(list):  # type: ignore[type-arg]
     """A ``[]interface {}`` made by slicing: remembers Go's capacity (the rest of the backing array)."""
 
-    __slots__ = ("backing", "offset", "cap")
+    __slots__ = ("backing", "cap", "offset")
 
     def __init__(self, items: list[Any], backing: list[Any], offset: int, cap: int) -> None:
         super().__init__(items)

@@ -5,14 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tests.conftest import ServerProcess
 
 
-def _cli(server: ServerProcess, *args: str, input: str = "",  # noqa: A002
+def _cli(server: ServerProcess, *args: str, input: str = "",
          timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """``pollama ARGS``, with stdin given explicitly (an inherited stdin might never reach EOF)."""
     return server.cli(*args, input=input, timeout=timeout)
@@ -123,7 +123,7 @@ def test_processor_column(size: int, vram: int, label: str) -> None:
 def test_until_column_and_layout() -> None:
     from pollama.cli._output import ps_table
 
-    now = datetime(2026, 1, 1, 12, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     models = [
         {"name": "a:latest", "digest": "0123456789abcdef", "size": 123_456_789, "size_vram": 0,
          "context_length": 2048, "expires_at": (now + timedelta(minutes=4, seconds=59)).isoformat()},

@@ -21,7 +21,7 @@ import pytest
 from tests.conftest import ServerProcess
 
 
-def _cli(server: ServerProcess, *args: str, input: str = "",  # noqa: A002
+def _cli(server: ServerProcess, *args: str, input: str = "",
          timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
     """``pollama ARGS``, with stdin given explicitly (an inherited stdin might never reach EOF)."""
     return server.cli(*args, input=input, timeout=timeout)

@@ -137,7 +137,7 @@ def test_validate_options_accepts_json_round_trip() -> None:
 
 
 def test_defaults_match_spec() -> None:
-    assert DEFAULT_OPTIONS == Options()
+    assert Options() == DEFAULT_OPTIONS
     assert DEFAULT_OPTIONS.to_dict() == {
         "num_ctx": 4096, "num_batch": 512, "num_gpu": -1, "main_gpu": None, "use_mmap": None,
         "num_thread": 0, "draft_num_predict": 0, "num_keep": 4, "seed": -1, "num_predict": -1,

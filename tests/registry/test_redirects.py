@@ -25,7 +25,7 @@ def _serve(host: str, handle: object) -> ThreadingHTTPServer:
         def log_message(self, *args: object) -> None:
             pass
 
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             handle(self)  # type: ignore[operator]
 
         do_HEAD = do_GET

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import datetime
-import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest

@@ -26,7 +26,7 @@ def _limit_error(source: str, data: Any = None, budget: Budget | None = None) ->
 
 
 def test_defaults() -> None:
-    assert (MAX_STEPS, TIME_LIMIT, MAX_OUTPUT) == (10_000_000, 2.0, 16 * MiB)
+    assert (10_000_000, 2.0, 16 * MiB) == (MAX_STEPS, TIME_LIMIT, MAX_OUTPUT)
     budget = Budget()
     assert (budget.max_steps, budget.time_limit, budget.max_output) == (MAX_STEPS, TIME_LIMIT, MAX_OUTPUT)
 

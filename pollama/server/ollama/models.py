@@ -8,7 +8,6 @@ from collections.abc import AsyncIterator, Generator
 from typing import Any
 
 import anyio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
@@ -21,9 +20,9 @@ from pollama.server.ollama_types import CopyRequest, CreateRequest, DeleteReques
 from pollama.server.wire import local_time, read_json, stream_or_collect
 from pollama.store import ModelStore, StoredModel, parse_digest
 from pollama.store.capabilities import model_capabilities
-from pollama.store.progress import Progress
 from pollama.store.create import CreateRequest as CreateJob
 from pollama.store.create import create_model
+from pollama.store.progress import Progress
 
 router = APIRouter(tags=["models"])
 
