@@ -44,8 +44,9 @@ class ConnectError(ClientError):
 class Client:
     """Talks to one server at ``base_url`` (``http://127.0.0.1:11434`` by default)."""
 
-    def __init__(self, base_url: str = "http://127.0.0.1:11434", *, timeout: float | None = None,
-                 sign_with: Path | None = None) -> None:
+    def __init__(
+        self, base_url: str = "http://127.0.0.1:11434", *, timeout: float | None = None, sign_with: Path | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key_home = sign_with  # folder of id_ed25519 when requests are signed
         self._key: KeyPair | None = None
@@ -68,8 +69,12 @@ class Client:
 
     # --- plumbing --------------------------------------------------------------------------------
 
-    def _signed(self, method: str, path: str, headers: dict[str, str] | None = None,
-                ) -> tuple[dict[str, str], dict[str, str]]:
+    def _signed(
+        self,
+        method: str,
+        path: str,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[dict[str, str], dict[str, str]]:
         """Query parameters and headers of a request, signed when this client signs requests."""
         out = dict(headers or {})
         if self._key_home is None:
@@ -175,8 +180,12 @@ class Client:
                         progress(sent, total)
                     yield chunk
 
-        self._request("POST", f"/api/blobs/{digest}", content=chunks(),
-                      headers={"Content-Length": str(total), "Content-Type": "application/octet-stream"})
+        self._request(
+            "POST",
+            f"/api/blobs/{digest}",
+            content=chunks(),
+            headers={"Content-Length": str(total), "Content-Type": "application/octet-stream"},
+        )
 
     def create(self, request: dict[str, Any]) -> Iterator[dict[str, Any]]:
         """Create a model, yielding progress lines (``/api/create``)."""

@@ -312,8 +312,10 @@ def _gpu_overhead(env: Mapping[str, str]) -> int:
     """``OLLAMA_GPU_OVERHEAD``: only 0 (pollama keeps no per-GPU memory budget it could reserve from)."""
     value = _uint(env, "OLLAMA_GPU_OVERHEAD", 0)
     if value:
-        raise ConfigError(f"OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it cannot reserve "
-                          f"{value} bytes per GPU (llama.cpp places the layers: unset it, or lower num_gpu)")
+        raise ConfigError(
+            f"OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it cannot reserve "
+            f"{value} bytes per GPU (llama.cpp places the layers: unset it, or lower num_gpu)"
+        )
     return value
 
 
@@ -327,5 +329,7 @@ def _llm_library(env: Mapping[str, str]) -> str:
         return ""
     if raw.lower() in _CPU_LIBRARIES:
         return "cpu"
-    raise ConfigError(f"OLLAMA_LLM_LIBRARY: pollama cannot switch to the {raw!r} library (its backend is the one "
-                      f"llama-cpp-python was built with, see docs/gpu.md); use cpu or unset it")
+    raise ConfigError(
+        f"OLLAMA_LLM_LIBRARY: pollama cannot switch to the {raw!r} library (its backend is the one "
+        f"llama-cpp-python was built with, see docs/gpu.md); use cpu or unset it"
+    )

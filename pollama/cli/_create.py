@@ -53,7 +53,11 @@ def _upload(client: Client, files: dict[str, Path], printer: TransferProgress) -
         if client.has_blob(digest):
             continue
         # Ollama's wording: one spinner line whose message counts up, not a bar.
-        client.upload_blob(digest, files[name],
-                           progress=lambda sent, total, digest=digest: printer.message(
-                               digest, f"copying file {digest} {100 * sent // max(total, 1)}%"))
+        client.upload_blob(
+            digest,
+            files[name],
+            progress=lambda sent, total, digest=digest: printer.message(
+                digest, f"copying file {digest} {100 * sent // max(total, 1)}%"
+            ),
+        )
     return {Path(name).name if "/" not in name else name: digest for name, digest in digests.items()}

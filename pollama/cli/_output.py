@@ -69,7 +69,7 @@ def parse_time(text: str) -> datetime | None:
     main, dot, rest = text.partition(".")
     if dot:
         digits = "".join(ch for ch in rest if ch.isdigit())
-        zone = rest[len(digits):]
+        zone = rest[len(digits) :]
         text = f"{main}.{digits[:6].ljust(6, '0')}{zone}"
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -261,8 +261,10 @@ def tool_calls_text(tool_calls: list[dict[str, Any]], plain: bool) -> str:
         arguments = json.dumps(function.get("arguments") or {}, separators=(",", ":"), ensure_ascii=False)
         if i > 0:
             out += "\n"
-        out += (f"  Model called a non-existent function '{values}{function.get('name', '')}{explanation}()' "
-                f"with arguments: {values}{arguments}{explanation}")
+        out += (
+            f"  Model called a non-existent function '{values}{function.get('name', '')}{explanation}()' "
+            f"with arguments: {values}{arguments}{explanation}"
+        )
     if not plain:
         out += COLOR_DEFAULT
     return out
@@ -378,7 +380,14 @@ def ps_table(models: list[dict[str, Any]], prefix: str = "", *, now: datetime | 
             until = "Stopping..."
         else:
             until = human_time(expires, "Never", now=current)
-        rows.append([name, str(m.get("digest", ""))[:12], human_bytes(size),
-                     processor_label(size, int(m.get("size_vram") or 0)), str(int(m.get("context_length") or 0)),
-                     until])
+        rows.append(
+            [
+                name,
+                str(m.get("digest", ""))[:12],
+                human_bytes(size),
+                processor_label(size, int(m.get("size_vram") or 0)),
+                str(int(m.get("context_length") or 0)),
+                until,
+            ]
+        )
     return table(rows)

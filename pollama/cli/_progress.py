@@ -92,9 +92,15 @@ class TransferProgress:
         self.interactive = self.console.is_terminal
         self.closed = False
         self.current: TaskID | None = None
-        self._progress = Progress(_OllamaColumn(self), console=self.console, auto_refresh=self.interactive,
-                                  refresh_per_second=10, speed_estimate_period=5.0, disable=not self.interactive,
-                                  get_time=clock)
+        self._progress = Progress(
+            _OllamaColumn(self),
+            console=self.console,
+            auto_refresh=self.interactive,
+            refresh_per_second=10,
+            speed_estimate_period=5.0,
+            disable=not self.interactive,
+            get_time=clock,
+        )
         self._by_key: dict[str, TaskID] = {}
         self._printed: set[TaskID] = set()
 

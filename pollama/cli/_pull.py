@@ -30,10 +30,14 @@ def push_model(client: Client, name: str, *, insecure: bool = False) -> None:
         text = str(exc)
         if "access denied" in text or "unauthorized" in text:
             if is_ollama_host(model.host):
-                raise ClientError("you are not authorized to push to this namespace, create the model under "
-                                  "a namespace you own", exc.status) from None
-            raise ClientError(f"{text} (the server found no credentials for {model.host}: add them to "
-                              f"~/.docker/config.json)", exc.status) from None
+                raise ClientError(
+                    "you are not authorized to push to this namespace, create the model under a namespace you own",
+                    exc.status,
+                ) from None
+            raise ClientError(
+                f"{text} (the server found no credentials for {model.host}: add them to ~/.docker/config.json)",
+                exc.status,
+            ) from None
         raise
     if is_ollama_host(model.host):
         print("\nYou can find your model at:\n")

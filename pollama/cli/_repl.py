@@ -67,7 +67,7 @@ class LineHistory(History):
             lines = self.path.read_text(encoding="utf-8", errors="replace").splitlines()
         except OSError:
             return []
-        return list(reversed([line for line in lines if line][-self.limit:]))
+        return list(reversed([line for line in lines if line][-self.limit :]))
 
     def store_string(self, string: str) -> None:
         if not self.enabled or not string or "\n" in string:
@@ -80,24 +80,26 @@ class LineHistory(History):
         lines.append(string)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self.path.write_text("".join(line + "\n" for line in lines[-self.limit:]), encoding="utf-8")
+            self.path.write_text("".join(line + "\n" for line in lines[-self.limit :]), encoding="utf-8")
         except OSError:
             pass
 
 
 def _usage() -> None:
     err = sys.stderr
-    err.write("Available Commands:\n"
-              "  /set            Set session variables\n"
-              "  /show           Show model information\n"
-              "  /load <model>   Load a session or model\n"
-              "  /save <model>   Save your current session\n"
-              "  /clear          Clear session context\n"
-              "  /bye            Exit\n"
-              "  /?, /help       Help for a command\n"
-              "  /? shortcuts    Help for keyboard shortcuts\n"
-              "\n"
-              'Use """ to begin a multi-line message.\n')
+    err.write(
+        "Available Commands:\n"
+        "  /set            Set session variables\n"
+        "  /show           Show model information\n"
+        "  /load <model>   Load a session or model\n"
+        "  /save <model>   Save your current session\n"
+        "  /clear          Clear session context\n"
+        "  /bye            Exit\n"
+        "  /?, /help       Help for a command\n"
+        "  /? shortcuts    Help for keyboard shortcuts\n"
+        "\n"
+        'Use """ to begin a multi-line message.\n'
+    )
 
 
 def _usage_multimodal() -> None:
@@ -105,64 +107,72 @@ def _usage_multimodal() -> None:
 
 
 def _usage_set() -> None:
-    sys.stderr.write("Available Commands:\n"
-                     "  /set parameter ...     Set a parameter\n"
-                     "  /set system <string>   Set system message\n"
-                     "  /set history           Enable history\n"
-                     "  /set nohistory         Disable history\n"
-                     "  /set wordwrap          Enable wordwrap\n"
-                     "  /set nowordwrap        Disable wordwrap\n"
-                     "  /set format json       Enable JSON mode\n"
-                     "  /set noformat          Disable formatting\n"
-                     "  /set verbose           Show LLM stats\n"
-                     "  /set quiet             Disable LLM stats\n"
-                     "  /set think             Enable thinking\n"
-                     "  /set nothink           Disable thinking\n"
-                     "\n")
+    sys.stderr.write(
+        "Available Commands:\n"
+        "  /set parameter ...     Set a parameter\n"
+        "  /set system <string>   Set system message\n"
+        "  /set history           Enable history\n"
+        "  /set nohistory         Disable history\n"
+        "  /set wordwrap          Enable wordwrap\n"
+        "  /set nowordwrap        Disable wordwrap\n"
+        "  /set format json       Enable JSON mode\n"
+        "  /set noformat          Disable formatting\n"
+        "  /set verbose           Show LLM stats\n"
+        "  /set quiet             Disable LLM stats\n"
+        "  /set think             Enable thinking\n"
+        "  /set nothink           Disable thinking\n"
+        "\n"
+    )
 
 
 def _usage_shortcuts() -> None:
-    sys.stderr.write("Available keyboard shortcuts:\n"
-                     "  Ctrl + a            Move to the beginning of the line (Home)\n"
-                     "  Ctrl + e            Move to the end of the line (End)\n"
-                     "   Alt + b            Move back (left) one word\n"
-                     "   Alt + f            Move forward (right) one word\n"
-                     "  Ctrl + k            Delete the sentence after the cursor\n"
-                     "  Ctrl + u            Delete the sentence before the cursor\n"
-                     "  Ctrl + w            Delete the word before the cursor\n"
-                     "\n"
-                     "  Ctrl + l            Clear the screen\n"
-                     "  Ctrl + g            Open default editor to compose a prompt\n"
-                     "  Ctrl + c            Stop the model from responding\n"
-                     "  Ctrl + d            Exit ollama (/bye)\n"
-                     "\n")
+    sys.stderr.write(
+        "Available keyboard shortcuts:\n"
+        "  Ctrl + a            Move to the beginning of the line (Home)\n"
+        "  Ctrl + e            Move to the end of the line (End)\n"
+        "   Alt + b            Move back (left) one word\n"
+        "   Alt + f            Move forward (right) one word\n"
+        "  Ctrl + k            Delete the sentence after the cursor\n"
+        "  Ctrl + u            Delete the sentence before the cursor\n"
+        "  Ctrl + w            Delete the word before the cursor\n"
+        "\n"
+        "  Ctrl + l            Clear the screen\n"
+        "  Ctrl + g            Open default editor to compose a prompt\n"
+        "  Ctrl + c            Stop the model from responding\n"
+        "  Ctrl + d            Exit ollama (/bye)\n"
+        "\n"
+    )
 
 
 def _usage_show() -> None:
-    sys.stderr.write("Available Commands:\n"
-                     "  /show info         Show details for this model\n"
-                     "  /show license      Show model license\n"
-                     "  /show modelfile    Show Modelfile for this model\n"
-                     "  /show parameters   Show parameters for this model\n"
-                     "  /show system       Show system message\n"
-                     "  /show template     Show prompt template\n"
-                     "\n")
+    sys.stderr.write(
+        "Available Commands:\n"
+        "  /show info         Show details for this model\n"
+        "  /show license      Show model license\n"
+        "  /show modelfile    Show Modelfile for this model\n"
+        "  /show parameters   Show parameters for this model\n"
+        "  /show system       Show system message\n"
+        "  /show template     Show prompt template\n"
+        "\n"
+    )
 
 
 def _usage_parameters() -> None:
-    sys.stderr.write("Available Parameters:\n"
-                     "  /set parameter seed <int>             Random number seed\n"
-                     "  /set parameter num_predict <int>      Max number of tokens to predict\n"
-                     "  /set parameter top_k <int>            Pick from top k num of tokens\n"
-                     "  /set parameter top_p <float>          Pick token based on sum of probabilities\n"
-                     "  /set parameter min_p <float>          Pick token based on top token probability * min_p\n"
-                     "  /set parameter num_ctx <int>          Set the context size\n"
-                     "  /set parameter temperature <float>    Set creativity level\n"
-                     "  /set parameter repeat_penalty <float> How strongly to penalize repetitions\n"
-                     "  /set parameter repeat_last_n <int>    Set how far back to look for repetitions\n"
-                     "  /set parameter num_gpu <int>          The number of layers to send to the GPU\n"
-                     "  /set parameter stop <string> <string> ...   Set the stop parameters\n"
-                     "\n")
+    sys.stderr.write(
+        "Available Parameters:\n"
+        "  /set parameter seed <int>             Random number seed\n"
+        "  /set parameter num_predict <int>      Max number of tokens to predict\n"
+        "  /set parameter top_k <int>            Pick from top k num of tokens\n"
+        "  /set parameter top_p <float>          Pick token based on sum of probabilities\n"
+        "  /set parameter min_p <float>          Pick token based on top token probability * min_p\n"
+        "  /set parameter num_ctx <int>          Set the context size\n"
+        "  /set parameter temperature <float>    Set creativity level\n"
+        "  /set parameter repeat_penalty <float> How strongly to penalize repetitions\n"
+        "  /set parameter repeat_last_n <int>    Set how far back to look for repetitions\n"
+        "  /set parameter num_gpu <int>          The number of layers to send to the GPU\n"
+        "  /set parameter stop <string> <string> ...   Set the stop parameters\n"
+        "\n"
+    )
 
 
 def _go_v(value: Any) -> str:
@@ -203,16 +213,22 @@ class Repl:
         def _(event: Any) -> None:
             event.app.exit(exception=_EditPrompt(event.current_buffer.text))
 
-        self._placeholders = (FormattedText([("#888888", _PLACEHOLDER)]),
-                              FormattedText([("#888888", _ALT_PLACEHOLDER)]))
-        return PromptSession(history=self.history, key_bindings=bindings, enable_history_search=False,
-                             complete_while_typing=False)
+        self._placeholders = (
+            FormattedText([("#888888", _PLACEHOLDER)]),
+            FormattedText([("#888888", _ALT_PLACEHOLDER)]),
+        )
+        return PromptSession(
+            history=self.history, key_bindings=bindings, enable_history_search=False, complete_while_typing=False
+        )
 
     def _readline(self, alt: bool, prefill: str) -> str:
         if self.session is None:
             self.session = self._session()
-        return str(self.session.prompt("... " if alt else ">>> ", default=prefill,
-                                       placeholder=self._placeholders[1 if alt else 0]))
+        return str(
+            self.session.prompt(
+                "... " if alt else ">>> ", default=prefill, placeholder=self._placeholders[1 if alt else 0]
+            )
+        )
 
     # --- loop ------------------------------------------------------------------------------------
 
@@ -426,8 +442,9 @@ class Repl:
             _usage_parameters()
             return
         name, values = args[2], args[3:]
-        pairs = [(name, v) for v in values] if PARAMETER_TYPES.get(name) is ParamType.STRING_LIST \
-            else [(name, values[0])]
+        pairs = (
+            [(name, v) for v in values] if PARAMETER_TYPES.get(name) is ParamType.STRING_LIST else [(name, values[0])]
+        )
         warnings: list[str] = []
         try:
             typed = typed_parameters(pairs, warnings=warnings)
@@ -506,8 +523,7 @@ class Repl:
             if args and not str(m["name"]).lower().startswith(args[0].lower()):
                 continue
             size = "-" if m.get("remote_host") else human_bytes(int(m.get("size", 0)))
-            rows.append([m["name"], m.get("digest", "")[:12], size,
-                         human_time(parse_time(m.get("modified_at", "")))])
+            rows.append([m["name"], m.get("digest", "")[:12], size, human_time(parse_time(m.get("modified_at", "")))])
         sys.stdout.write(table(rows))
 
     def _load(self, args: list[str]) -> None:

@@ -33,9 +33,24 @@ from pollama.errors import PollamaError
 THINK_LEVELS = ("high", "medium", "low", "max")
 _MAX_ATTACHMENT = 100 * 1024 * 1024
 ATTACHMENT_PATTERN = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp|wav)\b")
-_UNESCAPES = (("\\ ", " "), ("\\(", "("), ("\\)", ")"), ("\\[", "["), ("\\]", "]"), ("\\{", "{"), ("\\}", "}"),
-              ("\\$", "$"), ("\\&", "&"), ("\\;", ";"), ("\\'", "'"), ("\\\\", "\\"), ("\\*", "*"), ("\\?", "?"),
-              ("\\~", "~"), ("'\\''", "'"))
+_UNESCAPES = (
+    ("\\ ", " "),
+    ("\\(", "("),
+    ("\\)", ")"),
+    ("\\[", "["),
+    ("\\]", "]"),
+    ("\\{", "{"),
+    ("\\}", "}"),
+    ("\\$", "$"),
+    ("\\&", "&"),
+    ("\\;", ";"),
+    ("\\'", "'"),
+    ("\\\\", "\\"),
+    ("\\*", "*"),
+    ("\\?", "?"),
+    ("\\~", "~"),
+    ("'\\''", "'"),
+)
 
 
 class RunError(PollamaError):
@@ -65,8 +80,13 @@ class RunOptions:
 
     def copy(self) -> RunOptions:
         """A copy whose lists and dicts can be changed without touching this one."""
-        return replace(self, messages=list(self.messages), model_messages=list(self.model_messages),
-                       images=list(self.images), options=dict(self.options))
+        return replace(
+            self,
+            messages=list(self.messages),
+            model_messages=list(self.model_messages),
+            images=list(self.images),
+            options=dict(self.options),
+        )
 
 
 # --- flags -----------------------------------------------------------------------------------------
@@ -137,9 +157,16 @@ def _stdout_is_tty() -> bool:
 def run_command(client: Client, args: Any) -> int:
     """``pollama run MODEL [PROMPT...]`` with its flags (``args`` from argparse)."""
     think = parse_think_flag(args.think)
-    opts = RunOptions(model=args.model, format=args.format or "", keep_alive=keep_alive_value(args.keepalive),
-                      think=think, think_explicit=think is not None, hide_thinking=args.hidethinking,
-                      verbose=args.verbose, word_wrap=not args.nowordwrap)
+    opts = RunOptions(
+        model=args.model,
+        format=args.format or "",
+        keep_alive=keep_alive_value(args.keepalive),
+        think=think,
+        think_explicit=think is not None,
+        hide_thinking=args.hidethinking,
+        verbose=args.verbose,
+        word_wrap=not args.nowordwrap,
+    )
     interactive = True
     prompts = list(args.prompt or [])
     if not _stdin_is_tty():
@@ -342,8 +369,10 @@ def check_attachments(opts: RunOptions, text: str) -> None:
         return
     found = attachment_paths(text)
     if found:
-        raise RunError(f"model '{opts.model}' does not support image or audio input "
-                       f"(remove '{found[0][0]}' from the prompt or use a vision model)")
+        raise RunError(
+            f"model '{opts.model}' does not support image or audio input "
+            f"(remove '{found[0][0]}' from the prompt or use a vision model)"
+        )
 
 
 # --- streaming -------------------------------------------------------------------------------------
@@ -383,8 +412,9 @@ class _AnswerPrinter:
         out.flush()
 
 
-def _consume(stream: Iterator[dict[str, Any]], printer: _AnswerPrinter, spinner: Spinner,
-             delta: Any) -> dict[str, Any] | None:
+def _consume(
+    stream: Iterator[dict[str, Any]], printer: _AnswerPrinter, spinner: Spinner, delta: Any
+) -> dict[str, Any] | None:
     """Print every chunk of ``stream``; returns the last chunk, or ``None`` if Ctrl+C stopped it."""
     latest: dict[str, Any] = {}
     try:
@@ -428,8 +458,12 @@ def generate(client: Client, opts: RunOptions) -> None:
     printer = _AnswerPrinter(opts, plain=plain)
     spinner = Spinner()
     try:
-        latest = _consume(client.generate(request), printer, spinner,
-                          lambda c: (c.get("thinking") or "", c.get("response") or "", c.get("tool_calls") or []))
+        latest = _consume(
+            client.generate(request),
+            printer,
+            spinner,
+            lambda c: (c.get("thinking") or "", c.get("response") or "", c.get("tool_calls") or []),
+        )
     except KeyboardInterrupt:
         return
     if latest is None:
@@ -496,7 +530,7 @@ def editor_command(settings: Any) -> list[str]:
     """The external editor for Ctrl+G: ``OLLAMA_EDITOR``, ``$VISUAL``, ``$EDITOR`` or ``vi``."""
     import shutil
 
-    editor = (getattr(settings, "editor", "") or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi")
+    editor = getattr(settings, "editor", "") or os.environ.get("VISUAL") or os.environ.get("EDITOR") or "vi"
     parts = editor.split()
     if not parts or shutil.which(parts[0]) is None:
         name = parts[0] if parts else editor

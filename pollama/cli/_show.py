@@ -31,7 +31,8 @@ def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
         arch = str(info.get("general.architecture", ""))
         rows.append(["architecture", arch])
         params = details.get("parameter_size") or (
-            human_number(int(info["general.parameter_count"])) if "general.parameter_count" in info else "")
+            human_number(int(info["general.parameter_count"])) if "general.parameter_count" in info else ""
+        )
         rows.append(["parameters", params])
         if f"{arch}.context_length" in info:
             rows.append(["context length", _number(info[f"{arch}.context_length"])])
@@ -52,8 +53,7 @@ def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
         prow = [["architecture", arch]]
         if "general.parameter_count" in projector:
             prow.append(["parameters", human_number(int(projector["general.parameter_count"]))])
-        for key, label in (("vision.embedding_length", "embedding length"),
-                           ("vision.projection_dim", "dimensions")):
+        for key, label in (("vision.embedding_length", "embedding length"), ("vision.projection_dim", "dimensions")):
             if f"{arch}.{key}" in projector:
                 prow.append([label, _number(projector[f"{arch}.{key}"])])
         out += section("Projector", prow)
@@ -69,4 +69,3 @@ def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
     if resp.get("license"):
         out += section("License", _head(resp["license"], 2))
     return out
-

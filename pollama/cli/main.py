@@ -83,8 +83,9 @@ def cmd_show(args: argparse.Namespace) -> int:
 
     chosen = [flag for flag in _SHOW_FLAGS if getattr(args, flag)]
     if len(chosen) > 1:
-        raise _usage("only one of '--license', '--modelfile', '--parameters', '--system', or '--template' "
-                     "can be specified")
+        raise _usage(
+            "only one of '--license', '--modelfile', '--parameters', '--system', or '--template' can be specified"
+        )
     resp = _client().show(args.model, verbose=args.verbose)
     if chosen:
         print(resp.get(chosen[0], ""))
@@ -187,8 +188,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     name = parse_name(args.name) if args.name else None
     with TransferProgress() as progress:
         summary = _follow(import_layout(store, Path(args.file), name), progress)
-    print(f"imported {', '.join(summary.models)} from {args.file} ({_blobs(summary.blobs)}, "
-          f"{human_bytes(summary.size)})")
+    print(
+        f"imported {', '.join(summary.models)} from {args.file} ({_blobs(summary.blobs)}, {human_bytes(summary.size)})"
+    )
     return 0
 
 
@@ -223,6 +225,7 @@ _RUN_ENV_HELP = """Environment Variables:
       OLLAMA_NOHISTORY           Do not preserve readline history
 """
 
+
 def _serve_env_help() -> str:
     """The ``Environment Variables:`` block of ``serve --help``, from the settings table."""
     from pollama.config import SERVER_VARIABLES
@@ -244,8 +247,7 @@ def _go_bool(text: str) -> bool:
         return True
     if text in ("0", "f", "F", "FALSE", "false", "False"):
         return False
-    raise argparse.ArgumentTypeError(
-        f'invalid argument "{text}": strconv.ParseBool: parsing "{text}": invalid syntax')
+    raise argparse.ArgumentTypeError(f'invalid argument "{text}": strconv.ParseBool: parsing "{text}": invalid syntax')
 
 
 def _normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -265,8 +267,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--version", action="store_true", help="Show version information")
     sub = parser.add_subparsers(dest="command", metavar="command", parser_class=_Parser)
 
-    p = sub.add_parser("serve", aliases=["start"], help="Start pollama", epilog=_serve_env_help(),
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        aliases=["start"],
+        help="Start pollama",
+        epilog=_serve_env_help(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("create", help="Create a model from a Modelfile")
@@ -282,8 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="Show detailed model information")
     p.set_defaults(handler=cmd_show)
 
-    p = sub.add_parser("run", help="Run a model", epilog=_RUN_ENV_HELP,
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "run", help="Run a model", epilog=_RUN_ENV_HELP, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("model")
     p.add_argument("prompt", nargs="*")
     p.add_argument("--keepalive", default="", help="Duration to keep a model loaded (e.g. 5m)")
@@ -291,14 +299,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--insecure", action="store_true", help="Use an insecure registry")
     p.add_argument("--nowordwrap", action="store_true", help="Don't wrap words to the next line automatically")
     p.add_argument("--format", default="", help="Response format (e.g. json)")
-    p.add_argument("--think", default=None, metavar="[=LEVEL]",
-                   help="Enable thinking mode: true/false or high/medium/low/max for supported models")
+    p.add_argument(
+        "--think",
+        default=None,
+        metavar="[=LEVEL]",
+        help="Enable thinking mode: true/false or high/medium/low/max for supported models",
+    )
     p.add_argument("--hidethinking", action="store_true", help="Hide thinking output (if provided)")
-    p.add_argument("--truncate", default=None, type=_go_bool, metavar="[=BOOL]",
-                   help="For embedding models: truncate inputs exceeding context length (default: true). "
-                        "Set --truncate=false to error instead")
-    p.add_argument("--dimensions", default=0, type=int,
-                   help="Truncate output embeddings to specified dimension (embedding models only)")
+    p.add_argument(
+        "--truncate",
+        default=None,
+        type=_go_bool,
+        metavar="[=BOOL]",
+        help="For embedding models: truncate inputs exceeding context length (default: true). "
+        "Set --truncate=false to error instead",
+    )
+    p.add_argument(
+        "--dimensions",
+        default=0,
+        type=int,
+        help="Truncate output embeddings to specified dimension (embedding models only)",
+    )
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("stop", help="Stop a running model")
@@ -386,4 +407,3 @@ def _message(exc: BaseException) -> str:
     if isinstance(exc, OSError) and exc.filename:
         return f"{exc.strerror}: {exc.filename}"
     return str(exc)
-

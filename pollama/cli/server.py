@@ -45,8 +45,12 @@ def run_server(settings: Settings) -> None:
     log.info("server config %s", settings.describe())
     app = create_app(settings)
     log.info("Listening on %s:%d", host, settings.host.port)
-    config = uvicorn.Config(app, log_level="warning" if settings.debug <= 0 else "debug",
-                            access_log=settings.debug > 0, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        log_level="warning" if settings.debug <= 0 else "debug",
+        access_log=settings.debug > 0,
+        timeout_graceful_shutdown=5,
+    )
     uvicorn.Server(config).run(sockets=[listener])
 
 
@@ -129,8 +133,10 @@ def _start_background(settings: Settings, client: Client) -> None:
         except ConnectError:
             time.sleep(0.1)
             continue
-        print(f"Started pollama server in the background (logs: {_display(log_path)}; stop it with: "
-              f"kill {process.pid})", file=sys.stderr)
+        print(
+            f"Started pollama server in the background (logs: {_display(log_path)}; stop it with: kill {process.pid})",
+            file=sys.stderr,
+        )
         return
     raise ConnectError(f"timed out waiting for server to start, see {_display(log_path)}")
 

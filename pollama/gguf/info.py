@@ -98,8 +98,9 @@ def kv_cache_bytes(gguf: GGUFFile, n_ctx: int, kv_type: str = "f16") -> int:
     return int(per_token * n_ctx * _KV_BYTES_PER_ELEMENT.get(kv_type, 2.0))
 
 
-def estimate_memory(gguf: GGUFFile, *, num_ctx: int, num_parallel: int, num_batch: int = 512,
-                    kv_type: str = "f16", extra_files: int = 0) -> int:
+def estimate_memory(
+    gguf: GGUFFile, *, num_ctx: int, num_parallel: int, num_batch: int = 512, kv_type: str = "f16", extra_files: int = 0
+) -> int:
     """Bytes a runner will use: weights (+ projector/adapters in ``extra_files``), KV cache for
     ``num_ctx × num_parallel`` tokens, and a compute-buffer surcharge that grows with the batch."""
     weights = sum(t.n_bytes for t in gguf.tensors) or max(gguf.file_size - gguf.data_offset, 0)

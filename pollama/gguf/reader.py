@@ -197,7 +197,7 @@ class _Parser:
         end = self.pos + length
         if end > self.size:
             raise ValueError("string runs past the end of the file")
-        text = bytes(self.view[self.pos:end]).decode("utf-8", errors="replace")
+        text = bytes(self.view[self.pos : end]).decode("utf-8", errors="replace")
         self.pos = end
         return text
 

@@ -17,8 +17,9 @@ from pollama.runner.client import CompletionParams, Finished, ModelRunner, Piece
 from pollama.template.output import OutputParser
 
 
-async def stream_chunks(runner: ModelRunner, params: CompletionParams, parser: OutputParser, *,
-                        started: float, load_duration: float) -> AsyncGenerator[Chunk, None]:
+async def stream_chunks(
+    runner: ModelRunner, params: CompletionParams, parser: OutputParser, *, started: float, load_duration: float
+) -> AsyncGenerator[Chunk, None]:
     """The chunks of one generation; ``started`` (``time.perf_counter()``) is when the request began,
     ``load_duration`` how long getting the runner took (seconds). Closing the iterator cancels the
     generation in the runner."""
@@ -30,8 +31,12 @@ async def stream_chunks(runner: ModelRunner, params: CompletionParams, parser: O
             elif isinstance(event, Piece):
                 parsed = parser.add(event.content)
                 if parsed or event.logprobs:
-                    yield Chunk(content=parsed.content, thinking=parsed.thinking, tool_calls=parsed.tool_calls,
-                                logprobs=list(event.logprobs))
+                    yield Chunk(
+                        content=parsed.content,
+                        thinking=parsed.thinking,
+                        tool_calls=parsed.tool_calls,
+                        logprobs=list(event.logprobs),
+                    )
             elif isinstance(event, Finished):
                 tail = parser.finish()
                 if tail:

@@ -92,15 +92,25 @@ def read_info(model: StoredModel) -> ModelInfo:
         return ModelInfo(gguf=None, capabilities=capabilities)
     chat_template = gguf.metadata.get("tokenizer.chat_template")
     bos, eos = template_tokens(gguf.metadata)
-    return ModelInfo(gguf=gguf, capabilities=capabilities,
-                     chat_template=chat_template if isinstance(chat_template, str) and chat_template else None,
-                     bos_token=bos, eos_token=eos)
+    return ModelInfo(
+        gguf=gguf,
+        capabilities=capabilities,
+        chat_template=chat_template if isinstance(chat_template, str) and chat_template else None,
+        bos_token=bos,
+        eos_token=eos,
+    )
 
 
 def model_templates(model: StoredModel, info: ModelInfo) -> ModelTemplates:
     """What ``model`` brings to prompt building."""
-    return ModelTemplates(template=model.template, system=model.system, messages=tuple(model.messages),
-                          chat_template=info.chat_template, bos_token=info.bos_token, eos_token=info.eos_token)
+    return ModelTemplates(
+        template=model.template,
+        system=model.system,
+        messages=tuple(model.messages),
+        chat_template=info.chat_template,
+        bos_token=info.bos_token,
+        eos_token=info.eos_token,
+    )
 
 
 def default_think(req: CompletionRequest, info: ModelInfo) -> bool | str | None:
@@ -140,8 +150,9 @@ def merged_options(model: StoredModel, requested: dict[str, Any]) -> dict[str, A
     return options
 
 
-def load_spec(settings: Settings, model: StoredModel, info: ModelInfo, options: dict[str, Any], *,
-              embedding: bool) -> LoadSpec:
+def load_spec(
+    settings: Settings, model: StoredModel, info: ModelInfo, options: dict[str, Any], *, embedding: bool
+) -> LoadSpec:
     """The runner this request needs: weights, adapters and load-time options."""
     if model.model_path is None or not model.model_path.is_file():
         raise ModelNotFound(f'model "{model.name.display}" not found, try pulling it first')
@@ -159,8 +170,9 @@ def load_spec(settings: Settings, model: StoredModel, info: ModelInfo, options: 
         projectors=tuple(model.projectors),
         num_ctx=num_ctx,
         num_batch=num_batch,
-        num_gpu=0 if settings.force_cpu else int(options.get("num_gpu", -1) if options.get("num_gpu") is not None
-                                                  else -1),
+        num_gpu=0
+        if settings.force_cpu
+        else int(options.get("num_gpu", -1) if options.get("num_gpu") is not None else -1),
         main_gpu=options.get("main_gpu"),
         use_mmap=options.get("use_mmap"),
         use_mlock=bool(options.get("use_mlock") or False),
@@ -175,8 +187,14 @@ def load_spec(settings: Settings, model: StoredModel, info: ModelInfo, options: 
         return spec
     # The estimate uses the options as LoadSpec clamped them (an absurd num_ctx is not what loads).
     extra = sum(p.stat().st_size for p in [*model.adapters, *model.projectors] if p.exists())
-    estimate = estimate_memory(info.gguf, num_ctx=spec.num_ctx, num_parallel=spec.num_parallel,
-                               num_batch=spec.num_batch, kv_type=kv_type, extra_files=extra)
+    estimate = estimate_memory(
+        info.gguf,
+        num_ctx=spec.num_ctx,
+        num_parallel=spec.num_parallel,
+        num_batch=spec.num_batch,
+        kv_type=kv_type,
+        extra_files=extra,
+    )
     return dataclasses.replace(spec, estimated_memory=estimate)
 
 

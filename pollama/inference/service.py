@@ -45,8 +45,14 @@ class InferenceService:
     tests pass one that returns an in-process ``ModelRunner``.
     """
 
-    def __init__(self, settings: Settings, store: ModelStore, scheduler: Scheduler | None = None, *,
-                 launcher: Launcher | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ModelStore,
+        scheduler: Scheduler | None = None,
+        *,
+        launcher: Launcher | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.models = ModelCatalog(store)
@@ -109,8 +115,13 @@ class InferenceService:
             if req.debug_render_only:
                 yield _debug_chunk(req, prompt)
                 return
-            parser = OutputParser(prompt=prompt.text, think=req.think, thinking_tags=prompt.thinking_tags,
-                                  tool_tag=prompt.tool_tag, tools=req.tools)
+            parser = OutputParser(
+                prompt=prompt.text,
+                think=req.think,
+                thinking_tags=prompt.thinking_tags,
+                tool_tag=prompt.tool_tag,
+                tools=req.tools,
+            )
             params = completion_params(req, prompt.text, options)
             chunks = stream_chunks(runner, params, parser, started=started, load_duration=load_duration)
             async with aclosing(chunks):
@@ -120,13 +131,29 @@ class InferenceService:
         finally:
             lease.release()
 
-    async def _prompt(self, req: CompletionRequest, model: StoredModel, info: ModelInfo, runner: ModelRunner,
-                      num_ctx: int) -> RenderedPrompt:
-        preq = PromptRequest(endpoint=req.endpoint, messages=req.messages, tools=req.tools, think=req.think,
-                             prompt=req.prompt, system=req.system, suffix=req.suffix, images=req.images)
+    async def _prompt(
+        self, req: CompletionRequest, model: StoredModel, info: ModelInfo, runner: ModelRunner, num_ctx: int
+    ) -> RenderedPrompt:
+        preq = PromptRequest(
+            endpoint=req.endpoint,
+            messages=req.messages,
+            tools=req.tools,
+            think=req.think,
+            prompt=req.prompt,
+            system=req.system,
+            suffix=req.suffix,
+            images=req.images,
+        )
         return await self.prompts.render(
-            model_templates(model, info), preq, raw=req.raw, template=req.template, context=req.context,
-            detokenize=runner.detokenize, num_ctx=num_ctx if req.truncate else None, count_tokens=runner.count)
+            model_templates(model, info),
+            preq,
+            raw=req.raw,
+            template=req.template,
+            context=req.context,
+            detokenize=runner.detokenize,
+            num_ctx=num_ctx if req.truncate else None,
+            count_tokens=runner.count,
+        )
 
     # --- embeddings -----------------------------------------------------------------------------
 
@@ -148,16 +175,21 @@ class InferenceService:
         try:
             runner = _runner(lease)
             limit = input_limit(lease.spec.num_ctx)
-            inputs = [fit_input(await runner.tokenize(text, add_special=True), limit, truncate=req.truncate)
-                      for text in req.inputs]
+            inputs = [
+                fit_input(await runner.tokenize(text, add_special=True), limit, truncate=req.truncate)
+                for text in req.inputs
+            ]
             result = await runner.embed(inputs)
         finally:
             lease.release()
         vectors = finish_vectors(result.vectors, normalize=req.normalize, dimensions=req.dimensions)
-        return EmbedResult(model=req.model, embeddings=vectors,
-                           total_duration=int((time.perf_counter() - started) * 1e9),
-                           load_duration=int(load_duration * 1e9),
-                           prompt_eval_count=result.prompt_eval_count)
+        return EmbedResult(
+            model=req.model,
+            embeddings=vectors,
+            total_duration=int((time.perf_counter() - started) * 1e9),
+            load_duration=int(load_duration * 1e9),
+            prompt_eval_count=result.prompt_eval_count,
+        )
 
     # --- running models -------------------------------------------------------------------------
 

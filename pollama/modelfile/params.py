@@ -42,39 +42,52 @@ class ParamType(enum.Enum):
     STRING_LIST = "[]string"
 
 
-PARAMETER_TYPES: Mapping[str, ParamType] = MappingProxyType({
-    "num_ctx": ParamType.INT,
-    "num_batch": ParamType.INT,
-    "num_gpu": ParamType.INT,
-    "main_gpu": ParamType.OPTIONAL_INT,
-    "use_mmap": ParamType.OPTIONAL_BOOL,
-    "num_thread": ParamType.INT,
-    "draft_num_predict": ParamType.INT,
-    "num_keep": ParamType.INT,
-    "seed": ParamType.INT,
-    "num_predict": ParamType.INT,
-    "top_k": ParamType.INT,
-    "top_p": ParamType.FLOAT,
-    "min_p": ParamType.FLOAT,
-    "typical_p": ParamType.FLOAT,
-    "repeat_last_n": ParamType.INT,
-    "temperature": ParamType.FLOAT,
-    "repeat_penalty": ParamType.FLOAT,
-    "presence_penalty": ParamType.FLOAT,
-    "frequency_penalty": ParamType.FLOAT,
-    "stop": ParamType.STRING_LIST,
-})
+PARAMETER_TYPES: Mapping[str, ParamType] = MappingProxyType(
+    {
+        "num_ctx": ParamType.INT,
+        "num_batch": ParamType.INT,
+        "num_gpu": ParamType.INT,
+        "main_gpu": ParamType.OPTIONAL_INT,
+        "use_mmap": ParamType.OPTIONAL_BOOL,
+        "num_thread": ParamType.INT,
+        "draft_num_predict": ParamType.INT,
+        "num_keep": ParamType.INT,
+        "seed": ParamType.INT,
+        "num_predict": ParamType.INT,
+        "top_k": ParamType.INT,
+        "top_p": ParamType.FLOAT,
+        "min_p": ParamType.FLOAT,
+        "typical_p": ParamType.FLOAT,
+        "repeat_last_n": ParamType.INT,
+        "temperature": ParamType.FLOAT,
+        "repeat_penalty": ParamType.FLOAT,
+        "presence_penalty": ParamType.FLOAT,
+        "frequency_penalty": ParamType.FLOAT,
+        "stop": ParamType.STRING_LIST,
+    }
+)
 """Every parameter Ollama knows (the JSON tags of ``api.Options``), with its type."""
 
-DEPRECATED_PARAMETERS = ("penalize_newline", "low_vram", "f16_kv", "logits_all", "vocab_only",
-                         "use_mlock", "mirostat", "mirostat_tau", "mirostat_eta")
+DEPRECATED_PARAMETERS = (
+    "penalize_newline",
+    "low_vram",
+    "f16_kv",
+    "logits_all",
+    "vocab_only",
+    "use_mlock",
+    "mirostat",
+    "mirostat_tau",
+    "mirostat_eta",
+)
 """Accepted in a Modelfile with ``warning: parameter X is deprecated``, then dropped."""
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
-_GO_BOOLS = MappingProxyType({
-    **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
-    **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
-})
+_GO_BOOLS = MappingProxyType(
+    {
+        **dict.fromkeys(("1", "t", "T", "TRUE", "true", "True"), True),
+        **dict.fromkeys(("0", "f", "F", "FALSE", "false", "False"), False),
+    }
+)
 _DECIMAL_FLOAT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _HEX_FLOAT = re.compile(r"[+-]?0[xX](?:[0-9a-fA-F]+\.?[0-9a-fA-F]*|\.[0-9a-fA-F]+)[pP][+-]?[0-9]+")
 _DECIMAL_INT = re.compile(r"[+-]?[0-9]+")
@@ -137,8 +150,7 @@ DEFAULT_OPTIONS = Options()
 # --- Modelfile / CLI text values ------------------------------------------------------------------
 
 
-def typed_parameters(pairs: Iterable[tuple[str, str]], *,
-                     warnings: list[str] | None = None) -> dict[str, Any]:
+def typed_parameters(pairs: Iterable[tuple[str, str]], *, warnings: list[str] | None = None) -> dict[str, Any]:
     """Turn PARAMETER ``(name, value)`` text pairs into typed values, as Ollama's CLI does.
 
     ``stop`` collects every value into a list; any other repeated name keeps its last value.
@@ -252,8 +264,7 @@ def _go_special(value: float) -> str:
 
 # Mirostat is gone from Ollama's options (its PARAMETER names are deprecated and dropped), but
 # llama.cpp still samples with it, so pollama's API accepts these three in ``options``.
-_SAMPLER_EXTENSIONS = {"mirostat": ParamType.INT, "mirostat_tau": ParamType.FLOAT,
-                       "mirostat_eta": ParamType.FLOAT}
+_SAMPLER_EXTENSIONS = {"mirostat": ParamType.INT, "mirostat_tau": ParamType.FLOAT, "mirostat_eta": ParamType.FLOAT}
 
 
 def validate_options(options: Mapping[str, Any]) -> dict[str, Any]:

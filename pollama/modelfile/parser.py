@@ -21,12 +21,22 @@ from dataclasses import dataclass
 
 from pollama.errors import ModelfileError
 
-COMMANDS = ("from", "license", "template", "system", "adapter", "draft", "renderer", "parser",
-            "parameter", "message", "requires")
+COMMANDS = (
+    "from",
+    "license",
+    "template",
+    "system",
+    "adapter",
+    "draft",
+    "renderer",
+    "parser",
+    "parameter",
+    "message",
+    "requires",
+)
 MESSAGE_ROLES = ("system", "user", "assistant")
 
-INVALID_COMMAND = "command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS[:-1]) + \
-    f', or "{COMMANDS[-1]}"'
+INVALID_COMMAND = "command must be one of " + ", ".join(f'"{c}"' for c in COMMANDS[:-1]) + f', or "{COMMANDS[-1]}"'
 INVALID_MESSAGE_ROLE = 'message role must be one of "system", "user", or "assistant"'
 UNEXPECTED_EOF = "unexpected EOF"
 MISSING_FROM = "no FROM line"
@@ -144,11 +154,11 @@ def _unquote(buf: list[str]) -> tuple[str, bool]:
     size = end - start
     if size >= 3 and buf[start] == buf[start + 1] == buf[start + 2] == '"':
         if size >= 6 and buf[end - 3] == buf[end - 2] == buf[end - 1] == '"':
-            return "".join(buf[start + 3:end - 3]), True
+            return "".join(buf[start + 3 : end - 3]), True
         return "", False
     if size >= 1 and buf[start] == '"':
         if size >= 2 and buf[end - 1] == '"':
-            return "".join(buf[start + 1:end - 1]), True
+            return "".join(buf[start + 1 : end - 1]), True
         return "", False
     return "".join(buf[start:end]), True
 

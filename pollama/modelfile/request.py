@@ -100,8 +100,11 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
         if name == "model":
             path = expand_path(args, relative_dir)
             files = local_files(path)
-            if files is None and (args.startswith(("/", "./", "../", "~", ".\\")) or args in (".", "..")
-                                  or args.lower().endswith((".gguf", ".safetensors"))):
+            if files is None and (
+                args.startswith(("/", "./", "../", "~", ".\\"))
+                or args in (".", "..")
+                or args.lower().endswith((".gguf", ".safetensors"))
+            ):
                 # a path, not a model name: say so instead of sending it on as one ("invalid model name")
                 raise ModelfileError(f"FROM {args}: file {path} does not exist")
             if files is None:

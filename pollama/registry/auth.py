@@ -61,8 +61,10 @@ class Challenge:
     def parse(cls, header: str) -> Challenge:
         """Parse ``Bearer realm="...",service="...",scope="..."`` (or ``Basic realm="..."``)."""
         scheme, _, rest = header.strip().partition(" ")
-        params = {m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
-                  for m in _PARAM.finditer(rest)}
+        params = {
+            m.group(1).lower(): (m.group(2) if m.group(2) is not None else m.group(3)).replace('\\"', '"')
+            for m in _PARAM.finditer(rest)
+        }
         return cls(scheme.lower(), params.get("realm", ""), params.get("service", ""), params.get("scope", ""))
 
 
@@ -96,8 +98,9 @@ def _host_of_key(key: str) -> str:
     return key.split("/")[0].lower()
 
 
-def lookup_credentials(host: str, *, environ: Mapping[str, str] | None = None,
-                       home: Path | None = None) -> Credentials | None:
+def lookup_credentials(
+    host: str, *, environ: Mapping[str, str] | None = None, home: Path | None = None
+) -> Credentials | None:
     """The credentials to offer ``host`` (``host[:port]``), or ``None`` (see the module docstring)."""
     env = os.environ if environ is None else environ
     home_dir = home or Path(env.get("HOME") or Path.home())
@@ -150,8 +153,9 @@ def _from_docker_config(config: dict[str, object], host: str) -> Credentials | N
 def _from_helper(helper: str, host: str) -> Credentials | None:
     """Ask ``docker-credential-<helper> get`` (the Docker credential-helper protocol)."""
     try:
-        done = subprocess.run([f"docker-credential-{helper}", "get"], input=host, capture_output=True,
-                              text=True, timeout=30, check=False)
+        done = subprocess.run(
+            [f"docker-credential-{helper}", "get"], input=host, capture_output=True, text=True, timeout=30, check=False
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("credential helper %s failed: %s", helper, exc)
         return None
@@ -166,8 +170,7 @@ def _from_helper(helper: str, host: str) -> Credentials | None:
     return Credentials(str(data.get("Username", "")), str(data["Secret"]))
 
 
-def signed_token_url(realm: str, challenge: Challenge, *, now: float | None = None,
-                     nonce: str | None = None) -> str:
+def signed_token_url(realm: str, challenge: Challenge, *, now: float | None = None, nonce: str | None = None) -> str:
     """The token URL Ollama requests: ``realm`` plus ``service``, each ``scope``, ``ts`` and ``nonce``,
     with every query parameter sorted by key (Go's ``url.Values.Encode``)."""
     parts = urlsplit(realm)
@@ -181,8 +184,7 @@ def signed_token_url(realm: str, challenge: Challenge, *, now: float | None = No
     if nonce is None:
         nonce = base64.urlsafe_b64encode(secrets.token_bytes(16)).decode("ascii").rstrip("=")
     values.setdefault("nonce", []).append(nonce)
-    query = "&".join(f"{quote_plus(key)}={quote_plus(value)}"
-                     for key in sorted(values) for value in values[key])
+    query = "&".join(f"{quote_plus(key)}={quote_plus(value)}" for key in sorted(values) for value in values[key])
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
@@ -195,8 +197,9 @@ def signed_request_payload(method: str, url: str, body: bytes = b"") -> bytes:
 class Authenticator:
     """Answers one registry host's challenges; holds the ``Authorization`` header once it has one."""
 
-    def __init__(self, host: str, *, key_home: Path, environ: Mapping[str, str] | None = None,
-                 home: Path | None = None) -> None:
+    def __init__(
+        self, host: str, *, key_home: Path, environ: Mapping[str, str] | None = None, home: Path | None = None
+    ) -> None:
         self.host = host
         self.key_home = key_home
         self.environ = environ

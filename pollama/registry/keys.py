@@ -43,8 +43,11 @@ class KeyPair:
     def generate(cls) -> KeyPair:
         """A fresh random key."""
         private = Ed25519PrivateKey.generate()
-        return cls.from_seed(private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                                   serialization.NoEncryption()))
+        return cls.from_seed(
+            private.private_bytes(
+                serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+            )
+        )
 
     @property
     def public_base64(self) -> str:
@@ -55,7 +58,8 @@ class KeyPair:
     def authorized_key(self) -> str:
         """The ``.pub`` file's line, as Go's ``ssh.MarshalAuthorizedKey`` writes it (with ``\\n``)."""
         line = Ed25519PublicKey.from_public_bytes(self.public).public_bytes(
-            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
         return line.decode("ascii") + "\n"
 
     def raw_signature(self, message: bytes) -> bytes:
@@ -80,8 +84,9 @@ def verify_signature(public: bytes, message: bytes, signature: bytes) -> bool:
 def encode_private_key(key: KeyPair) -> bytes:
     """``key`` as an unencrypted OpenSSH private key file."""
     private = Ed25519PrivateKey.from_private_bytes(key.seed)
-    return private.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-                                 serialization.NoEncryption())
+    return private.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    )
 
 
 def decode_private_key(text: bytes) -> KeyPair:
@@ -98,8 +103,9 @@ def decode_private_key(text: bytes) -> KeyPair:
         raise ValueError(f"corrupt private key: {exc}") from None
     if not isinstance(private, Ed25519PrivateKey):
         raise ValueError("not an ed25519 key")
-    return KeyPair.from_seed(private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
-                                                   serialization.NoEncryption()))
+    return KeyPair.from_seed(
+        private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption())
+    )
 
 
 def load_keypair(home: Path) -> KeyPair:

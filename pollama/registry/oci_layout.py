@@ -111,19 +111,22 @@ def export_model(store: ModelStore, name: ModelName, target: Path) -> Generator[
     return LayoutSummary([found.display], target, len(handles), manifest.size)
 
 
-def _write_layout(found: ModelName, manifest: Manifest, handles: dict[str, IO[bytes]],
-                  target: Path) -> Iterator[Progress]:
+def _write_layout(
+    found: ModelName, manifest: Manifest, handles: dict[str, IO[bytes]], target: Path
+) -> Iterator[Progress]:
     raw = manifest.to_bytes()
     manifest_digest = "sha256:" + hashlib.sha256(raw).hexdigest()
     index = {
         "schemaVersion": 2,
         "mediaType": OCI_INDEX,
-        "manifests": [{
-            "mediaType": manifest.media_type or MANIFEST_V2,
-            "digest": manifest_digest,
-            "size": len(raw),
-            "annotations": {REF_NAME: found.full},
-        }],
+        "manifests": [
+            {
+                "mediaType": manifest.media_type or MANIFEST_V2,
+                "digest": manifest_digest,
+                "size": len(raw),
+                "annotations": {REF_NAME: found.full},
+            }
+        ],
     }
     target = target.absolute()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -165,8 +168,9 @@ class _Planned:
     manifest: Manifest
 
 
-def import_layout(store: ModelStore, source: Path,
-                  name: ModelName | None = None) -> Generator[Progress, None, LayoutSummary]:
+def import_layout(
+    store: ModelStore, source: Path, name: ModelName | None = None
+) -> Generator[Progress, None, LayoutSummary]:
     """Install the models of the OCI image layout tar ``source`` (``name`` renames a single model).
 
     Blobs are written (verified) and reserved first; then, under the store lock, every blob each
@@ -183,15 +187,15 @@ def import_layout(store: ModelStore, source: Path,
             members = _safe_members(tar, source)
             layout = _read_json(tar, members, "oci-layout")
             if not str(layout.get("imageLayoutVersion", "")).startswith("1."):
-                raise InvalidRequest(f"{source.name}: unsupported OCI layout version "
-                                     f"{layout.get('imageLayoutVersion')!r}")
+                raise InvalidRequest(
+                    f"{source.name}: unsupported OCI layout version {layout.get('imageLayoutVersion')!r}"
+                )
             index = _read_json(tar, members, "index.json")
             descriptors = index.get("manifests")
             if not isinstance(descriptors, list) or not descriptors:
                 raise InvalidRequest(f"{source.name}: index.json lists no manifests")
             if name is not None and len(descriptors) != 1:
-                raise InvalidRequest(f"{source.name} holds {len(descriptors)} models; a name can only be "
-                                     f"given for one")
+                raise InvalidRequest(f"{source.name} holds {len(descriptors)} models; a name can only be given for one")
             planned = [_plan(tar, members, source, d, name) for d in descriptors]
             sizes: dict[str, int] = {}
             for item in planned:
@@ -206,8 +210,9 @@ def import_layout(store: ModelStore, source: Path,
                         continue
                     member = _member(members, source, digest)
                     if member.size != layer.size:
-                        raise DigestMismatch(f"{source.name}: blob {digest} has {member.size} bytes, the "
-                                             f"manifest says {layer.size}")
+                        raise DigestMismatch(
+                            f"{source.name}: blob {digest} has {member.size} bytes, the manifest says {layer.size}"
+                        )
 
                     def copy(counter: ByteCounter, member: tarfile.TarInfo = member, digest: str = digest) -> None:
                         _copy_blob(store, tar, member, digest, counter, source, reserved)
@@ -218,8 +223,15 @@ def import_layout(store: ModelStore, source: Path,
             with store.lock:
                 for item in planned:
                     for digest in store.missing_blobs(item.manifest):
-                        _copy_blob(store, tar, _member(members, source, parse_digest(digest)),
-                                   parse_digest(digest), ByteCounter(), source, reserved)
+                        _copy_blob(
+                            store,
+                            tar,
+                            _member(members, source, parse_digest(digest)),
+                            parse_digest(digest),
+                            ByteCounter(),
+                            source,
+                            reserved,
+                        )
                     store.write_manifest(item.name, item.manifest)
     except tarfile.TarError as exc:
         if created:
@@ -293,8 +305,9 @@ def _read_json(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], member
     return data
 
 
-def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Path, descriptor: Any,
-          name: ModelName | None) -> _Planned:
+def _plan(
+    tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Path, descriptor: Any, name: ModelName | None
+) -> _Planned:
     """Read and check one manifest of the index; decide the name it is installed under."""
     if not isinstance(descriptor, dict):
         raise InvalidRequest(f"{source.name}: index.json has a malformed manifest entry")
@@ -312,8 +325,10 @@ def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Pat
         annotations: dict[str, Any] = found if isinstance(found, dict) else {}
         ref = str(annotations.get(CONTAINERD_NAME) or annotations.get(REF_NAME) or "")
         if not ref or ("/" not in ref and ":" not in ref):
-            raise InvalidRequest(f"{source.name}: the archive does not name its model "
-                                 f"({REF_NAME} is {ref!r}); give a name: pollama import FILE NAME")
+            raise InvalidRequest(
+                f"{source.name}: the archive does not name its model "
+                f"({REF_NAME} is {ref!r}); give a name: pollama import FILE NAME"
+            )
         try:
             name = parse_name(ref)
         except InvalidModelName:
@@ -321,8 +336,15 @@ def _plan(tar: tarfile.TarFile, members: dict[str, tarfile.TarInfo], source: Pat
     return _Planned(name, manifest)
 
 
-def _copy_blob(store: ModelStore, tar: tarfile.TarFile, member: tarfile.TarInfo, digest: str,
-               counter: ByteCounter, source: Path, reserved: BlobReservation) -> None:
+def _copy_blob(
+    store: ModelStore,
+    tar: tarfile.TarFile,
+    member: tarfile.TarInfo,
+    digest: str,
+    counter: ByteCounter,
+    source: Path,
+    reserved: BlobReservation,
+) -> None:
     fh = tar.extractfile(member)
     if fh is None:
         raise InvalidRequest(f"{member.name} is not a regular file")

@@ -36,8 +36,9 @@ class _Outcome(Generic[T]):
         self.done = threading.Event()
 
 
-def in_background(work: Callable[[ByteCounter], T], label: str, digest: str, total: int, *,
-                  interval: float = 0.06) -> Generator[Progress, None, T]:
+def in_background(
+    work: Callable[[ByteCounter], T], label: str, digest: str, total: int, *, interval: float = 0.06
+) -> Generator[Progress, None, T]:
     """Run ``work(counter)`` on a thread, yielding ``Progress(label, digest, total, counter)`` lines."""
     counter = ByteCounter()
     outcome: _Outcome[T] = _Outcome()

@@ -93,15 +93,17 @@ class PullOptions:
 class BlobDownload:
     """One blob being fetched into ``blobs/<name>-partial``, shared by every pull that waits for it."""
 
-    def __init__(self, store: ModelStore, name: ModelName, layer: Layer, options: PullOptions,
-                 auth_header: str | None) -> None:
+    def __init__(
+        self, store: ModelStore, name: ModelName, layer: Layer, options: PullOptions, auth_header: str | None
+    ) -> None:
         self.store = store
         self.digest = layer.digest
         self.total = layer.size
         self.options = options
         self.settings = options.settings
-        self.client = RegistryClient(name, insecure=options.insecure, key_home=options.key_home,
-                                     settings=options.settings, home=options.home)
+        self.client = RegistryClient(
+            name, insecure=options.insecure, key_home=options.key_home, settings=options.settings, home=options.home
+        )
         self.client.auth.header = auth_header
         self.path = store.blobs.path(layer.digest)
         self.partial = Path(f"{self.path}-partial")
@@ -149,8 +151,9 @@ class BlobDownload:
 
     def _state_files(self) -> list[Path]:
         prefix = f"{self.partial.name}-"
-        return [p for p in self.store.blobs.list_files()
-                if p.name.startswith(prefix) and p.name[len(prefix):].isdigit()]
+        return [
+            p for p in self.store.blobs.list_files() if p.name.startswith(prefix) and p.name[len(prefix) :].isdigit()
+        ]
 
     def _load_parts(self) -> list[_Part] | None:
         """Resume state left by an earlier attempt (ours or Ollama's), if it is consistent."""
@@ -178,8 +181,9 @@ class BlobDownload:
 
     def _new_parts(self) -> list[_Part]:
         size = self.settings.part_size(self.total)
-        parts = [_Part(n, offset, min(size, self.total - offset))
-                 for n, offset in enumerate(range(0, self.total, size))]
+        parts = [
+            _Part(n, offset, min(size, self.total - offset)) for n, offset in enumerate(range(0, self.total, size))
+        ]
         self.store.blobs.root.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
@@ -210,8 +214,9 @@ class BlobDownload:
         url = self._direct_url()
         fd = os.open(self.partial, os.O_WRONLY)
         try:
-            with ThreadPoolExecutor(max_workers=min(self.settings.max_parts, len(todo)),
-                                    thread_name_prefix=f"part-{self.digest[7:19]}") as pool:
+            with ThreadPoolExecutor(
+                max_workers=min(self.settings.max_parts, len(todo)), thread_name_prefix=f"part-{self.digest[7:19]}"
+            ) as pool:
                 futures = [pool.submit(self._fetch_part, fd, part, url) for part in todo]
                 finished, _ = wait(futures, return_when=FIRST_EXCEPTION)
                 if any(f.exception() is not None for f in finished):
@@ -274,10 +279,16 @@ class BlobDownload:
                 error = registry_error(exc)
                 if retries >= self.settings.max_retries:
                     raise RegistryError(f"max retries exceeded: {error}") from None
-                delay = self.settings.retry_base * 2 ** retries
+                delay = self.settings.retry_base * 2**retries
                 retries += 1
-                log.info("%s part %d attempt %d failed: %s, retrying in %.1fs", self.digest[7:19], part.n,
-                         retries, error, delay)
+                log.info(
+                    "%s part %d attempt %d failed: %s, retrying in %.1fs",
+                    self.digest[7:19],
+                    part.n,
+                    retries,
+                    error,
+                    delay,
+                )
                 self._sleep(delay)
                 continue
             self._save(part)
@@ -297,7 +308,7 @@ class BlobDownload:
             for chunk in response.iter_raw():
                 if self._stop.is_set():
                     raise _Cancelled()
-                chunk = chunk[:part.size - part.completed]
+                chunk = chunk[: part.size - part.completed]
                 if chunk:
                     try:
                         _pwrite_all(fd, chunk, part.offset + part.completed)
@@ -332,8 +343,9 @@ class BlobDownload:
                 self.store.blobs.commit_file(self.partial, self.digest, actual=actual, reservation=reserved)
             except DigestMismatch:
                 self._discard()
-                self.error = DigestMismatch(f"digest mismatch, file must be downloaded again: "
-                                            f"want {self.digest}, got {actual}")
+                self.error = DigestMismatch(
+                    f"digest mismatch, file must be downloaded again: want {self.digest}, got {actual}"
+                )
                 raise self.error from None
             for path in self._state_files():
                 with contextlib.suppress(FileNotFoundError):
@@ -385,10 +397,14 @@ class BlobTransfers:
                 del self._active[key]
 
 
-def pull_model(store: ModelStore, name: ModelName, options: PullOptions, *,
-               transfers: BlobTransfers | None = None,
-               offline: Callable[[ModelName, RegistryUnreachable], Iterator[Progress] | None] | None = None,
-               ) -> Iterator[Progress]:
+def pull_model(
+    store: ModelStore,
+    name: ModelName,
+    options: PullOptions,
+    *,
+    transfers: BlobTransfers | None = None,
+    offline: Callable[[ModelName, RegistryUnreachable], Iterator[Progress] | None] | None = None,
+) -> Iterator[Progress]:
     """Pull ``name`` into ``store``, yielding Ollama's status lines; raises a domain error on failure.
 
     ``offline(name, error)`` is asked for another source when the registry cannot be reached; it
@@ -398,8 +414,9 @@ def pull_model(store: ModelStore, name: ModelName, options: PullOptions, *,
         raise RegistryError("insecure protocol http")
     transfers = transfers or BlobTransfers()
     yield Progress("pulling manifest")
-    with RegistryClient(name, insecure=options.insecure, key_home=options.key_home,
-                        settings=options.settings, home=options.home) as client:
+    with RegistryClient(
+        name, insecure=options.insecure, key_home=options.key_home, settings=options.settings, home=options.home
+    ) as client:
         try:
             raw, claimed = client.get_manifest(name.tag)
         except RegistryUnreachable as exc:
@@ -429,9 +446,15 @@ def pull_model(store: ModelStore, name: ModelName, options: PullOptions, *,
     yield Progress("success")
 
 
-def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options: PullOptions,
-                 transfers: BlobTransfers, auth_header: str | None, reserved: BlobReservation,
-                 ) -> Iterator[Progress]:
+def _fetch_blobs(
+    store: ModelStore,
+    name: ModelName,
+    manifest: Manifest,
+    options: PullOptions,
+    transfers: BlobTransfers,
+    auth_header: str | None,
+    reserved: BlobReservation,
+) -> Iterator[Progress]:
     """Download every blob the store lacks (one after another, parts in parallel), then verify them."""
     interval = options.settings.progress_interval
     attached: list[BlobDownload] = []
@@ -446,8 +469,9 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
                 store.blobs.touch(layer.digest)
                 yield Progress(label, layer.digest, layer.size, layer.size)
                 continue
-            download = transfers.attach(store, layer.digest, functools.partial(
-                BlobDownload, store, name, layer, options, auth_header))
+            download = transfers.attach(
+                store, layer.digest, functools.partial(BlobDownload, store, name, layer, options, auth_header)
+            )
             attached.append(download)
             while not download.done.wait(interval):
                 yield Progress(label, layer.digest, download.total, download.completed)
@@ -466,4 +490,3 @@ def _fetch_blobs(store: ModelStore, name: ModelName, manifest: Manifest, options
     finally:
         for download in attached:
             transfers.detach(store, download)
-

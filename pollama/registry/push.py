@@ -57,8 +57,9 @@ def push_model(store: ModelStore, name: ModelName, options: PushOptions) -> Iter
     except ModelNotFound:
         yield Progress("couldn't retrieve manifest")
         raise
-    with RegistryClient(name, insecure=options.insecure, key_home=options.key_home,
-                        settings=options.settings, home=options.home) as client:
+    with RegistryClient(
+        name, insecure=options.insecure, key_home=options.key_home, settings=options.settings, home=options.home
+    ) as client:
         seen: set[str] = set()
         for layer in [*manifest.layers, manifest.config]:
             if layer.digest in seen:
@@ -83,8 +84,9 @@ def _mount_source(layer: Layer, name: ModelName) -> str:
     return source.repository
 
 
-def _push_blob(store: ModelStore, client: RegistryClient, name: ModelName, layer: Layer,
-               settings: TransferSettings) -> Iterator[Progress]:
+def _push_blob(
+    store: ModelStore, client: RegistryClient, name: ModelName, layer: Layer, settings: TransferSettings
+) -> Iterator[Progress]:
     label = f"pushing {layer.digest[7:19]}"
     if client.has_blob(layer.digest):
         yield Progress(label, layer.digest, layer.size, layer.size)
@@ -93,12 +95,24 @@ def _push_blob(store: ModelStore, client: RegistryClient, name: ModelName, layer
     if not path.is_file():
         raise RegistryError(f'blob "{layer.digest}" not found')
     total = path.stat().st_size
-    yield from in_background(lambda counter: _upload(client, name, layer, path, total, settings, counter),
-                             label, layer.digest, total, interval=settings.progress_interval)
+    yield from in_background(
+        lambda counter: _upload(client, name, layer, path, total, settings, counter),
+        label,
+        layer.digest,
+        total,
+        interval=settings.progress_interval,
+    )
 
 
-def _upload(client: RegistryClient, name: ModelName, layer: Layer, path: Path, total: int,
-            settings: TransferSettings, counter: ByteCounter) -> None:
+def _upload(
+    client: RegistryClient,
+    name: ModelName,
+    layer: Layer,
+    path: Path,
+    total: int,
+    settings: TransferSettings,
+    counter: ByteCounter,
+) -> None:
     """Upload one blob, retrying the whole upload session on transient failures."""
     attempt = 0
     while True:
@@ -109,7 +123,7 @@ def _upload(client: RegistryClient, name: ModelName, layer: Layer, path: Path, t
             error = registry_error(exc)
             if attempt >= settings.max_retries:
                 raise RegistryError(f"max retries exceeded: {error}") from None
-            delay = settings.retry_base * 2 ** attempt
+            delay = settings.retry_base * 2**attempt
             attempt += 1
             log.info("%s upload attempt %d failed: %s, retrying in %.1fs", layer.digest[7:19], attempt, error, delay)
             time.sleep(delay)
@@ -147,8 +161,15 @@ class _Chunk:
         self.md5 = md5.digest()
 
 
-def _upload_once(client: RegistryClient, name: ModelName, layer: Layer, path: Path, total: int,
-                 settings: TransferSettings, counter: ByteCounter) -> None:
+def _upload_once(
+    client: RegistryClient,
+    name: ModelName,
+    layer: Layer,
+    path: Path,
+    total: int,
+    settings: TransferSettings,
+    counter: ByteCounter,
+) -> None:
     counter.add(-counter.value)
     start_url = client.url("blobs/uploads/")
     source = _mount_source(layer, name)
@@ -165,10 +186,15 @@ def _upload_once(client: RegistryClient, name: ModelName, layer: Layer, path: Pa
     with ThreadPoolExecutor(max_workers=settings.max_parts, thread_name_prefix="push-part") as pool:
         for chunk in chunks:
             response = client.request(
-                "PATCH", url, body=functools.partial(chunk.body, path, counter),
-                headers={"Content-Type": "application/octet-stream", "Content-Length": str(chunk.size),
-                         "X-Redirect-Uploads": "1",
-                         "Content-Range": f"{chunk.offset}-{chunk.offset + chunk.size - 1}"},
+                "PATCH",
+                url,
+                body=functools.partial(chunk.body, path, counter),
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": str(chunk.size),
+                    "X-Redirect-Uploads": "1",
+                    "Content-Range": f"{chunk.offset}-{chunk.offset + chunk.size - 1}",
+                },
             )
             next_url = _next_url(client, url, response)
             if response.status_code == 307:
@@ -190,14 +216,17 @@ def _next_url(client: RegistryClient, current: str, response: httpx.Response) ->
     return client.resolve(current, location)
 
 
-def _put_redirected(client: RegistryClient, url: str, path: Path, chunk: _Chunk, counter: ByteCounter,
-                    settings: TransferSettings) -> None:
+def _put_redirected(
+    client: RegistryClient, url: str, path: Path, chunk: _Chunk, counter: ByteCounter, settings: TransferSettings
+) -> None:
     """Send a chunk to the storage a ``307`` pointed at, without our credentials (retried)."""
     for attempt in range(settings.max_retries + 1):
         try:
-            response = client.http.put(url, content=chunk.body(path, counter),
-                                       headers={"Content-Type": "application/octet-stream",
-                                                "Content-Length": str(chunk.size)})
+            response = client.http.put(
+                url,
+                content=chunk.body(path, counter),
+                headers={"Content-Type": "application/octet-stream", "Content-Length": str(chunk.size)},
+            )
         except httpx.TransportError as exc:
             error: RegistryError = registry_error(exc)
         else:
@@ -208,4 +237,4 @@ def _put_redirected(client: RegistryClient, url: str, path: Path, chunk: _Chunk,
                 raise error
         if attempt == settings.max_retries:
             raise RegistryError(f"max retries exceeded: {error}")
-        time.sleep(settings.retry_base * 2 ** attempt)
+        time.sleep(settings.retry_base * 2**attempt)

@@ -34,9 +34,10 @@ from pollama.scheduler.spec import LoadSpec
 
 log = logging.getLogger(__name__)
 
-RUNNER_STOPPED = ("model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
-                  "error, check ollama server logs for details")
-
+RUNNER_STOPPED = (
+    "model runner has unexpectedly stopped, this may be due to resource limitations or an internal "
+    "error, check ollama server logs for details"
+)
 
 
 @dataclass(frozen=True)
@@ -55,9 +56,16 @@ class CompletionParams:
 
     def wire(self) -> dict[str, Any]:
         """The request line sent to the runner."""
-        body: dict[str, Any] = {"op": "completion", "prompt": self.prompt, "shift": self.shift,
-                                "truncate": self.truncate, "options": self.options, "logprobs": self.logprobs,
-                                "top_logprobs": self.top_logprobs, "return_tokens": self.return_tokens}
+        body: dict[str, Any] = {
+            "op": "completion",
+            "prompt": self.prompt,
+            "shift": self.shift,
+            "truncate": self.truncate,
+            "options": self.options,
+            "logprobs": self.logprobs,
+            "top_logprobs": self.top_logprobs,
+            "return_tokens": self.return_tokens,
+        }
         if self.grammar is not None:
             body["grammar"] = self.grammar
         if self.json_schema is not None:
@@ -152,9 +160,23 @@ class ModelRunner(Protocol):
 
 def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> list[str]:
     """The command line that starts a runner for ``spec``."""
-    cmd = [sys.executable, "-m", "pollama.runner", "--model", str(spec.model_path), "--socket", socket_path,
-           "--ctx-size", str(spec.num_ctx), "--parallel", str(spec.num_parallel),
-           "--batch-size", str(spec.num_batch), "--kv-cache-type", spec.kv_cache_type]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pollama.runner",
+        "--model",
+        str(spec.model_path),
+        "--socket",
+        socket_path,
+        "--ctx-size",
+        str(spec.num_ctx),
+        "--parallel",
+        str(spec.num_parallel),
+        "--batch-size",
+        str(spec.num_batch),
+        "--kv-cache-type",
+        spec.kv_cache_type,
+    ]
     if spec.num_thread > 0:
         cmd += ["--threads", str(spec.num_thread)]
     if spec.num_gpu >= 0:
@@ -191,15 +213,20 @@ class RunnerProcess:
         self._lost = False  # the socket broke mid-request: treat the runner as gone before its exit is seen
 
     @classmethod
-    async def start(cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False,
-                    env: dict[str, str] | None = None) -> RunnerProcess:
+    async def start(
+        cls, spec: LoadSpec, *, load_timeout: float = 300.0, debug: bool = False, env: dict[str, str] | None = None
+    ) -> RunnerProcess:
         """Launch a runner and wait until its model is loaded."""
         workdir = _make_runner_dir()
         socket_path = os.path.join(workdir, "sock")
         proc = await asyncio.create_subprocess_exec(
             *runner_command(spec, socket_path, debug=debug),
-            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-            env=env, start_new_session=True)
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=env,
+            start_new_session=True,
+        )
         runner = cls(spec, proc, workdir, socket_path)
         runner._stderr_task = asyncio.get_running_loop().create_task(runner._pump_stderr())
         try:
@@ -441,4 +468,3 @@ def _pid_alive(pid: int) -> bool:
             return fh.read().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
-

@@ -133,7 +133,7 @@ def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
             if text.endswith(stop[:k]):
                 hold = max(hold, k)
                 break
-    return (text[: len(text) - hold], text[len(text) - hold:], False) if hold else (text, "", False)
+    return (text[: len(text) - hold], text[len(text) - hold :], False) if hold else (text, "", False)
 
 
 class Engine:
@@ -307,7 +307,7 @@ class Engine:
                 raise InvalidRequest(PROMPT_TOO_LONG)
             keep = min(job.num_keep + (1 if tokens[0] == self.model.bos else 0), self.num_ctx // 2)
             target = self.num_ctx - max((self.num_ctx - keep) // 2, 1)
-            tokens = tokens[:keep] + tokens[len(tokens) - (target - keep):]
+            tokens = tokens[:keep] + tokens[len(tokens) - (target - keep) :]
             log.warning("truncating input prompt to %d tokens", len(tokens))
         reuse = common_prefix(slot.cache, tokens)
         if reuse >= len(tokens):
@@ -369,14 +369,14 @@ class Engine:
                 slot.cache.append(token)
                 if last:
                     sampling.append((slot, index))
-            slot.pending = slot.pending[len(take):]
+            slot.pending = slot.pending[len(take) :]
         if batch.n == 0:
             return
         if not self._decode_abortably(batch, [s for s in self._slots if s.seq in before]):
             for slot in self._slots:
                 if slot.seq in before:  # the aborted batch is not in the KV cache: forget it here too
                     self.ctx.seq_remove(slot.seq, before[slot.seq], -1)
-                    del slot.cache[before[slot.seq]:]
+                    del slot.cache[before[slot.seq] :]
                     if slot.job is not None and slot.job.cancelled:
                         self._finish(slot, None)
             return
@@ -412,7 +412,7 @@ class Engine:
         discard = (len(slot.cache) - keep) // 2
         self.ctx.seq_remove(slot.seq, keep, keep + discard)
         self.ctx.seq_shift(slot.seq, keep + discard, len(slot.cache), -discard)
-        del slot.cache[keep:keep + discard]
+        del slot.cache[keep : keep + discard]
         log.debug("context shift on slot %d: kept %d, dropped %d", slot.seq, keep, discard)
 
     def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:

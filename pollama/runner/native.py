@@ -414,8 +414,9 @@ class SamplerChain:
     mirostat or greedy replacing the tail when asked.
     """
 
-    def __init__(self, model: Model, params: SamplingParams, context_tokens: Sequence[int] = (), *,
-                 num_ctx: int = 0) -> None:
+    def __init__(
+        self, model: Model, params: SamplingParams, context_tokens: Sequence[int] = (), *, num_ctx: int = 0
+    ) -> None:
         cp = C.llama_sampler_chain_default_params()
         cp.no_perf = True
         self._chain: Any = C.llama_sampler_chain_init(cp)
@@ -428,14 +429,16 @@ class SamplerChain:
                     raise RunnerError("failed to parse grammar")
                 self._add(grammar)
             penalize = params.repeat_last_n != 0 and (
-                params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0)
+                params.repeat_penalty != 1.0 or params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+            )
             if penalize:
                 # -1 means the whole context (Ollama); the window is a ring buffer, so bound it by the
                 # context too rather than let a huge value allocate gigabytes.
                 window = num_ctx if num_ctx > 0 else model.n_vocab
                 last_n = window if params.repeat_last_n < 0 else min(params.repeat_last_n, window)
                 self._penalties = C.llama_sampler_init_penalties(
-                    model.n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty)
+                    model.n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
+                )
                 self._add(self._penalties)
                 for token in list(context_tokens)[-last_n:]:
                     C.llama_sampler_accept(self._penalties, token)
@@ -443,8 +446,9 @@ class SamplerChain:
                 self._add(C.llama_sampler_init_greedy())
             elif params.mirostat == 1:
                 self._add(C.llama_sampler_init_temp(params.temperature))
-                self._add(C.llama_sampler_init_mirostat(
-                    model.n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100))
+                self._add(
+                    C.llama_sampler_init_mirostat(model.n_vocab, seed, params.mirostat_tau, params.mirostat_eta, 100)
+                )
             elif params.mirostat == 2:
                 self._add(C.llama_sampler_init_temp(params.temperature))
                 self._add(C.llama_sampler_init_mirostat_v2(seed, params.mirostat_tau, params.mirostat_eta))

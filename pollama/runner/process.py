@@ -135,14 +135,16 @@ class RunnerServer:
             elif op == "embed":
                 await self._embed(request, writer)
             elif op == "tokenize":
-                tokens = await asyncio.to_thread(self.model.tokenize, str(request.get("content", "")),
-                                                 add_special=bool(request.get("add_special")))
+                tokens = await asyncio.to_thread(
+                    self.model.tokenize, str(request.get("content", "")), add_special=bool(request.get("add_special"))
+                )
                 await _send(writer, {"tokens": tokens})
             elif op == "count":
                 texts = [str(text) for text in request.get("texts") or []]
                 special = bool(request.get("add_special", True))
-                counts = await asyncio.to_thread(lambda: [len(self.model.tokenize(t, add_special=special))
-                                                          for t in texts])
+                counts = await asyncio.to_thread(
+                    lambda: [len(self.model.tokenize(t, add_special=special)) for t in texts]
+                )
                 await _send(writer, {"counts": counts})
             elif op == "detokenize":
                 text = await asyncio.to_thread(self._detokenize, request.get("tokens", []))
@@ -211,15 +213,17 @@ class RunnerServer:
             first["tokens"] = tokens  # the caller wants them (Ollama's ``context``): no second tokenization
         return job, _line(first)
 
-    async def _completion(self, request: dict[str, Any], reader: asyncio.StreamReader,
-                          writer: asyncio.StreamWriter) -> None:
+    async def _completion(
+        self, request: dict[str, Any], reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
         loop = asyncio.get_running_loop()
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         gone = loop.create_task(reader.read())  # EOF = the client went away
         submitted: CompletionJob | None = None
         try:
-            job, first = await asyncio.to_thread(self._build_completion, request,
-                                                 lambda event: self._post(events, event))
+            job, first = await asyncio.to_thread(
+                self._build_completion, request, lambda event: self._post(events, event)
+            )
             submitted = job
             if gone.done():
                 self.engine.cancel(job)
@@ -331,23 +335,48 @@ def main(argv: list[str] | None = None) -> int:
     # The engine thread wants the GIL back the moment llama_decode returns; with the default 5 ms
     # switch interval it could wait that long behind the socket thread on every decode step.
     sys.setswitchinterval(0.0005)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="runner: %(levelname)s %(message)s", stream=sys.stderr)
-    model = Model(ModelParams(path=args.model, n_gpu_layers=args.n_gpu_layers, main_gpu=args.main_gpu,
-                              use_mmap=not args.no_mmap, use_mlock=args.mlock))
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="runner: %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    model = Model(
+        ModelParams(
+            path=args.model,
+            n_gpu_layers=args.n_gpu_layers,
+            main_gpu=args.main_gpu,
+            use_mmap=not args.no_mmap,
+            use_mlock=args.mlock,
+        )
+    )
     adapters = [LoraAdapter(model, path) for path in args.lora]
     parallel = 1 if args.embedding else max(1, args.parallel)
     num_ctx = max(4, args.ctx_size)
     batch = min(2048, num_ctx) if args.embedding else min(max(1, args.batch_size), num_ctx)
     flash = {"on": True, "off": False}.get(args.flash_attn)
-    ctx = Context(model, ContextParams(n_ctx=num_ctx * parallel, n_batch=batch, n_seq_max=parallel,
-                                       n_threads=args.threads, embeddings=args.embedding,
-                                       flash_attention=flash, kv_cache_type=args.kv_cache_type),
-                  adapters)
+    ctx = Context(
+        model,
+        ContextParams(
+            n_ctx=num_ctx * parallel,
+            n_batch=batch,
+            n_seq_max=parallel,
+            n_threads=args.threads,
+            embeddings=args.embedding,
+            flash_attention=flash,
+            kv_cache_type=args.kv_cache_type,
+        ),
+        adapters,
+    )
     engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch)
     engine.start()
-    ready = {"status": "ready", "pid": os.getpid(), "n_ctx": num_ctx, "parallel": parallel,
-             "model_size": model.size, "n_ctx_train": model.n_ctx_train}
+    ready = {
+        "status": "ready",
+        "pid": os.getpid(),
+        "n_ctx": num_ctx,
+        "parallel": parallel,
+        "model_size": model.size,
+        "n_ctx_train": model.n_ctx_train,
+    }
     try:
         asyncio.run(_serve(args, model, engine, ready))
     finally:

@@ -175,8 +175,7 @@ class Scheduler:
             pending = self._queue.get_nowait()
             if not pending.future.done():
                 pending.future.set_exception(RunnerError("server is shutting down"))
-        await asyncio.gather(*(self._unload(entry) for entry in list(self._loaded.values())),
-                             return_exceptions=True)
+        await asyncio.gather(*(self._unload(entry) for entry in list(self._loaded.values())), return_exceptions=True)
         while self._tasks:  # unloads already under way finish; watchers of stopped runners end
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
@@ -279,8 +278,18 @@ class Scheduler:
     def running(self) -> list[RunningModel]:
         """Every loaded model, most recently used first (for ``/api/ps``)."""
         entries = sorted(self.loaded(), key=lambda e: e.last_used, reverse=True)
-        return [RunningModel(name=e.spec.name, model=e.spec.name, digest=e.spec.digest, size=e.size, size_vram=0,
-                             context_length=e.spec.num_ctx, expires_at=e.expires_at) for e in entries]
+        return [
+            RunningModel(
+                name=e.spec.name,
+                model=e.spec.name,
+                digest=e.spec.digest,
+                size=e.size,
+                size_vram=0,
+                context_length=e.spec.num_ctx,
+                expires_at=e.expires_at,
+            )
+            for e in entries
+        ]
 
     # --- the queue ------------------------------------------------------------------------------
 

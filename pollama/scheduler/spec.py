@@ -84,7 +84,11 @@ class LoadSpec:
         if wanted.use_mmap is not None and self.use_mmap != wanted.use_mmap:
             return True
         return (self.num_thread, self.num_parallel, self.embedding, self.use_mlock) != (
-            wanted.num_thread, wanted.num_parallel, wanted.embedding, wanted.use_mlock)
+            wanted.num_thread,
+            wanted.num_parallel,
+            wanted.embedding,
+            wanted.use_mlock,
+        )
 
 
 @dataclass(frozen=True)

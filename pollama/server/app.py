@@ -38,8 +38,9 @@ def create_app(settings: Settings) -> FastAPI:
         finally:
             await inference_service.close()
 
-    app = FastAPI(title="pollama", version=__version__, lifespan=lifespan,
-                  description="Ollama's API, served by pollama.")
+    app = FastAPI(
+        title="pollama", version=__version__, lifespan=lifespan, description="Ollama's API, served by pollama."
+    )
     app.state.ctx = ctx
     install_error_handlers(app)
     document_errors(app)

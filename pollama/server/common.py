@@ -63,9 +63,12 @@ async def first_chunk(chunks: AsyncIterator[Chunk]) -> Chunk | None:
         return None
 
 
-async def converted(first: Chunk | None, chunks: AsyncIterator[Chunk],
-                    convert: Callable[[Chunk], list[bytes]],
-                    on_error: Callable[[Exception], list[bytes]]) -> AsyncIterator[bytes]:
+async def converted(
+    first: Chunk | None,
+    chunks: AsyncIterator[Chunk],
+    convert: Callable[[Chunk], list[bytes]],
+    on_error: Callable[[Exception], list[bytes]],
+) -> AsyncIterator[bytes]:
     """The events of a stream: ``convert`` applied to ``first`` and then to every later chunk; a
     failure mid-stream becomes ``on_error``'s events (the status is already sent); ``chunks`` is
     always closed, so a client that goes away releases its runner slot."""

@@ -78,7 +78,7 @@ def _inline_refs(node: Any, defs: dict[str, Any], seen: tuple[str, ...]) -> Any:
         return node
     ref = node.get("$ref")
     if isinstance(ref, str) and ref.startswith("#/$defs/"):
-        name = ref[len("#/$defs/"):]
+        name = ref[len("#/$defs/") :]
         siblings = {k: _inline_refs(v, defs, seen) for k, v in node.items() if k != "$ref"}
         if name in seen or name not in defs:
             return siblings
@@ -103,10 +103,16 @@ _NATIVE_ERRORS: dict[tuple[str, str], tuple[int, ...]] = {
     ("/api/blobs/{digest}", "head"): (400, 404),
     ("/api/blobs/{digest}", "post"): (400, 500),
 }
-_ERROR_DESCRIPTIONS = {400: "Invalid request", 404: "Model not found", 500: "Server error",
-                       503: "Server busy: too many queued requests (with `Retry-After`)"}
+_ERROR_DESCRIPTIONS = {
+    400: "Invalid request",
+    404: "Model not found",
+    500: "Server error",
+    503: "Server busy: too many queued requests (with `Retry-After`)",
+}
 ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object", "title": "Error", "required": ["error"],
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
     "properties": {"error": {"type": "string", "title": "Error"}},
 }
 
@@ -128,9 +134,13 @@ def document_errors(app: FastAPI) -> None:
                 continue
             responses = operation.setdefault("responses", {})
             for status in statuses:
-                responses.setdefault(str(status), {
-                    "description": _ERROR_DESCRIPTIONS[status],
-                    "content": {"application/json": {"schema": ERROR_SCHEMA}}})
+                responses.setdefault(
+                    str(status),
+                    {
+                        "description": _ERROR_DESCRIPTIONS[status],
+                        "content": {"application/json": {"schema": ERROR_SCHEMA}},
+                    },
+                )
         app.openapi_schema = document
         return document
 

@@ -111,6 +111,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if exc.status_code == 404:
             return PlainTextResponse("404 page not found", status_code=404)
         if exc.status_code == 405:
-            return PlainTextResponse("405 method not allowed", status_code=405,
-                                     headers={"Allow": ", ".join(allowed_methods(request))})
+            return PlainTextResponse(
+                "405 method not allowed", status_code=405, headers={"Allow": ", ".join(allowed_methods(request))}
+            )
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)

@@ -23,11 +23,24 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ALLOWED_HEADERS = [
-    "Authorization", "Content-Type", "User-Agent", "Accept", "X-Requested-With", "OpenAI-Beta",
-    "x-stainless-arch", "x-stainless-async", "x-stainless-custom-poll-interval",
-    "x-stainless-helper-method", "x-stainless-lang", "x-stainless-os", "x-stainless-package-version",
-    "x-stainless-poll-helper", "x-stainless-retry-count", "x-stainless-runtime",
-    "x-stainless-runtime-version", "x-stainless-timeout",
+    "Authorization",
+    "Content-Type",
+    "User-Agent",
+    "Accept",
+    "X-Requested-With",
+    "OpenAI-Beta",
+    "x-stainless-arch",
+    "x-stainless-async",
+    "x-stainless-custom-poll-interval",
+    "x-stainless-helper-method",
+    "x-stainless-lang",
+    "x-stainless-os",
+    "x-stainless-package-version",
+    "x-stainless-poll-helper",
+    "x-stainless-retry-count",
+    "x-stainless-runtime",
+    "x-stainless-runtime-version",
+    "x-stainless-timeout",
 ]
 
 

@@ -125,8 +125,7 @@ def _replace_surrogates(node: Any) -> Any:
 def parse_body(data: Any, model: type[T]) -> T:
     """Validate decoded JSON against ``model`` with Go-like type errors."""
     if not isinstance(data, dict):
-        raise InvalidRequest(f"json: cannot unmarshal {_json_kind(data)} into Go value of type "
-                             f"api.{model.__name__}")
+        raise InvalidRequest(f"json: cannot unmarshal {_json_kind(data)} into Go value of type api.{model.__name__}")
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -136,8 +135,9 @@ def parse_body(data: Any, model: type[T]) -> T:
             raise raised from None
         field = ".".join(str(p) for p in err.get("loc", ()) if not isinstance(p, int)) or "body"
         given = _json_kind(err.get("input"))
-        raise InvalidRequest(f"json: cannot unmarshal {given} into Go struct field "
-                             f"{model.__name__}.{field} of type {_go_type(err)}") from None
+        raise InvalidRequest(
+            f"json: cannot unmarshal {given} into Go struct field {model.__name__}.{field} of type {_go_type(err)}"
+        ) from None
 
 
 def decode_base64(data: str) -> bytes:
@@ -216,8 +216,14 @@ def _json_kind(value: Any) -> str:
 
 def _go_type(err: Any) -> str:
     kind = str(err.get("type", ""))
-    for prefix, go in (("string", "string"), ("bool", "bool"), ("int", "int"), ("float", "float64"),
-                       ("dict", "map[string]interface {}"), ("list", "[]interface {}")):
+    for prefix, go in (
+        ("string", "string"),
+        ("bool", "bool"),
+        ("int", "int"),
+        ("float", "float64"),
+        ("dict", "map[string]interface {}"),
+        ("list", "[]interface {}"),
+    ):
         if kind.startswith(prefix):
             return go
     return "interface {}"
@@ -309,8 +315,9 @@ async def stream_or_collect(
     return StreamingResponse(body(), media_type=NDJSON)
 
 
-async def unless_disconnected(request: Request | None, work: Coroutine[Any, Any, R],
-                              closing: AsyncIterator[Any] | None = None) -> R:
+async def unless_disconnected(
+    request: Request | None, work: Coroutine[Any, Any, R], closing: AsyncIterator[Any] | None = None
+) -> R:
     """Await ``work`` unless ``request``'s client disconnects first (without ``request``: just await it).
 
     A request that is not streamed reads its whole answer before sending a byte, so nothing else

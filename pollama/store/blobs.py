@@ -118,8 +118,9 @@ class BlobReservation:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
 
@@ -130,8 +131,9 @@ class BlobWriter:
     the folder; ``abort()`` (or leaving a ``with`` block without committing) deletes the temporary file.
     """
 
-    def __init__(self, blobs: BlobStore, digest: str | None = None, *,
-                 reservation: BlobReservation | None = None) -> None:
+    def __init__(
+        self, blobs: BlobStore, digest: str | None = None, *, reservation: BlobReservation | None = None
+    ) -> None:
         self._blobs = blobs
         self.expected = parse_digest(digest) if digest is not None else None
         self._reservation = reservation
@@ -175,8 +177,9 @@ class BlobWriter:
     def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.abort()
 
 
@@ -229,15 +232,17 @@ class BlobStore:
         """A ``BlobWriter`` for a blob expected to hash to ``digest`` (``None``: named by its hash)."""
         return BlobWriter(self, digest, reservation=reservation)
 
-    def write(self, chunks: Iterable[bytes], digest: str | None = None, *,
-              reservation: BlobReservation | None = None) -> WrittenBlob:
+    def write(
+        self, chunks: Iterable[bytes], digest: str | None = None, *, reservation: BlobReservation | None = None
+    ) -> WrittenBlob:
         """Store the bytes of ``chunks`` (as ``digest``, or under their own hash if ``None``)."""
         with self.writer(digest, reservation=reservation) as writer:
             writer.write_all(chunks)
             return writer.commit()
 
-    async def write_async(self, chunks: AsyncIterable[bytes], digest: str | None = None, *,
-                          reservation: BlobReservation | None = None) -> WrittenBlob:
+    async def write_async(
+        self, chunks: AsyncIterable[bytes], digest: str | None = None, *, reservation: BlobReservation | None = None
+    ) -> WrittenBlob:
         """``write`` for an asynchronous source (an HTTP request body): the event loop only collects
         chunks; opening, hashing, writing, fsync and rename run in worker threads."""
         import anyio
@@ -262,8 +267,9 @@ class BlobStore:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(writer.abort)
 
-    def commit_file(self, staged: Path, digest: str, *, actual: str | None = None,
-                    reservation: BlobReservation | None = None) -> WrittenBlob:
+    def commit_file(
+        self, staged: Path, digest: str, *, actual: str | None = None, reservation: BlobReservation | None = None
+    ) -> WrittenBlob:
         """Install a file written in place in ``blobs/`` (a finished download) as blob ``digest``.
 
         ``actual`` is the file's hash if the caller already knows it; otherwise it is computed. On
@@ -294,8 +300,9 @@ class BlobStore:
         written = self.write(_file_chunks(paths))
         return written.digest, written.size
 
-    def _install(self, staged: Path, fd: int, expected: str, actual: str, size: int,
-                 reservation: BlobReservation | None) -> WrittenBlob:
+    def _install(
+        self, staged: Path, fd: int, expected: str, actual: str, size: int, reservation: BlobReservation | None
+    ) -> WrittenBlob:
         """Every write ends here: digest check, fsync, rename into place, folder fsync."""
         final = self.path(expected)
         try:

@@ -102,8 +102,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     validate_file_names(request.files)
     validate_file_names(request.adapters)
     if request.quantize:
-        raise NotSupportedYet("quantization is not supported yet: create the model from an already "
-                              "quantized GGUF file")
+        raise NotSupportedYet("quantization is not supported yet: create the model from an already quantized GGUF file")
     with store.reserve() as reserved:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
@@ -164,8 +163,9 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     yield Progress("success")
 
 
-def _layers_from_model(store: ModelStore, source: str,
-                       reserved: BlobReservation) -> tuple[list[_BaseLayer], ModelConfig]:
+def _layers_from_model(
+    store: ModelStore, source: str, reserved: BlobReservation
+) -> tuple[list[_BaseLayer], ModelConfig]:
     """Every layer of an installed model, marked as coming from it (and reserved)."""
     from_name = parse_name(source)
     model = store.load(from_name)
@@ -182,12 +182,15 @@ def _layers_from_model(store: ModelStore, source: str,
     return base, model.config
 
 
-def _layers_from_files(store: ModelStore, files: dict[str, str], base: list[_BaseLayer],
-                       reserved: BlobReservation, *, adapter: bool) -> Iterator[Progress]:
+def _layers_from_files(
+    store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation, *, adapter: bool
+) -> Iterator[Progress]:
     """Turn uploaded GGUF blobs into model/projector/adapter layers (reserved, appended to ``base``)."""
     if any(name.endswith(".safetensors") for name in files):
-        raise NotSupportedYet("importing safetensors models is not supported yet: convert the model "
-                              "to GGUF first (llama.cpp's convert_hf_to_gguf.py)")
+        raise NotSupportedYet(
+            "importing safetensors models is not supported yet: convert the model "
+            "to GGUF first (llama.cpp's convert_hf_to_gguf.py)"
+        )
     for name, digest in files.items():
         path = store.blobs.path(digest)
         if not reserved.add(digest):
@@ -198,9 +201,11 @@ def _layers_from_files(store: ModelStore, files: dict[str, str], base: list[_Bas
         gguf = read_gguf(path)
         if adapter or gguf.kind == "adapter":
             media_type = MEDIA_ADAPTER
-        elif gguf.kind in ("projector", "mmproj") or (
-            not gguf.arch_value("block_count") and gguf.arch_value("vision.block_count")
-        ) or gguf.architecture == "clip":
+        elif (
+            gguf.kind in ("projector", "mmproj")
+            or (not gguf.arch_value("block_count") and gguf.arch_value("vision.block_count"))
+            or gguf.architecture == "clip"
+        ):
             media_type = MEDIA_PROJECTOR
         else:
             media_type = MEDIA_MODEL

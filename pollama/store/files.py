@@ -68,8 +68,13 @@ def go_json(value: Any) -> bytes:
     """Encode as Go's ``json.NewEncoder(w).Encode`` does: compact, ``<>&`` and U+2028/9 escaped,
     integral floats without a fraction, and a trailing newline."""
     text = json.dumps(_go_numbers(value), separators=(",", ":"), ensure_ascii=False)
-    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
-                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+    for raw, escaped in (
+        ("<", "\\u003c"),
+        (">", "\\u003e"),
+        ("&", "\\u0026"),
+        ("\u2028", "\\u2028"),
+        ("\u2029", "\\u2029"),
+    ):
         text = text.replace(raw, escaped)
     return (text + "\n").encode("utf-8")
 

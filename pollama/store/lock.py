@@ -73,8 +73,9 @@ class StoreLock:
         self.acquire()
         return self
 
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
         self.release()
 
     def _lock_file(self, deadline: float, limit: float) -> int:
@@ -88,8 +89,10 @@ class StoreLock:
                 except BlockingIOError:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
-                        raise StoreLocked(f"the models directory is busy: {self.path} is locked by another "
-                                          f"process (waited {limit:g}s)") from None
+                        raise StoreLocked(
+                            f"the models directory is busy: {self.path} is locked by another "
+                            f"process (waited {limit:g}s)"
+                        ) from None
                     # Another process holds it; flock has no timed wait, so poll, backing off to 50 ms.
                     time.sleep(min(delay, remaining))
                     delay = min(delay * 2, 0.05)

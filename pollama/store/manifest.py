@@ -84,12 +84,14 @@ class Manifest:
         """The bytes to store: the original bytes if this manifest was read, else Go's encoding."""
         if self.raw:
             return self.raw
-        return go_json({
-            "schemaVersion": self.schema_version,
-            "mediaType": self.media_type,
-            "config": self.config.to_json(),
-            "layers": [layer.to_json() for layer in self.layers],
-        })
+        return go_json(
+            {
+                "schemaVersion": self.schema_version,
+                "mediaType": self.media_type,
+                "config": self.config.to_json(),
+                "layers": [layer.to_json() for layer in self.layers],
+            }
+        )
 
     @property
     def digest(self) -> str:

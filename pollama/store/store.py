@@ -219,8 +219,7 @@ class ModelStore:
         model = StoredModel(found, manifest, config, mtime, self.blobs)
         for layer in manifest.layers:
             kind = layer.media_type
-            if kind not in (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES,
-                            MEDIA_LICENSE):
+            if kind not in (MEDIA_TEMPLATE, MEDIA_PROMPT, MEDIA_SYSTEM, MEDIA_PARAMS, MEDIA_MESSAGES, MEDIA_LICENSE):
                 continue
             text = self.blobs.read_bytes(layer.digest).decode("utf-8", errors="replace")
             if kind in (MEDIA_TEMPLATE, MEDIA_PROMPT):

@@ -74,10 +74,18 @@ class PromptBuilder:
         self._go: dict[str, _GoTemplate] = {}
         self._jinja: dict[str, ChatTemplate] = {}
 
-    async def render(self, model: ModelTemplates, req: PromptRequest, *, raw: bool = False,
-                     template: str | None = None, context: list[int] | None = None,
-                     detokenize: Callable[[list[int]], Awaitable[str]] | None = None,
-                     num_ctx: int | None = None, count_tokens: Counter | None = None) -> RenderedPrompt:
+    async def render(
+        self,
+        model: ModelTemplates,
+        req: PromptRequest,
+        *,
+        raw: bool = False,
+        template: str | None = None,
+        context: list[int] | None = None,
+        detokenize: Callable[[list[int]], Awaitable[str]] | None = None,
+        num_ctx: int | None = None,
+        count_tokens: Counter | None = None,
+    ) -> RenderedPrompt:
         """``build`` in a worker thread, with ``context`` (detokenized first) in front of the prompt.
 
         ``count_tokens`` is awaited on the event loop from the worker, once per batch of candidates
@@ -89,15 +97,31 @@ class PromptBuilder:
         counter = None
         if count_tokens is not None and num_ctx is not None:
             counter = _bounded_counter(count_tokens, num_ctx, req)
-        work = functools.partial(self.build, model, req, raw=raw, template=template, continues=bool(context),
-                                 num_ctx=num_ctx, count_tokens=counter)
+        work = functools.partial(
+            self.build,
+            model,
+            req,
+            raw=raw,
+            template=template,
+            continues=bool(context),
+            num_ctx=num_ctx,
+            count_tokens=counter,
+        )
         prompt = work() if raw else await anyio.to_thread.run_sync(work)
         prompt.text = prefix + prompt.text
         return prompt
 
-    def build(self, model: ModelTemplates, req: PromptRequest, *, raw: bool = False, template: str | None = None,
-              continues: bool = False, num_ctx: int | None = None,
-              count_tokens: Callable[[list[str]], list[int]] | None = None) -> RenderedPrompt:
+    def build(
+        self,
+        model: ModelTemplates,
+        req: PromptRequest,
+        *,
+        raw: bool = False,
+        template: str | None = None,
+        continues: bool = False,
+        num_ctx: int | None = None,
+        count_tokens: Callable[[list[str]], list[int]] | None = None,
+    ) -> RenderedPrompt:
         """The prompt for ``req`` (its ``model_*`` fields are taken from ``model``).
 
         ``continues`` (a generate request that carries ``context``) leaves the model's MESSAGEs out,
@@ -106,8 +130,9 @@ class PromptBuilder:
         """
         if req.endpoint == "generate" and raw:
             return RenderedPrompt(req.prompt)
-        req = dataclasses.replace(req, model_system=model.system or None,
-                                  model_messages=[] if continues else list(model.messages))
+        req = dataclasses.replace(
+            req, model_system=model.system or None, model_messages=[] if continues else list(model.messages)
+        )
         chat_template = model.chat_template or None
         use_go = model.template is not None and (self.prefer_go or chat_template is None)
         if not template and not use_go and chat_template is not None:
@@ -116,8 +141,9 @@ class PromptBuilder:
             return RenderedPrompt(build_prompt(parse_template(template), req))
         go = self._go_template(model.template if model.template is not None else _PLAIN)
         fit = req.endpoint == "chat" and len(req.messages) > 1 and num_ctx is not None
-        text = build_prompt(go.template, req, num_ctx=num_ctx if fit else None,
-                            count_tokens=count_tokens if fit else None)
+        text = build_prompt(
+            go.template, req, num_ctx=num_ctx if fit else None, count_tokens=count_tokens if fit else None
+        )
         return RenderedPrompt(text, thinking_tags=go.thinking_tags, tool_tag=go.tool_tag if req.tools else None)
 
     def _go_template(self, source: str) -> _GoTemplate:
@@ -152,10 +178,14 @@ class PromptBuilder:
         last_assistant = bool(messages) and messages[-1]["role"] == "assistant"
         think = req.think
         text = self._chat_template(source).render(
-            messages, tools=req.tools, add_generation_prompt=not last_assistant,
-            bos_token=model.bos_token, eos_token=model.eos_token,
+            messages,
+            tools=req.tools,
+            add_generation_prompt=not last_assistant,
+            bos_token=model.bos_token,
+            eos_token=model.eos_token,
             enable_thinking=None if think is None else bool(think),
-            reasoning_effort=think if isinstance(think, str) else None)
+            reasoning_effort=think if isinstance(think, str) else None,
+        )
         tags = jinja_thinking_tags(source) if think not in (None, False) else None
         tool_tag = None
         if req.tools:

@@ -120,9 +120,18 @@ class State:
 
     __slots__ = ("budget", "depth", "funcs", "missingkey", "name", "node", "now", "out", "text", "trees", "vars")
 
-    def __init__(self, *, text: str, trees: dict[str, ListNode], funcs: dict[str, GoFunc], missingkey: str,
-                 now: datetime.date | datetime.datetime | None, name: str = "", budget: Budget | None = None,
-                 out: _Output | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        text: str,
+        trees: dict[str, ListNode],
+        funcs: dict[str, GoFunc],
+        missingkey: str,
+        now: datetime.date | datetime.datetime | None,
+        name: str = "",
+        budget: Budget | None = None,
+        out: _Output | None = None,
+    ) -> None:
         self.text = text
         self.trees = trees
         self.funcs = funcs
@@ -147,7 +156,7 @@ class State:
         before = self.text[:pos]
         nl = before.rfind("\n")
         line = 1 + before.count("\n")
-        col = len(gostrconv.to_bytes(before[nl + 1:]))
+        col = len(gostrconv.to_bytes(before[nl + 1 :]))
         return f"template: :{line}:{col}: executing {gostrconv.quote(self.name)} at <{self.node}>: "
 
     def errorf(self, message: str) -> None:
@@ -314,12 +323,19 @@ class State:
         if tree is None:
             self.errorf(f"template {gostrconv.quote(t.name)} not defined")
         if self.depth >= MAX_EXEC_DEPTH:
-            raise TemplateLimitExceeded(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})",
-                                        location=self.location())
+            raise TemplateLimitExceeded(f"exceeded maximum template depth ({MAX_EXEC_DEPTH})", location=self.location())
         dot = self.eval_pipeline(dot, t.pipe)
         assert tree is not None
-        new = State(text=self.text, trees=self.trees, funcs=self.funcs, missingkey=self.missingkey, now=self.now,
-                    name=t.name, budget=self.budget, out=self.out)
+        new = State(
+            text=self.text,
+            trees=self.trees,
+            funcs=self.funcs,
+            missingkey=self.missingkey,
+            now=self.now,
+            name=t.name,
+            budget=self.budget,
+            out=self.out,
+        )
         new.depth = self.depth + 1
         new.vars = [["$", dot]]
         return new.enter(dot, tree)
@@ -411,8 +427,9 @@ class State:
             return value
         return self.eval_field_chain(dot, value, variable, variable.ident[1:], args, final)
 
-    def eval_field_chain(self, dot: Any, receiver: Any, node: Node, ident: list[str], args: list[Node] | None,
-                         final: Any) -> Any:
+    def eval_field_chain(
+        self, dot: Any, receiver: Any, node: Node, ident: list[str], args: list[Node] | None, final: Any
+    ) -> Any:
         n = len(ident)
         for i in range(n - 1):
             receiver = self.eval_field(dot, ident[i], node, None, _MISSING, receiver)
@@ -427,8 +444,9 @@ class State:
         assert fn is not None
         return self.eval_call(dot, fn, fn.builtin, cmd, name, args, final)
 
-    def eval_field(self, dot: Any, field_name: str, node: Node, args: list[Node] | None, final: Any,
-                   receiver: Any) -> Any:
+    def eval_field(
+        self, dot: Any, field_name: str, node: Node, args: list[Node] | None, final: Any, receiver: Any
+    ) -> Any:
         if receiver is INVALID:
             if self.missingkey == "error":
                 self.errorf(f"nil data; no entry for key {gostrconv.quote(field_name)}")
@@ -469,8 +487,9 @@ class State:
             return INVALID
         self.errorf(f"can't evaluate field {field_name} in type {typ}")
 
-    def eval_call(self, dot: Any, fn: GoFunc, is_builtin: bool, node: Node, name: str, args: list[Node] | None,
-                  final: Any) -> Any:
+    def eval_call(
+        self, dot: Any, fn: GoFunc, is_builtin: bool, node: Node, name: str, args: list[Node] | None, final: Any
+    ) -> Any:
         call_args = args[1:] if args is not None else []
         params = fn.params
         num_in = len(call_args) + (0 if final is _MISSING else 1)
@@ -647,8 +666,17 @@ def _run(stack: list[_Walker]) -> None:
                 raise nesting_error(MAX_NESTING)
 
 
-def render(root: ListNode, data: Any, *, text: str, trees: dict[str, ListNode], funcs: dict[str, GoFunc],
-           missingkey: str, now: datetime.date | datetime.datetime | None, budget: Budget | None = None) -> str:
+def render(
+    root: ListNode,
+    data: Any,
+    *,
+    text: str,
+    trees: dict[str, ListNode],
+    funcs: dict[str, GoFunc],
+    missingkey: str,
+    now: datetime.date | datetime.datetime | None,
+    budget: Budget | None = None,
+) -> str:
     """Execute ``root`` with ``data`` as dot; returns the output (Ollama discards partial output).
 
     ``budget`` bounds steps, time and output (a fresh default :class:`Budget` when omitted); past it

@@ -92,12 +92,17 @@ def html_escape(s: str) -> str:
     """``template.HTMLEscapeString``."""
     if not any(c in s for c in "'\"&<>\0"):
         return s
-    return (s.replace("&", "&amp;").replace("\0", "\ufffd").replace('"', "&#34;")
-            .replace("'", "&#39;").replace("<", "&lt;").replace(">", "&gt;"))
+    return (
+        s.replace("&", "&amp;")
+        .replace("\0", "\ufffd")
+        .replace('"', "&#34;")
+        .replace("'", "&#39;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+    )
 
 
-_JS_SPECIAL = {"\\": "\\\\", "'": "\\'", '"': '\\"', "<": "\\u003C", ">": "\\u003E", "&": "\\u0026",
-               "=": "\\u003D"}
+_JS_SPECIAL = {"\\": "\\\\", "'": "\\'", '"': '\\"', "<": "\\u003C", ">": "\\u003E", "&": "\\u0026", "=": "\\u003D"}
 
 
 def js_escape(s: str) -> str:
@@ -225,14 +230,14 @@ def _subslice(item: Any, i: int, j: int, k: int | None) -> Any:
     if isinstance(item, GoSlice):
         base = item.backing if item.backing is not None else (item.items or [])
         off = item.offset
-        new = item.with_items(base[off + i:off + j], (k if k is not None else item.cap) - i)
+        new = item.with_items(base[off + i : off + j], (k if k is not None else item.cap) - i)
         new.backing = base
         new.offset = off + i
         return new
     base = item.backing if isinstance(item, SliceView) else item
     off = item.offset if isinstance(item, SliceView) else 0
     cap = (k if k is not None else _capacity(item)) - i
-    return SliceView(base[off + i:off + j], base, off + i, cap)
+    return SliceView(base[off + i : off + j], base, off + i, cap)
 
 
 def _f_slice(_: State, item: Any, *indexes: Any) -> Any:
@@ -335,8 +340,10 @@ def _f_eq(_: State, arg1: Any, *arg2: Any) -> bool:
             result = arg1 == arg
         else:
             if not (kind(arg1) == kind(arg) or arg1 is INVALID or arg is INVALID):
-                raise FuncError(f"non-comparable types {format_reflect(arg1, 's')}: {type_name(arg1)}, "
-                                f"{type_name(arg)}: {format_reflect(arg, 'v')}")
+                raise FuncError(
+                    f"non-comparable types {format_reflect(arg1, 's')}: {type_name(arg1)}, "
+                    f"{type_name(arg)}: {format_reflect(arg, 'v')}"
+                )
             if is_nil(arg1) or is_nil(arg):
                 result = is_nil(arg) == is_nil(arg1)
             else:
@@ -370,8 +377,11 @@ def _f_lt(_: State, arg1: Any, arg2: Any) -> bool:
     if k1 in ("bool", "complex"):
         raise FuncError("invalid type for comparison")
     if k1 == "string":
-        return gostrconv.to_bytes(arg1) < gostrconv.to_bytes(arg2) if not (arg1.isascii() and arg2.isascii()) \
+        return (
+            gostrconv.to_bytes(arg1) < gostrconv.to_bytes(arg2)
+            if not (arg1.isascii() and arg2.isascii())
             else arg1 < arg2
+        )
     return bool(arg1 < arg2)
 
 
@@ -397,27 +407,30 @@ def _builtin(name: str, params: tuple[str, ...], variadic: bool, impl: Callable[
     return GoFunc(name, params, variadic, impl, builtin=True)
 
 
-BUILTINS: dict[str, GoFunc] = {f.name: f for f in (
-    _builtin("and", ("value", "value"), True, _unreachable),
-    _builtin("call", ("value", "value"), True, _f_call),
-    _builtin("html", ("any",), True, _f_html),
-    _builtin("index", ("value", "value"), True, _f_index),
-    _builtin("slice", ("value", "value"), True, _f_slice),
-    _builtin("js", ("any",), True, _f_js),
-    _builtin("len", ("value",), False, _f_len),
-    _builtin("not", ("value",), False, _f_not),
-    _builtin("or", ("value", "value"), True, _unreachable),
-    _builtin("print", ("any",), True, _f_print),
-    _builtin("printf", ("string", "any"), True, _f_printf),
-    _builtin("println", ("any",), True, _f_println),
-    _builtin("urlquery", ("any",), True, _f_urlquery),
-    _builtin("eq", ("value", "value"), True, _f_eq),
-    _builtin("ge", ("value", "value"), False, _f_ge),
-    _builtin("gt", ("value", "value"), False, _f_gt),
-    _builtin("le", ("value", "value"), False, _f_le),
-    _builtin("lt", ("value", "value"), False, _f_lt),
-    _builtin("ne", ("value", "value"), False, _f_ne),
-)}
+BUILTINS: dict[str, GoFunc] = {
+    f.name: f
+    for f in (
+        _builtin("and", ("value", "value"), True, _unreachable),
+        _builtin("call", ("value", "value"), True, _f_call),
+        _builtin("html", ("any",), True, _f_html),
+        _builtin("index", ("value", "value"), True, _f_index),
+        _builtin("slice", ("value", "value"), True, _f_slice),
+        _builtin("js", ("any",), True, _f_js),
+        _builtin("len", ("value",), False, _f_len),
+        _builtin("not", ("value",), False, _f_not),
+        _builtin("or", ("value", "value"), True, _unreachable),
+        _builtin("print", ("any",), True, _f_print),
+        _builtin("printf", ("string", "any"), True, _f_printf),
+        _builtin("println", ("any",), True, _f_println),
+        _builtin("urlquery", ("any",), True, _f_urlquery),
+        _builtin("eq", ("value", "value"), True, _f_eq),
+        _builtin("ge", ("value", "value"), False, _f_ge),
+        _builtin("gt", ("value", "value"), False, _f_gt),
+        _builtin("le", ("value", "value"), False, _f_le),
+        _builtin("lt", ("value", "value"), False, _f_lt),
+        _builtin("ne", ("value", "value"), False, _f_ne),
+    )
+}
 
 # -- Ollama's functions --------------------------------------------------------------------------
 
@@ -454,9 +467,12 @@ def _f_to_typescript_type(_: State, v: Any) -> str:
     return "any"
 
 
-OLLAMA_FUNCS: dict[str, GoFunc] = {f.name: f for f in (
-    GoFunc("json", ("any",), False, _f_json),
-    GoFunc("currentDate", ("string",), True, _f_current_date),
-    GoFunc("yesterdayDate", ("string",), True, _f_yesterday_date),
-    GoFunc("toTypeScriptType", ("any",), False, _f_to_typescript_type),
-)}
+OLLAMA_FUNCS: dict[str, GoFunc] = {
+    f.name: f
+    for f in (
+        GoFunc("json", ("any",), False, _f_json),
+        GoFunc("currentDate", ("string",), True, _f_current_date),
+        GoFunc("yesterdayDate", ("string",), True, _f_yesterday_date),
+        GoFunc("toTypeScriptType", ("any",), False, _f_to_typescript_type),
+    )
+}

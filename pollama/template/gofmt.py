@@ -66,7 +66,7 @@ def _fmt_e(neg: bool, digits: str, dp: int, prec: int, ch: str) -> str:
     out.append(digits[0] if digits else "0")
     if prec > 0:
         out.append(".")
-        frac = digits[1:1 + prec]
+        frac = digits[1 : 1 + prec]
         out.append(frac + "0" * (prec - len(frac)))
     out.append(ch)
     exp = dp - 1 if digits else 0
@@ -403,7 +403,7 @@ class _Printer:
 
     def fmt_s(self, s: str) -> None:
         if self.prec_present:
-            s = s[:self.prec]
+            s = s[: self.prec]
         self.pad_string(s)
 
     def fmt_sbx(self, b: bytes, digits: str) -> None:
@@ -440,7 +440,7 @@ class _Printer:
 
     def fmt_q(self, s: str) -> None:
         if self.prec_present:
-            s = s[:self.prec]
+            s = s[: self.prec]
         if self.sharp and gostrconv.can_backquote(s):
             self.pad_string("`" + s + "`")
             return

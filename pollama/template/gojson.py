@@ -52,7 +52,7 @@ def encode_float(f: float) -> str:
     if fmt == "e":
         n = len(s)
         if n >= 4 and s[n - 4] == "e" and s[n - 3] == "-" and s[n - 2] == "0":
-            s = s[:n - 2] + s[n - 1]
+            s = s[: n - 2] + s[n - 1]
     return s
 
 

@@ -53,8 +53,10 @@ def is_print(c: str) -> bool:
     return c.isprintable()
 
 
-_GO_SPACES = ("\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
-              "\u2028\u2029\u202f\u205f\u3000")
+_GO_SPACES = (
+    "\t\n\v\f\r \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a"
+    "\u2028\u2029\u202f\u205f\u3000"
+)
 
 
 def trim_space(s: str) -> str:
@@ -259,7 +261,7 @@ def unquote_char(s: str, i: int, quote_char: str) -> tuple[int, bool, int]:
         return simple[c], False, i
     if c in "xuU":
         n = {"x": 2, "u": 4, "U": 8}[c]
-        digits = s[i:i + n]
+        digits = s[i : i + n]
         if len(digits) < n or any(d not in "0123456789abcdefABCDEF" for d in digits):
             raise SyntaxErr()
         value = int(digits, 16)
@@ -270,7 +272,7 @@ def unquote_char(s: str, i: int, quote_char: str) -> tuple[int, bool, int]:
             raise SyntaxErr()
         return value, False, i
     if "0" <= c <= "7":
-        digits = s[i - 1:i + 2]
+        digits = s[i - 1 : i + 2]
         if len(digits) < 3 or any(d not in "01234567" for d in digits):
             raise SyntaxErr()
         value = int(digits, 8)

@@ -86,7 +86,8 @@ class _Guard:
         """Refuse to build a string (or a list of strings' worth) of ``n`` characters."""
         if n > self.max_output:
             raise TemplateLimitExceeded(
-                f"template: a computed value exceeds the output limit of {describe_size(self.max_output)}")
+                f"template: a computed value exceeds the output limit of {describe_size(self.max_output)}"
+            )
 
     def items(self, n: int) -> None:
         """Refuse to build a list, tuple or dict of ``n`` items."""
@@ -97,7 +98,8 @@ class _Guard:
         """Refuse an integer argument so large it can only be meant to blow up the output."""
         if isinstance(value, int) and not isinstance(value, bool) and abs(value) > self.max_output:
             raise TemplateLimitExceeded(
-                f"template: the number {value} exceeds the output limit of {describe_size(self.max_output)}")
+                f"template: the number {value} exceeds the output limit of {describe_size(self.max_output)}"
+            )
 
     def result(self, value: Any) -> Any:
         if isinstance(value, str):
@@ -163,8 +165,10 @@ class _Instrument(NodeTransformer):
         self.generic_visit(node)
         # Literal text becomes a runtime constant so it passes through ``finalize`` (which counts it)
         # instead of being appended to output buffers unseen.
-        node.nodes = [nodes.Const(child.data, lineno=child.lineno) if isinstance(child, nodes.TemplateData)
-                      else child for child in node.nodes]
+        node.nodes = [
+            nodes.Const(child.data, lineno=child.lineno) if isinstance(child, nodes.TemplateData) else child
+            for child in node.nodes
+        ]
         return node
 
     def visit_Concat(self, node: nodes.Concat) -> nodes.Node:
@@ -209,15 +213,19 @@ def _finalize(context: Context, value: Any) -> Any:
     return value
 
 
-def _tojson(value: Any, ensure_ascii: bool = False, indent: int | str | None = None,
-            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+def _tojson(
+    value: Any,
+    ensure_ascii: bool = False,
+    indent: int | str | None = None,
+    separators: tuple[str, str] | None = None,
+    sort_keys: bool = False,
+) -> str:
     """HF's ``tojson``: ``json.dumps`` without ASCII escaping (and without HTML escaping)."""
     if isinstance(indent, int) and indent > _MAX_JSON_INDENT:
         raise TemplateLimitExceeded(f"template: tojson indent {indent} exceeds the limit of {_MAX_JSON_INDENT}")
     if isinstance(indent, str) and len(indent) > _MAX_JSON_INDENT:
         raise TemplateLimitExceeded(f"template: tojson indent string exceeds the limit of {_MAX_JSON_INDENT}")
-    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                      sort_keys=sort_keys)
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
 
 
 class _RaisedByTemplate(Exception):
@@ -255,12 +263,25 @@ def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
 # Filters whose integer arguments size their result (a width, a count).
 _SIZING_FILTERS = frozenset({"center", "indent", "batch", "slice"})
 # Filters that turn a string into a list of its characters (or iterate over them to build one).
-_ITEMIZING_FILTERS = frozenset({"list", "unique", "batch", "slice", "map", "select", "reject", "selectattr",
-                                "rejectattr", "groupby", "sort", "dictsort"})
+_ITEMIZING_FILTERS = frozenset(
+    {
+        "list",
+        "unique",
+        "batch",
+        "slice",
+        "map",
+        "select",
+        "reject",
+        "selectattr",
+        "rejectattr",
+        "groupby",
+        "sort",
+        "dictsort",
+    }
+)
 
 
-def _precheck_filter(guard: _Guard, name: str, args: tuple[Any, ...],
-                     kwargs: dict[str, Any]) -> tuple[Any, ...]:
+def _precheck_filter(guard: _Guard, name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Refuse filter calls whose result would be huge; returns the (possibly materialised) args."""
     value = args[0] if args else None
     rest = list(args[1:])
@@ -307,8 +328,12 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
     intercepted_binops = frozenset({"+", "*", "**", "%"})
 
     def __init__(self) -> None:
-        super().__init__(trim_blocks=True, lstrip_blocks=True, finalize=_finalize,
-                         extensions=[jinja2.ext.loopcontrols, _GenerationExtension])
+        super().__init__(
+            trim_blocks=True,
+            lstrip_blocks=True,
+            finalize=_finalize,
+            extensions=[jinja2.ext.loopcontrols, _GenerationExtension],
+        )
         self.filters = {name: _guard_filter(name, func) for name, func in self.filters.items()}
         self.filters["tojson"] = _guard_filter("tojson", _tojson)
         self.filters["pollama_iter"] = _iter_filter
@@ -332,12 +357,20 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
                         guard.size(len(seq) * max(times, 0))
                     elif isinstance(seq, (list, tuple)) and isinstance(times, int):
                         guard.items(len(seq) * max(times, 0))
-                if (isinstance(left, int) and isinstance(right, int)
-                        and left.bit_length() + right.bit_length() > _MAX_INT_BITS):
+                if (
+                    isinstance(left, int)
+                    and isinstance(right, int)
+                    and left.bit_length() + right.bit_length() > _MAX_INT_BITS
+                ):
                     raise _int_error()
             elif operator == "**":
-                if (isinstance(left, int) and isinstance(right, int) and right > 0 and abs(left) > 1
-                        and right * left.bit_length() > _MAX_INT_BITS):
+                if (
+                    isinstance(left, int)
+                    and isinstance(right, int)
+                    and right > 0
+                    and abs(left) > 1
+                    and right * left.bit_length() > _MAX_INT_BITS
+                ):
                     raise _int_error()
             elif operator == "+":
                 if isinstance(left, str) and isinstance(right, str):
@@ -362,8 +395,7 @@ class _ChatTemplateEnvironment(ImmutableSandboxedEnvironment):
 _SIZING_METHODS = frozenset({"center", "ljust", "rjust", "zfill", "expandtabs"})
 
 
-def _precheck_call(guard: _Guard, func: Any, args: tuple[Any, ...],
-                   kwargs: dict[str, Any]) -> tuple[Any, ...]:
+def _precheck_call(guard: _Guard, func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, ...]:
     """Refuse calls of ``str`` methods whose result would be huge; returns the (materialised) args."""
     target = getattr(func, "__wrapped__", func)  # the sandbox wraps str.format/format_map
     owner = getattr(target, "__self__", None)
@@ -404,8 +436,10 @@ def _hf_message(message: Mapping[str, Any]) -> dict[str, Any]:
         converted = []
         for call in calls:
             function = call.get("function") or {}
-            item: dict[str, Any] = {"type": "function", "function": {
-                "name": function.get("name", ""), "arguments": function.get("arguments") or {}}}
+            item: dict[str, Any] = {
+                "type": "function",
+                "function": {"name": function.get("name", ""), "arguments": function.get("arguments") or {}},
+            }
             if call.get("id"):
                 item["id"] = call["id"]
             converted.append(item)
@@ -440,17 +474,26 @@ class ChatTemplate:
         try:
             self._template = self._env.from_string(source)
         except jinja2.TemplateSyntaxError as exc:
-            raise TemplateParseError(
-                f"chat template syntax error at line {exc.lineno}: {exc.message}") from None
+            raise TemplateParseError(f"chat template syntax error at line {exc.lineno}: {exc.message}") from None
         # Tracebacks through template code are rewritten to template lines under this name.
         self._template.filename = _TEMPLATE_FILENAME
 
-    def render(self, messages: Sequence[Mapping[str, Any]], *, tools: Sequence[Mapping[str, Any]] | None = None,
-               add_generation_prompt: bool = True, bos_token: str = "", eos_token: str = "",
-               enable_thinking: bool | None = None, reasoning_effort: str | None = None,
-               extra: Mapping[str, Any] | None = None, now: datetime | None = None,
-               time_limit: float = DEFAULT_TIME_LIMIT, max_output: int = DEFAULT_MAX_OUTPUT,
-               budget: Budget | None = None) -> str:
+    def render(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+        add_generation_prompt: bool = True,
+        bos_token: str = "",
+        eos_token: str = "",
+        enable_thinking: bool | None = None,
+        reasoning_effort: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+        now: datetime | None = None,
+        time_limit: float = DEFAULT_TIME_LIMIT,
+        max_output: int = DEFAULT_MAX_OUTPUT,
+        budget: Budget | None = None,
+    ) -> str:
         """Render the prompt for Ollama API ``messages`` (and ``tools``), as ``apply_chat_template`` would.
 
         ``enable_thinking``/``reasoning_effort`` are passed only when set, so templates can test
@@ -464,14 +507,16 @@ class ChatTemplate:
             return (clock or datetime.now()).strftime(fmt)
 
         variables: dict[str, Any] = dict(extra or {})
-        variables.update({
-            "messages": [_hf_message(m) for m in messages],
-            "tools": [dict(t) for t in tools] if tools else None,
-            "add_generation_prompt": add_generation_prompt,
-            "bos_token": bos_token,
-            "eos_token": eos_token,
-            "strftime_now": strftime_now,
-        })
+        variables.update(
+            {
+                "messages": [_hf_message(m) for m in messages],
+                "tools": [dict(t) for t in tools] if tools else None,
+                "add_generation_prompt": add_generation_prompt,
+                "bos_token": bos_token,
+                "eos_token": eos_token,
+                "strftime_now": strftime_now,
+            }
+        )
         if enable_thinking is not None:
             variables["enable_thinking"] = enable_thinking
         if reasoning_effort is not None:
@@ -506,23 +551,42 @@ class ChatTemplate:
             if isinstance(exc, MemoryError):
                 raise TemplateLimitExceeded("template: rendering ran out of memory") from None
             if isinstance(exc, OverflowError) and "Range too big" in str(exc):
-                raise TemplateLimitExceeded(
-                    f"template: range exceeds the limit of {MAX_RANGE} items") from None
+                raise TemplateLimitExceeded(f"template: range exceeds the limit of {MAX_RANGE} items") from None
             detail = str(exc) or type(exc).__name__
             raise TemplateExecError(f"chat template error{where}: {detail}") from None
 
 
-def render_chat_template(source: str, messages: Sequence[Mapping[str, Any]], *,
-                         tools: Sequence[Mapping[str, Any]] | None = None, add_generation_prompt: bool = True,
-                         bos_token: str = "", eos_token: str = "", enable_thinking: bool | None = None,
-                         reasoning_effort: str | None = None, extra: Mapping[str, Any] | None = None,
-                         now: datetime | None = None, time_limit: float = DEFAULT_TIME_LIMIT,
-                         max_output: int = DEFAULT_MAX_OUTPUT, budget: Budget | None = None) -> str:
+def render_chat_template(
+    source: str,
+    messages: Sequence[Mapping[str, Any]],
+    *,
+    tools: Sequence[Mapping[str, Any]] | None = None,
+    add_generation_prompt: bool = True,
+    bos_token: str = "",
+    eos_token: str = "",
+    enable_thinking: bool | None = None,
+    reasoning_effort: str | None = None,
+    extra: Mapping[str, Any] | None = None,
+    now: datetime | None = None,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    max_output: int = DEFAULT_MAX_OUTPUT,
+    budget: Budget | None = None,
+) -> str:
     """Compile ``source`` and render it once (see :meth:`ChatTemplate.render`)."""
     return ChatTemplate(source).render(
-        messages, tools=tools, add_generation_prompt=add_generation_prompt, bos_token=bos_token,
-        eos_token=eos_token, enable_thinking=enable_thinking, reasoning_effort=reasoning_effort,
-        extra=extra, now=now, time_limit=time_limit, max_output=max_output, budget=budget)
+        messages,
+        tools=tools,
+        add_generation_prompt=add_generation_prompt,
+        bos_token=bos_token,
+        eos_token=eos_token,
+        enable_thinking=enable_thinking,
+        reasoning_effort=reasoning_effort,
+        extra=extra,
+        now=now,
+        time_limit=time_limit,
+        max_output=max_output,
+        budget=budget,
+    )
 
 
 # --- what a template advertises -------------------------------------------------------------------

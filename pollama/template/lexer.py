@@ -171,7 +171,7 @@ class _Lexer:
         return self.input[self.pos]
 
     def emit(self, typ: int) -> None:
-        self.items.append(Item(typ, self.start, self.input[self.start:self.pos], self.start_line))
+        self.items.append(Item(typ, self.start, self.input[self.start : self.pos], self.start_line))
         self.start = self.pos
         self.start_line = self.line
         if self.budget is not None and len(self.items) % 256 == 0:
@@ -248,11 +248,11 @@ class _Lexer:
                 self.pos = x
                 trim = 0
                 if _has_left_trim_marker(text, x + 2):
-                    chunk = text[self.start:x]
+                    chunk = text[self.start : x]
                     trim = len(chunk) - len(chunk.rstrip(_SPACE_CHARS))
                 self.pos -= trim
                 self.line += text.count("\n", self.start, self.pos)
-                item = Item(TEXT, self.start, text[self.start:self.pos], self.start_line)
+                item = Item(TEXT, self.start, text[self.start : self.pos], self.start_line)
                 self.start = self.pos
                 self.start_line = self.line
                 self.pos += trim
@@ -273,7 +273,7 @@ class _Lexer:
             self.pos += after
             self.ignore()
             return "comment" if self.lex_comment() else "error"
-        self.items.append(Item(LEFT_DELIM, self.start, text[self.start:self.pos], self.start_line))
+        self.items.append(Item(LEFT_DELIM, self.start, text[self.start : self.pos], self.start_line))
         self.start = self.pos
         self.start_line = self.line
         self.pos += after
@@ -298,7 +298,7 @@ class _Lexer:
             self.pos += 2
         self.pos += len(RIGHT_DELIM_TEXT)
         if trim_space:
-            rest = text[self.pos:]
+            rest = text[self.pos :]
             self.pos += len(rest) - len(rest.lstrip(_SPACE_CHARS))
         self.ignore()
         return True
@@ -312,7 +312,7 @@ class _Lexer:
         self.pos += len(RIGHT_DELIM_TEXT)
         self.emit(RIGHT_DELIM)
         if trim_space:
-            rest = text[self.pos:]
+            rest = text[self.pos :]
             self.pos += len(rest) - len(rest.lstrip(_SPACE_CHARS))
             self.ignore()
         return True
@@ -396,7 +396,7 @@ class _Lexer:
             if is_alphanumeric(c):
                 continue
             self.backup()
-            word = self.input[self.start:self.pos]
+            word = self.input[self.start : self.pos]
             if not self.at_terminator():
                 return self.error(f"bad character {format_rune_U(c)}")
             kw = KEYWORDS.get(word, 0)
@@ -450,11 +450,11 @@ class _Lexer:
 
     def lex_number(self) -> bool:
         if not self.scan_number():
-            return self.error(f"bad number syntax: {quote(self.input[self.start:self.pos])}")
+            return self.error(f"bad number syntax: {quote(self.input[self.start : self.pos])}")
         sign = self.peek()
         if sign in ("+", "-") and sign != "":
             if not self.scan_number() or self.input[self.pos - 1] != "i":
-                return self.error(f"bad number syntax: {quote(self.input[self.start:self.pos])}")
+                return self.error(f"bad number syntax: {quote(self.input[self.start : self.pos])}")
             self.emit(COMPLEX)
             return True
         self.emit(NUMBER)

@@ -66,8 +66,14 @@ class Budget:
 
     __slots__ = ("_next_check", "clock", "deadline", "max_output", "max_steps", "steps", "time_limit", "written")
 
-    def __init__(self, *, max_steps: int = MAX_STEPS, time_limit: float = TIME_LIMIT, max_output: int = MAX_OUTPUT,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        *,
+        max_steps: int = MAX_STEPS,
+        time_limit: float = TIME_LIMIT,
+        max_output: int = MAX_OUTPUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_steps = max_steps
         self.time_limit = time_limit
         self.max_output = max_output
@@ -104,7 +110,8 @@ class Budget:
         """Fail if a computed value of ``n`` bytes or items is larger than the output limit allows."""
         if n > self.max_output:
             raise TemplateLimitExceeded(
-                f"template: a computed value exceeds the output limit of {describe_size(self.max_output)}")
+                f"template: a computed value exceeds the output limit of {describe_size(self.max_output)}"
+            )
 
 
 def nesting_error(levels: int | None = None) -> TemplateLimitExceeded:

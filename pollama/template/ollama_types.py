@@ -57,8 +57,9 @@ class ToolCallFunction(GoStruct):
         self.Arguments = arguments
 
     def go_json(self) -> str:
-        return _json_object([("index", str(self.Index)), ("name", encode_string(self.Name)),
-                             ("arguments", self.Arguments.go_json())])
+        return _json_object(
+            [("index", str(self.Index)), ("name", encode_string(self.Name)), ("arguments", self.Arguments.go_json())]
+        )
 
 
 class ToolCall(GoStruct):
@@ -81,8 +82,9 @@ class ToolCall(GoStruct):
         fn = call.get("function") or {}
         raw_args = fn.get("arguments")
         args = ToolCallFunctionArguments(None if raw_args is None else json_numbers_to_float(dict(raw_args)))
-        return cls(str(call.get("id") or ""), ToolCallFunction(int(fn.get("index") or 0), str(fn.get("name") or ""),
-                                                                 args))
+        return cls(
+            str(call.get("id") or ""), ToolCallFunction(int(fn.get("index") or 0), str(fn.get("name") or ""), args)
+        )
 
 
 # -- messages ------------------------------------------------------------------------------------
@@ -101,8 +103,16 @@ class TemplateMessage(GoStruct):
     go_pointer = True
     go_fields = ("Role", "Content", "Thinking", "Images", "ToolCalls", "ToolName", "ToolCallID")
 
-    def __init__(self, role: str, content: str, thinking: str = "", images: list[bytes] | None = None,
-                 tool_calls: list[ToolCall] | None = None, tool_name: str = "", tool_call_id: str = "") -> None:
+    def __init__(
+        self,
+        role: str,
+        content: str,
+        thinking: str = "",
+        images: list[bytes] | None = None,
+        tool_calls: list[ToolCall] | None = None,
+        tool_name: str = "",
+        tool_call_id: str = "",
+    ) -> None:
         self.Role = role
         self.Content = content
         self.Thinking = thinking
@@ -194,9 +204,16 @@ class ToolProperty(GoStruct):
     go_iface_fields = frozenset({"Items"})
     go_methods: ClassVar[dict[str, str]] = {"ToTypeScriptType": "to_typescript_type"}
 
-    def __init__(self, any_of: list[ToolProperty] | None = None, types: PropertyType | None = None,
-                 items: Any = None, description: str = "", enum: list[Any] | None = None,
-                 properties: ToolPropertiesMap | None = None, required: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        any_of: list[ToolProperty] | None = None,
+        types: PropertyType | None = None,
+        items: Any = None,
+        description: str = "",
+        enum: list[Any] | None = None,
+        properties: ToolPropertiesMap | None = None,
+        required: list[str] | None = None,
+    ) -> None:
         self.AnyOf = GoSlice("[]api.ToolProperty", any_of)
         self.Type = types if types is not None else PropertyType(None)
         self.Items = items
@@ -250,7 +267,8 @@ class ToolProperty(GoStruct):
             description=str(raw.get("description") or ""),
             enum=json_numbers_to_float(list(enum)) if enum else None,
             properties=ToolPropertiesMap({k: cls.from_api(v if isinstance(v, dict) else {}) for k, v in props.items()})
-            if isinstance(props, dict) else None,
+            if isinstance(props, dict)
+            else None,
             required=[str(r) for r in required] if required else None,
         )
 
@@ -275,8 +293,9 @@ class ToolFunctionParameters(GoStruct):
     go_fields = ("Type", "Defs", "Items", "Required", "Properties")
     go_iface_fields = frozenset({"Defs", "Items"})
 
-    def __init__(self, typ: str, defs: Any, items: Any, required: list[str] | None,
-                 properties: TemplateProperties) -> None:
+    def __init__(
+        self, typ: str, defs: Any, items: Any, required: list[str] | None, properties: TemplateProperties
+    ) -> None:
         self.Type = typ
         self.Defs = defs
         self.Items = items
@@ -307,8 +326,13 @@ class ToolFunction(GoStruct):
         self.Parameters = parameters
 
     def go_json(self) -> str:
-        return _json_object([("name", encode_string(self.Name)), ("description", encode_string(self.Description)),
-                             ("parameters", self.Parameters.go_json())])
+        return _json_object(
+            [
+                ("name", encode_string(self.Name)),
+                ("description", encode_string(self.Description)),
+                ("parameters", self.Parameters.go_json()),
+            ]
+        )
 
 
 class Tool(GoStruct):
@@ -348,12 +372,18 @@ class Tool(GoStruct):
             None if defs is None else json_numbers_to_float(defs),
             None if items is None else json_numbers_to_float(items),
             [str(r) for r in required] if required else None,
-            TemplateProperties({k: ToolProperty.from_api(v if isinstance(v, dict) else {}) for k, v in props.items()}
-                               if isinstance(props, dict) else None),
+            TemplateProperties(
+                {k: ToolProperty.from_api(v if isinstance(v, dict) else {}) for k, v in props.items()}
+                if isinstance(props, dict)
+                else None
+            ),
         )
         tool_items = raw.get("items")
-        return cls(str(raw.get("type") or ""), None if tool_items is None else json_numbers_to_float(tool_items),
-                   ToolFunction(str(fn.get("name") or ""), str(fn.get("description") or ""), parameters))
+        return cls(
+            str(raw.get("type") or ""),
+            None if tool_items is None else json_numbers_to_float(tool_items),
+            ToolFunction(str(fn.get("name") or ""), str(fn.get("description") or ""), parameters),
+        )
 
 
 class Tools(GoSlice):

@@ -36,9 +36,15 @@ class OutputParser:
     when the request declared ``tools`` and the template has a ``tool_tag``.
     """
 
-    def __init__(self, *, prompt: str = "", think: bool | str | None = None,
-                 thinking_tags: tuple[str, str] | None = None, tool_tag: str | None = None,
-                 tools: Sequence[Mapping[str, Any]] | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        prompt: str = "",
+        think: bool | str | None = None,
+        thinking_tags: tuple[str, str] | None = None,
+        tool_tag: str | None = None,
+        tools: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
         self._thinker: ThinkingParser | None = None
         if thinking_tags and think not in (None, False):
             opening, closing = thinking_tags

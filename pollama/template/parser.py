@@ -150,7 +150,7 @@ class _Tree:
             if self.action_line != 0 and self.action_line != token.line:
                 extra = f" in action started at :{self.action_line}"
                 if token.val.endswith(" action"):
-                    extra = extra[len(" in action"):]
+                    extra = extra[len(" in action") :]
             self.errorf(f"{token}{extra}")
         self.errorf(f"unexpected {token} in {context}")
 
@@ -293,8 +293,20 @@ class _Tree:
             if token.typ == end:
                 self.check_pipeline(pipe, context)
                 return pipe
-            if token.typ in (L.BOOL, L.CHAR_CONSTANT, L.COMPLEX, L.DOT, L.FIELD, L.IDENTIFIER, L.NUMBER,
-                             L.NIL, L.RAW_STRING, L.STRING, L.VARIABLE, L.LEFT_PAREN):
+            if token.typ in (
+                L.BOOL,
+                L.CHAR_CONSTANT,
+                L.COMPLEX,
+                L.DOT,
+                L.FIELD,
+                L.IDENTIFIER,
+                L.NUMBER,
+                L.NIL,
+                L.RAW_STRING,
+                L.STRING,
+                L.VARIABLE,
+                L.LEFT_PAREN,
+            ):
                 self.backup()
                 pipe.cmds.append(self.command())
             else:
@@ -475,7 +487,7 @@ def new_number(pos: int, text: str, typ: int) -> NumberNode:
         try:
             c = complex(text[:-1].replace("_", "") + "j")
         except ValueError:
-            raise ValueError(f'strconv.ParseFloat: parsing {gostrconv.quote(text)}: invalid syntax') from None
+            raise ValueError(f"strconv.ParseFloat: parsing {gostrconv.quote(text)}: invalid syntax") from None
         n.is_complex = True
         n.complex128 = c
         _simplify_complex(n)
@@ -566,4 +578,3 @@ def parse(text: str, funcs: Collection[str], budget: Budget | None = None) -> di
         # Go's parser recurses on a growable stack; ours stops where Python's recursion limit does.
         raise nesting_error() from None
     return tree_set
-

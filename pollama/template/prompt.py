@@ -75,8 +75,15 @@ class _Message:
         )
 
     def copy(self) -> _Message:
-        return _Message(self.role, self.content, self.thinking, list(self.images), list(self.tool_calls),
-                        self.tool_name, self.tool_call_id)
+        return _Message(
+            self.role,
+            self.content,
+            self.thinking,
+            list(self.images),
+            list(self.tool_calls),
+            self.tool_name,
+            self.tool_call_id,
+        )
 
 
 @dataclass(frozen=True)
@@ -129,10 +136,13 @@ def _collate(msgs: list[_Message]) -> tuple[str, list[_Message]]:
 
 
 def _template_messages(msgs: list[_Message]) -> GoSlice:
-    return GoSlice("[]*template.templateMessage", [
-        TemplateMessage(m.role, m.content, m.thinking, m.images, m.tool_calls, m.tool_name, m.tool_call_id)
-        for m in msgs
-    ])
+    return GoSlice(
+        "[]*template.templateMessage",
+        [
+            TemplateMessage(m.role, m.content, m.thinking, m.images, m.tool_calls, m.tool_name, m.tool_call_id)
+            for m in msgs
+        ],
+    )
 
 
 def _think_data(think: ThinkFields) -> dict[str, Any]:
@@ -192,16 +202,32 @@ def _as_list(n: Node | None) -> ListNode:
     return n
 
 
-def _execute(prepared: _OllamaTemplate, msgs: list[_Message], tools: Tools, think: ThinkFields, *, prompt: str = "",
-             suffix: str = "", now: Clock = None) -> str:
+def _execute(
+    prepared: _OllamaTemplate,
+    msgs: list[_Message],
+    tools: Tools,
+    think: ThinkFields,
+    *,
+    prompt: str = "",
+    suffix: str = "",
+    now: Clock = None,
+) -> str:
     """Ollama's ``Template.Execute`` on already image-tagged messages."""
     tmpl = prepared.exec_template
     system, collated = _collate(msgs)
     if prompt and suffix:
         return tmpl.execute({"Prompt": prompt, "Suffix": suffix, "Response": "", **_think_data(think)}, now=now)
     if "messages" in prepared.vars:
-        return tmpl.execute({"System": system, "Messages": _template_messages(collated), "Tools": tools,
-                             "Response": "", **_think_data(think)}, now=now)
+        return tmpl.execute(
+            {
+                "System": system,
+                "Messages": _template_messages(collated),
+                "Tools": tools,
+                "Response": "",
+                **_think_data(think),
+            },
+            now=now,
+        )
     return _execute_legacy(prepared, collated, think, now)
 
 
@@ -212,8 +238,9 @@ def _execute_legacy(prepared: _OllamaTemplate, collated: list[_Message], think: 
 
     def render() -> None:
         nonlocal system, prompt, response
-        out.append(tmpl.execute({"System": system, "Prompt": prompt, "Response": response, **_think_data(think)},
-                                now=now))
+        out.append(
+            tmpl.execute({"System": system, "Prompt": prompt, "Response": response, **_think_data(think)}, now=now)
+        )
         system = prompt = response = ""
 
     for m in collated:
@@ -230,8 +257,7 @@ def _execute_legacy(prepared: _OllamaTemplate, collated: list[_Message], think: 
 
     pruned = _prune_after_response(tmpl.root)
     final = tmpl.derive(pruned, funcs=dict(BUILTINS), missingkey="default", keep_definitions=False)
-    out.append(final.execute({"System": system, "Prompt": prompt, "Response": response, **_think_data(think)},
-                             now=now))
+    out.append(final.execute({"System": system, "Prompt": prompt, "Response": response, **_think_data(think)}, now=now))
     return "".join(out)
 
 
@@ -271,9 +297,15 @@ def _request_messages(req: PromptRequest) -> list[_Message]:
     return msgs
 
 
-def build_prompt(template: Template, req: PromptRequest, *, now: Clock = None, num_ctx: int | None = None,
-                 count_tokens: Callable[[list[str]], list[int]] | None = None,
-                 image_tokens: int = IMAGE_TOKENS) -> str:
+def build_prompt(
+    template: Template,
+    req: PromptRequest,
+    *,
+    now: Clock = None,
+    num_ctx: int | None = None,
+    count_tokens: Callable[[list[str]], list[int]] | None = None,
+    image_tokens: int = IMAGE_TOKENS,
+) -> str:
     """The prompt Ollama builds for ``req`` with ``template`` (parsed by ``parse_template``).
 
     With ``num_ctx`` and ``count_tokens``, the oldest non-system messages are dropped until the
@@ -304,17 +336,26 @@ def build_prompt(template: Template, req: PromptRequest, *, now: Clock = None, n
     return _execute(prepared, kept, tools, think, now=now)
 
 
-def _fit_start(prepared: _OllamaTemplate, msgs: list[_Message], tools: Tools, think: ThinkFields, now: Clock,
-               num_ctx: int, count_tokens: Callable[[list[str]], list[int]],
-               image_tokens: int) -> tuple[int, str | None]:
+def _fit_start(
+    prepared: _OllamaTemplate,
+    msgs: list[_Message],
+    tools: Tools,
+    think: ThinkFields,
+    now: Clock,
+    num_ctx: int,
+    count_tokens: Callable[[list[str]], list[int]],
+    image_tokens: int,
+) -> tuple[int, str | None]:
     """The first message to keep (Ollama's oldest-first search) and that candidate's rendering."""
     last = len(msgs) - 1
     first = 0
     size = 1
     while first < last:
         batch = range(first, min(first + size, last))
-        texts = [_execute(prepared, [m for m in msgs[:i] if m.role == "system"] + msgs[i:], tools, think, now=now)
-                 for i in batch]
+        texts = [
+            _execute(prepared, [m for m in msgs[:i] if m.role == "system"] + msgs[i:], tools, think, now=now)
+            for i in batch
+        ]
         for i, text, count in zip(batch, texts, count_tokens(texts), strict=True):
             if count + image_tokens * sum(len(m.images) for m in msgs[i:]) <= num_ctx:
                 return i, text

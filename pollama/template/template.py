@@ -52,8 +52,9 @@ class Template:
         """The main template's node list."""
         return self.trees[""]
 
-    def execute(self, data: Any, *, now: datetime.date | datetime.datetime | None = None,
-                budget: Budget | None = None) -> str:
+    def execute(
+        self, data: Any, *, now: datetime.date | datetime.datetime | None = None, budget: Budget | None = None
+    ) -> str:
         """Render with ``data`` as dot. Raises ``TemplateExecError`` with Go's message.
 
         ``data`` may be JSON-ish Python values (converted per Go's rules) or typed Go values;
@@ -63,8 +64,16 @@ class Template:
         ``TemplateLimitExceeded`` (a ``TemplateExecError`` and an ``InvalidRequest``).
         """
         value = INVALID if data is None else from_json(data)
-        return render(self.root, value, text=self.text, trees=self.trees, funcs=self.funcs,
-                      missingkey=self.missingkey, now=now, budget=budget)
+        return render(
+            self.root,
+            value,
+            text=self.text,
+            trees=self.trees,
+            funcs=self.funcs,
+            missingkey=self.missingkey,
+            now=now,
+            budget=budget,
+        )
 
     def vars(self) -> list[str]:
         """Ollama's ``Vars()``: every identifier used, lower-cased, de-duplicated and sorted.
@@ -80,13 +89,23 @@ class Template:
             self._vars = sorted({n.lower() for n in names})
         return list(self._vars)
 
-    def derive(self, root: ListNode, *, funcs: dict[str, GoFunc] | None = None, missingkey: str | None = None,
-               keep_definitions: bool = True) -> Template:
+    def derive(
+        self,
+        root: ListNode,
+        *,
+        funcs: dict[str, GoFunc] | None = None,
+        missingkey: str | None = None,
+        keep_definitions: bool = True,
+    ) -> Template:
         """A template sharing this one's source with a different main tree or options."""
         trees = dict(self.trees) if keep_definitions else {}
         trees[""] = root
-        return Template(self.text, trees, self.funcs if funcs is None else funcs,
-                        self.missingkey if missingkey is None else missingkey)
+        return Template(
+            self.text,
+            trees,
+            self.funcs if funcs is None else funcs,
+            self.missingkey if missingkey is None else missingkey,
+        )
 
 
 def identifiers(node: Node) -> list[str]:
@@ -128,8 +147,9 @@ def function_set(ollama: bool) -> dict[str, GoFunc]:
     return {**BUILTINS, **OLLAMA_FUNCS} if ollama else dict(BUILTINS)
 
 
-def parse_template(text: str, *, missingkey: str = "zero", funcs: bool = True,
-                   budget: Budget | None = None) -> Template:
+def parse_template(
+    text: str, *, missingkey: str = "zero", funcs: bool = True, budget: Budget | None = None
+) -> Template:
     """Parse ``text`` as Go's ``template.New("").Option("missingkey=...").Funcs(...).Parse(text)``.
 
     ``funcs=True`` registers Ollama's four extra functions. Raises ``TemplateParseError``. Parsing

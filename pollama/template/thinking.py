@@ -51,8 +51,7 @@ class ThinkingParser:
             raise ValueError("thinking tags must not be empty")
         self.opening = opening
         self.closing = closing
-        self._state = (ThinkingState.THINKING_STARTED_EATING_WHITESPACE if started
-                       else ThinkingState.LOOKING_FOR_OPENING)
+        self._state = ThinkingState.THINKING_STARTED_EATING_WHITESPACE if started else ThinkingState.LOOKING_FOR_OPENING
         self._buffer = ""
 
     @property
@@ -91,10 +90,9 @@ class ThinkingParser:
         state = self._state
         if state is ThinkingState.LOOKING_FOR_OPENING:
             if trimmed.startswith(self.opening):
-                after = trimmed[len(self.opening):].lstrip()
+                after = trimmed[len(self.opening) :].lstrip()
                 self._buffer = after
-                self._state = (ThinkingState.THINKING if after
-                               else ThinkingState.THINKING_STARTED_EATING_WHITESPACE)
+                self._state = ThinkingState.THINKING if after else ThinkingState.THINKING_STARTED_EATING_WHITESPACE
                 return "", "", True
             if not trimmed or self.opening.startswith(trimmed):
                 return "", "", False
@@ -111,14 +109,15 @@ class ThinkingParser:
         if state is ThinkingState.THINKING:
             index = buffer.find(self.closing)
             if index >= 0:
-                remaining = buffer[index + len(self.closing):].lstrip()
+                remaining = buffer[index + len(self.closing) :].lstrip()
                 self._buffer = ""
-                self._state = (ThinkingState.THINKING_DONE if remaining
-                               else ThinkingState.THINKING_DONE_EATING_WHITESPACE)
+                self._state = (
+                    ThinkingState.THINKING_DONE if remaining else ThinkingState.THINKING_DONE_EATING_WHITESPACE
+                )
                 return buffer[:index], remaining, False
             keep = _overlap(buffer, self.closing)
-            self._buffer = buffer[len(buffer) - keep:] if keep else ""
-            return buffer[:len(buffer) - keep], "", False
+            self._buffer = buffer[len(buffer) - keep :] if keep else ""
+            return buffer[: len(buffer) - keep], "", False
         if state is ThinkingState.THINKING_DONE_EATING_WHITESPACE:
             self._buffer = ""
             if trimmed:
@@ -128,8 +127,9 @@ class ThinkingParser:
         return "", buffer, False
 
 
-def split_thinking(text: str, opening: str = "<think>", closing: str = "</think>", *,
-                   started: bool = False) -> tuple[str, str]:
+def split_thinking(
+    text: str, opening: str = "<think>", closing: str = "</think>", *, started: bool = False
+) -> tuple[str, str]:
     """``(thinking, content)`` of a whole output, exactly as streaming it through the parser gives."""
     parser = ThinkingParser(opening, closing, started=started)
     thinking, content = parser.add(text)
@@ -146,8 +146,9 @@ def strip_thinking(text: str, opening: str = "<think>", closing: str = "</think>
     return ThinkingParser(opening, closing).add(text)[1]
 
 
-def strip_thinking_from_history(messages: Sequence[Mapping[str, Any]], opening: str = "<think>",
-                                closing: str = "</think>") -> list[dict[str, Any]]:
+def strip_thinking_from_history(
+    messages: Sequence[Mapping[str, Any]], opening: str = "<think>", closing: str = "</think>"
+) -> list[dict[str, Any]]:
     """Copies of ``messages`` with think blocks stripped from assistant messages before the last user
     message (Ollama does this for the ``qwen3`` family and ``deepseek-r1``, spec §2.3)."""
     last_user = max((i for i, m in enumerate(messages) if m.get("role") == "user"), default=-1)

@@ -94,8 +94,7 @@ class ToolCallParser:
     of output without waiting for a longer name that can no longer come.
     """
 
-    def __init__(self, tag: str, tool_names: Iterable[str], *,
-                 id_factory: Callable[[], str] | None = None) -> None:
+    def __init__(self, tag: str, tool_names: Iterable[str], *, id_factory: Callable[[], str] | None = None) -> None:
         self.tag = tag or "{"
         self._names = [name for name in dict.fromkeys(tool_names) if name]
         self._longest = max((len(name) for name in self._names), default=0)
@@ -278,7 +277,7 @@ class ToolCallParser:
             return None
         if not final:
             for size in range(max(1, limit - best_at), min(limit - pos, self._longest) + 1):
-                tail = region[limit - size:limit]
+                tail = region[limit - size : limit]
                 if any(len(tail) < len(name) and name.startswith(tail) for name in self._names):
                     return None
         return best, best_at + len(best)

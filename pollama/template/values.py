@@ -132,8 +132,7 @@ class GoSlice(GoObject):
 
     go_kind = "slice"
 
-    def __init__(self, go_type: str, items: list[Any] | None, elem_iface: bool = False,
-                 cap: int | None = None) -> None:
+    def __init__(self, go_type: str, items: list[Any] | None, elem_iface: bool = False, cap: int | None = None) -> None:
         self.go_type = go_type
         self.items = items
         self.elem_iface = elem_iface
@@ -173,8 +172,13 @@ class GoMap(GoObject):
 
     go_kind = "map"
 
-    def __init__(self, go_type: str, items: dict[str, Any] | None, elem_iface: bool = False,
-                 zero: Callable[[], Any] | None = None) -> None:
+    def __init__(
+        self,
+        go_type: str,
+        items: dict[str, Any] | None,
+        elem_iface: bool = False,
+        zero: Callable[[], Any] | None = None,
+    ) -> None:
         self.go_type = go_type
         self.items = items
         self.elem_iface = elem_iface
@@ -394,4 +398,3 @@ def json_numbers_to_float(value: Any) -> Any:
     if t is int:
         return float(value)
     return value
-

@@ -21,8 +21,14 @@ from tests.conftest import ServerProcess, free_port
 
 
 def _pollama(*args: str, env: dict[str, str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pollama", *args], input="", capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **env})
+    return subprocess.run(
+        [sys.executable, "-m", "pollama", *args],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **env},
+    )
 
 
 def _serve_fails(env: dict[str, str]) -> str:
@@ -41,7 +47,8 @@ def test_serve_on_a_port_in_use(isolated_env: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         assert _serve_fails({"OLLAMA_HOST": f"127.0.0.1:{port}"}) == (
-            f"Error: listen tcp 127.0.0.1:{port}: bind: address already in use")
+            f"Error: listen tcp 127.0.0.1:{port}: bind: address already in use"
+        )
 
 
 def test_serve_with_models_not_a_directory(isolated_env: Path) -> None:
@@ -54,15 +61,19 @@ def test_serve_with_an_unusable_home(isolated_env: Path) -> None:
     home = isolated_env / "home-file"
     home.write_text("not a folder")
     assert _serve_fails({"HOME": str(home), "OLLAMA_MODELS": str(isolated_env / "m")}) == (
-        f"Error: HOME: cannot create {home}/.ollama: Not a directory")
+        f"Error: HOME: cannot create {home}/.ollama: Not a directory"
+    )
 
 
 def test_background_server_says_how_to_stop_it(isolated_env: Path) -> None:
     port = free_port()
     env = {"OLLAMA_HOST": f"127.0.0.1:{port}"}
     done = _pollama("list", env=env)
-    match = re.fullmatch(r"Started pollama server in the background \(logs: ~/\.ollama/logs/server\.log; "
-                         r"stop it with: kill (\d+)\)\n", done.stderr)
+    match = re.fullmatch(
+        r"Started pollama server in the background \(logs: ~/\.ollama/logs/server\.log; "
+        r"stop it with: kill (\d+)\)\n",
+        done.stderr,
+    )
     assert match, done.stderr
     pid = int(match.group(1))
     try:
@@ -88,15 +99,15 @@ def _answers(port: int) -> bool:
 
 def test_offline_pull_lists_the_catalog(start_server: Any) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
-    server: ServerProcess = start_server(HTTPS_PROXY=dead, HTTP_PROXY=dead, NO_PROXY="", https_proxy=dead,
-                                         http_proxy=dead, no_proxy="")
+    server: ServerProcess = start_server(
+        HTTPS_PROXY=dead, HTTP_PROXY=dead, NO_PROXY="", https_proxy=dead, http_proxy=dead, no_proxy=""
+    )
     done = server.cli("pull", "llama3.2", input="", timeout=60)
     assert done.returncode == 1
     assert done.stderr.splitlines()[0] == "pulling manifest"
     error = done.stderr.splitlines()[-1]
     assert error.startswith("Error: pull model manifest: ")
-    assert error.endswith("(no registry could be reached; offline, pollama can install smollm2:135m, "
-                          "gemma3:270m-base)")
+    assert error.endswith("(no registry could be reached; offline, pollama can install smollm2:135m, gemma3:270m-base)")
     # The catalog's model installs offline with defaults that keep a first answer short.
     pulled = server.cli("pull", "smollm2:135m", input="", timeout=120)
     assert pulled.returncode == 0, pulled.stderr
@@ -124,6 +135,8 @@ def test_serve_help_lists_the_environment_variables(isolated_env: Path) -> None:
     assert done.returncode == 0
     block = done.stdout.split("Environment Variables:\n", 1)[1].splitlines()
     assert [line.split()[0] for line in block] == [name for name, _, _ in SERVER_VARIABLES]
-    assert "      OLLAMA_HOST                Address to listen on (':port' = all interfaces) (default " \
-           "127.0.0.1:11434)" in block
+    assert (
+        "      OLLAMA_HOST                Address to listen on (':port' = all interfaces) (default "
+        "127.0.0.1:11434)" in block
+    )
     assert any(line.startswith("      OLLAMA_KEEP_ALIVE") and line.endswith("(default 5m)") for line in block)

@@ -78,6 +78,8 @@ def test_on_a_terminal_the_block_is_redrawn_and_left_on_screen() -> None:
     screen = out.getvalue()
     assert "\x1b[2K" in screen  # lines erased and drawn again in place
     final = [line.rstrip() for line in screen.rsplit("\x1b[2K", 1)[-1].removesuffix("\x1b[?25h").splitlines()]
-    assert final == ["pulling manifest",
-                     "pulling 1324412dfe8c:  20% ▕███               ▏  20 MB/98 MB    10 MB/s      7s",
-                     "success"]
+    assert final == [
+        "pulling manifest",
+        "pulling 1324412dfe8c:  20% ▕███               ▏  20 MB/98 MB    10 MB/s      7s",
+        "success",
+    ]

@@ -12,8 +12,9 @@ import pytest
 from tests.conftest import ServerProcess
 
 
-def _cli(server: ServerProcess, *args: str, input: str = "",
-         timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def _cli(
+    server: ServerProcess, *args: str, input: str = "", timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """``pollama ARGS``, with stdin given explicitly (an inherited stdin might never reach EOF)."""
     return server.cli(*args, input=input, timeout=timeout)
 
@@ -22,8 +23,15 @@ def _cli(server: ServerProcess, *args: str, input: str = "",
 def quick(smollm2_server: ServerProcess) -> Iterator[str]:
     """``quick``: smollm2 with at most 8 tokens per answer."""
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "quick", "from": "smollm2", "stream": False,
-                                        "parameters": {"num_predict": 8, "temperature": 0}})
+        r = c.post(
+            "/api/create",
+            json={
+                "model": "quick",
+                "from": "smollm2",
+                "stream": False,
+                "parameters": {"num_predict": 8, "temperature": 0},
+            },
+        )
         assert r.status_code == 200, r.text
     yield "quick"
 
@@ -104,16 +112,19 @@ def test_rm_stops_a_loaded_model_first(smollm2_server: ServerProcess, quick: str
 # --- the table's rules -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("size", "vram", "label"), [
-    (1000, 0, "100% CPU"),
-    (1000, 1000, "100% GPU"),
-    (1000, 1500, "Unknown"),
-    (0, 10, "Unknown"),
-    (1000, 480, "52%/48% CPU/GPU"),
-    (1000, 995, "1%/99% CPU/GPU"),
-    (1000, 5, "100%/0% CPU/GPU"),
-    (8, 7, "13%/87% CPU/GPU"),  # Go's math.Round rounds the half away from zero
-])
+@pytest.mark.parametrize(
+    ("size", "vram", "label"),
+    [
+        (1000, 0, "100% CPU"),
+        (1000, 1000, "100% GPU"),
+        (1000, 1500, "Unknown"),
+        (0, 10, "Unknown"),
+        (1000, 480, "52%/48% CPU/GPU"),
+        (1000, 995, "1%/99% CPU/GPU"),
+        (1000, 5, "100%/0% CPU/GPU"),
+        (8, 7, "13%/87% CPU/GPU"),  # Go's math.Round rounds the half away from zero
+    ],
+)
 def test_processor_column(size: int, vram: int, label: str) -> None:
     from pollama.cli._output import processor_label
 
@@ -125,20 +136,46 @@ def test_until_column_and_layout() -> None:
 
     now = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
     models = [
-        {"name": "a:latest", "digest": "0123456789abcdef", "size": 123_456_789, "size_vram": 0,
-         "context_length": 2048, "expires_at": (now + timedelta(minutes=4, seconds=59)).isoformat()},
-        {"name": "bb:latest", "digest": "fedcba9876543210", "size": 4_700_000_000, "size_vram": 4_700_000_000,
-         "context_length": 8192, "expires_at": "2318-03-31T00:00:00Z"},
-        {"name": "c:latest", "digest": "00ff00ff00ff00ff", "size": 1000, "size_vram": 0,
-         "context_length": 4096, "expires_at": (now - timedelta(seconds=1)).isoformat()},
-        {"name": "d:latest", "digest": "00ff00ff00ff00ff", "size": 1000, "size_vram": 0,
-         "context_length": 4096, "expires_at": (now + timedelta(hours=1, minutes=2)).isoformat()},
+        {
+            "name": "a:latest",
+            "digest": "0123456789abcdef",
+            "size": 123_456_789,
+            "size_vram": 0,
+            "context_length": 2048,
+            "expires_at": (now + timedelta(minutes=4, seconds=59)).isoformat(),
+        },
+        {
+            "name": "bb:latest",
+            "digest": "fedcba9876543210",
+            "size": 4_700_000_000,
+            "size_vram": 4_700_000_000,
+            "context_length": 8192,
+            "expires_at": "2318-03-31T00:00:00Z",
+        },
+        {
+            "name": "c:latest",
+            "digest": "00ff00ff00ff00ff",
+            "size": 1000,
+            "size_vram": 0,
+            "context_length": 4096,
+            "expires_at": (now - timedelta(seconds=1)).isoformat(),
+        },
+        {
+            "name": "d:latest",
+            "digest": "00ff00ff00ff00ff",
+            "size": 1000,
+            "size_vram": 0,
+            "context_length": 4096,
+            "expires_at": (now + timedelta(hours=1, minutes=2)).isoformat(),
+        },
     ]
     assert ps_table(models, now=now) == (
         "NAME         ID              SIZE      PROCESSOR    CONTEXT    UNTIL\n"
         "a:latest     0123456789ab    123 MB    100% CPU     2048       4 minutes from now\n"
         "bb:latest    fedcba987654    4.7 GB    100% GPU     8192       Forever\n"
         "c:latest     00ff00ff00ff    1 KB      100% CPU     4096       Stopping...\n"
-        "d:latest     00ff00ff00ff    1 KB      100% CPU     4096       About an hour from now\n")
+        "d:latest     00ff00ff00ff    1 KB      100% CPU     4096       About an hour from now\n"
+    )
     assert ps_table(models, "b", now=now).splitlines()[1:] == [
-        "bb:latest    fedcba987654    4.7 GB    100% GPU     8192       Forever"]
+        "bb:latest    fedcba987654    4.7 GB    100% GPU     8192       Forever"
+    ]

@@ -21,8 +21,9 @@ import pytest
 from tests.conftest import ServerProcess
 
 
-def _cli(server: ServerProcess, *args: str, input: str = "",
-         timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def _cli(
+    server: ServerProcess, *args: str, input: str = "", timeout: float = 120.0
+) -> subprocess.CompletedProcess[str]:
     """``pollama ARGS``, with stdin given explicitly (an inherited stdin might never reach EOF)."""
     return server.cli(*args, input=input, timeout=timeout)
 
@@ -35,8 +36,15 @@ GO_DURATION = r"(?:\d+h)?(?:\d+m)?\d+(?:\.\d+)?(?:ns|µs|ms|s)"
 def short(smollm2_server: ServerProcess) -> Iterator[str]:
     """``short``: smollm2 answering with at most 32 tokens, greedily."""
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "short", "from": "smollm2", "stream": False,
-                                        "parameters": {"num_predict": 32, "temperature": 0}})
+        r = c.post(
+            "/api/create",
+            json={
+                "model": "short",
+                "from": "smollm2",
+                "stream": False,
+                "parameters": {"num_predict": 32, "temperature": 0},
+            },
+        )
         assert r.status_code == 200, r.text
     yield "short"
 
@@ -130,12 +138,12 @@ def test_bad_keepalive_is_go_s_error(smollm2_server: ServerProcess, short: str) 
 def test_invalid_think_value(smollm2_server: ServerProcess, short: str) -> None:
     result = _cli(smollm2_server, "run", short, "--think=loud", "Hi")
     assert result.returncode == 1
-    assert result.stderr == ('Error: invalid value for --think: "loud" '
-                             "(must be true, false, high, medium, low, or max)\n")
+    assert result.stderr == (
+        'Error: invalid value for --think: "loud" (must be true, false, high, medium, low, or max)\n'
+    )
 
 
-def test_think_on_a_model_without_thinking_is_the_server_s_error(smollm2_server: ServerProcess,
-                                                                  short: str) -> None:
+def test_think_on_a_model_without_thinking_is_the_server_s_error(smollm2_server: ServerProcess, short: str) -> None:
     # a bare --think must not swallow the model name that follows it
     result = _cli(smollm2_server, "run", "--think", short, "Hi")
     assert result.returncode == 1
@@ -153,13 +161,18 @@ def _png(path: Path) -> Path:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     raw = b"\x00\xff\x00\x00"
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
-def test_image_for_a_model_without_vision_is_a_clear_error(smollm2_server: ServerProcess, short: str,
-                                                           tmp_path: Path) -> None:
+def test_image_for_a_model_without_vision_is_a_clear_error(
+    smollm2_server: ServerProcess, short: str, tmp_path: Path
+) -> None:
     image = _png(tmp_path / "dot.png")
     result = _cli(smollm2_server, "run", short, f"What is in {image}?")
     assert result.returncode == 1
@@ -212,9 +225,14 @@ def _screen(output: str) -> list[str]:
 
 def test_word_wrap_on_a_terminal(smollm2_server: ServerProcess, short: str) -> None:
     """On a 40-column terminal the answer is wrapped before column 35, words kept whole."""
-    child = pexpect.spawn(sys.executable, ["-m", "pollama", "run", short,
-                                           "Write one long sentence about the history of bread."],
-                          env=smollm2_server.env, dimensions=(24, 40), encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pollama", "run", short, "Write one long sentence about the history of bread."],
+        env=smollm2_server.env,
+        dimensions=(24, 40),
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -224,9 +242,14 @@ def test_word_wrap_on_a_terminal(smollm2_server: ServerProcess, short: str) -> N
 
 
 def test_nowordwrap_on_a_terminal_prints_plain_text(smollm2_server: ServerProcess, short: str) -> None:
-    child = pexpect.spawn(sys.executable, ["-m", "pollama", "run", "--nowordwrap", short,
-                                           "Write one long sentence about the history of bread."],
-                          env=smollm2_server.env, dimensions=(24, 40), encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pollama", "run", "--nowordwrap", short, "Write one long sentence about the history of bread."],
+        env=smollm2_server.env,
+        dimensions=(24, 40),
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect(pexpect.EOF)
     child.close()
     assert child.exitstatus == 0
@@ -259,19 +282,29 @@ def test_word_wrapper_backtracks_the_current_word() -> None:
 def test_stats_block_format() -> None:
     from pollama.cli._output import format_stats
 
-    text = format_stats({"total_duration": 1_234_567_891, "load_duration": 52_300_000, "prompt_eval_count": 12,
-                         "prompt_eval_duration": 45_600_000, "eval_count": 24, "eval_duration": 987_654_321})
-    assert text == ("total duration:       1.234567891s\n"
-                    "load duration:        52.3ms\n"
-                    "prompt eval count:    12 token(s)\n"
-                    "prompt eval duration: 45.6ms\n"
-                    "prompt eval rate:     263.16 tokens/s\n"
-                    "eval count:           24 token(s)\n"
-                    "eval duration:        987.654321ms\n"
-                    "eval rate:            24.30 tokens/s\n")
+    text = format_stats(
+        {
+            "total_duration": 1_234_567_891,
+            "load_duration": 52_300_000,
+            "prompt_eval_count": 12,
+            "prompt_eval_duration": 45_600_000,
+            "eval_count": 24,
+            "eval_duration": 987_654_321,
+        }
+    )
+    assert text == (
+        "total duration:       1.234567891s\n"
+        "load duration:        52.3ms\n"
+        "prompt eval count:    12 token(s)\n"
+        "prompt eval duration: 45.6ms\n"
+        "prompt eval rate:     263.16 tokens/s\n"
+        "eval count:           24 token(s)\n"
+        "eval duration:        987.654321ms\n"
+        "eval rate:            24.30 tokens/s\n"
+    )
     assert format_stats({"total_duration": 61_500_000_000, "eval_count": 1}) == (
-        "total duration:       1m1.5s\n"
-        "eval count:           1 token(s)\n")
+        "total duration:       1m1.5s\neval count:           1 token(s)\n"
+    )
 
 
 def test_thinking_is_shown_like_ollama(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -299,7 +332,14 @@ def test_embedding_vector_json_matches_go() -> None:
     from pollama.cli._run import _json_float
 
     assert [_json_float(x) for x in (0.1, 1.0, 0.0, -0.00001234, 1e-7, -2.5e-8, 123456.5)] == [
-        "0.1", "1", "0", "-0.00001234", "1e-7", "-2.5e-8", "123456.5"]
+        "0.1",
+        "1",
+        "0",
+        "-0.00001234",
+        "1e-7",
+        "-2.5e-8",
+        "123456.5",
+    ]
 
 
 def test_run_against_a_missing_pull_endpoint_is_ollama_s_not_found() -> None:
@@ -313,7 +353,6 @@ def test_run_against_a_missing_pull_endpoint_is_ollama_s_not_found() -> None:
 
     with pytest.raises(_run.RunError, match="^pull model manifest: file does not exist$"):
         _run.show_or_pull(_fake_client(handler), "x")  # type: ignore[arg-type]
-
 
 
 def _fake_client(handler: object) -> object:
@@ -332,8 +371,9 @@ def _run_args(*argv: str) -> object:
     return build_parser().parse_args(_normalize_argv(["run", *argv]))
 
 
-def test_embedding_model_prints_the_first_vector(monkeypatch: pytest.MonkeyPatch,
-                                                 capsys: pytest.CaptureFixture[str]) -> None:
+def test_embedding_model_prints_the_first_vector(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """No embedding GGUF ships with the test packages, so the server side is faked at the HTTP seam."""
     from pollama.cli._run import RunError, run_command
 
@@ -366,8 +406,16 @@ def test_thinking_model_gets_think_by_default_and_shows_thinking(smollm2_server:
     """A thinking-capable model (its template wraps ``.Thinking`` in ``<think>`` tags) is sent ``think``
     without ``--think``; whatever the server parses as thinking is framed as Ollama frames it."""
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "thinker", "from": "smollm2", "template": THINKING_TEMPLATE,
-                                        "stream": False, "parameters": {"num_predict": 16, "temperature": 0}})
+        r = c.post(
+            "/api/create",
+            json={
+                "model": "thinker",
+                "from": "smollm2",
+                "template": THINKING_TEMPLATE,
+                "stream": False,
+                "parameters": {"num_predict": 16, "temperature": 0},
+            },
+        )
         assert r.status_code == 200, r.text
         assert "thinking" in c.post("/api/show", json={"model": "thinker"}).json()["capabilities"]
     result = _cli(smollm2_server, "run", "thinker", "Hi")
@@ -388,12 +436,25 @@ def test_thinking_model_gets_think_by_default_and_shows_thinking(smollm2_server:
 
 def test_ctrl_c_stops_a_one_shot_answer(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "storyteller", "from": "smollm2", "stream": False,
-                                        "parameters": {"num_predict": 400, "temperature": 0}})
+        r = c.post(
+            "/api/create",
+            json={
+                "model": "storyteller",
+                "from": "smollm2",
+                "stream": False,
+                "parameters": {"num_predict": 400, "temperature": 0},
+            },
+        )
         assert r.status_code == 200, r.text
     # 400 tokens are allowed only so there is something to interrupt; Ctrl+C ends it at once
-    child = pexpect.spawn(sys.executable, ["-m", "pollama", "run", "storyteller", "Write a long story about a dragon."],
-                          env=smollm2_server.env, dimensions=(24, 200), encoding="utf-8", timeout=60)
+    child = pexpect.spawn(
+        sys.executable,
+        ["-m", "pollama", "run", "storyteller", "Write a long story about a dragon."],
+        env=smollm2_server.env,
+        dimensions=(24, 200),
+        encoding="utf-8",
+        timeout=60,
+    )
     child.expect(r"\w+ \w+ \w+")
     started = time.monotonic()
     child.sendintr()
@@ -404,8 +465,9 @@ def test_ctrl_c_stops_a_one_shot_answer(smollm2_server: ServerProcess) -> None:
     assert not (child.before or "").endswith("\r\n\r\n")  # cut short: no closing blank line
 
 
-def test_images_go_to_a_vision_model(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
-                                     tmp_path: Path) -> None:
+def test_images_go_to_a_vision_model(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """No vision GGUF ships with the test packages, so the server side is faked at the HTTP seam."""
     import base64
 
@@ -427,8 +489,14 @@ def test_images_go_to_a_vision_model(monkeypatch: pytest.MonkeyPatch, capsys: py
     assert captured.out == "A red dot.\n\n"
     assert captured.err == f"Added image '{image}'\n"
     # the path is cut out of the prompt (Ollama leaves the surrounding spaces as they were)
-    assert seen == [{"model": "v", "prompt": "What is in  ?", "stream": True,
-                     "images": [base64.b64encode(image.read_bytes()).decode()]}]
+    assert seen == [
+        {
+            "model": "v",
+            "prompt": "What is in  ?",
+            "stream": True,
+            "images": [base64.b64encode(image.read_bytes()).decode()],
+        }
+    ]
 
 
 def test_attachments_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -46,8 +46,10 @@ You can call functions. To call one, answer with \
 def tools_model(smollm2_server: ServerProcess) -> Iterator[str]:
     """``smollm2-tools``: SmolLM2 with ``TOOLS_TEMPLATE`` (so it has the ``tools`` capability)."""
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "smollm2-tools", "from": "smollm2", "template": TOOLS_TEMPLATE,
-                                        "stream": False})
+        r = c.post(
+            "/api/create",
+            json={"model": "smollm2-tools", "from": "smollm2", "template": TOOLS_TEMPLATE, "stream": False},
+        )
         assert r.status_code == 200, r.text
         caps = c.post("/api/show", json={"model": "smollm2-tools"}).json()["capabilities"]
         assert "tools" in caps, caps
@@ -85,8 +87,10 @@ THINK_TEMPLATE = """
 def think_model(smollm2_server: ServerProcess) -> Iterator[str]:
     """``smollm2-think``: SmolLM2 with ``THINK_TEMPLATE`` (so it has the ``thinking`` capability)."""
     with smollm2_server.client() as c:
-        r = c.post("/api/create", json={"model": "smollm2-think", "from": "smollm2", "template": THINK_TEMPLATE,
-                                        "stream": False})
+        r = c.post(
+            "/api/create",
+            json={"model": "smollm2-think", "from": "smollm2", "template": THINK_TEMPLATE, "stream": False},
+        )
         assert r.status_code == 200, r.text
         caps = c.post("/api/show", json={"model": "smollm2-think"}).json()["capabilities"]
         assert "thinking" in caps, caps

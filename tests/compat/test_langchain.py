@@ -23,26 +23,41 @@ def _chat(server: ServerProcess, **kwargs: object) -> object:
 
 def test_invoke_matches_native(smollm2_server: ServerProcess) -> None:
     message = _chat(smollm2_server, num_predict=16).invoke(QUESTION)  # type: ignore[attr-defined]
-    native = native_chat(smollm2_server, model="smollm2", messages=[{"role": "user", "content": QUESTION}],
-                         options={"temperature": 0, "seed": 1, "num_predict": 16})
+    native = native_chat(
+        smollm2_server,
+        model="smollm2",
+        messages=[{"role": "user", "content": QUESTION}],
+        options={"temperature": 0, "seed": 1, "num_predict": 16},
+    )
     assert message.content == native["message"]["content"] != ""
     assert message.response_metadata["done_reason"] == native["done_reason"]
     assert message.usage_metadata["output_tokens"] == native["eval_count"]
-    assert message.usage_metadata["total_tokens"] == (message.usage_metadata["input_tokens"]
-                                                      + message.usage_metadata["output_tokens"])
+    assert message.usage_metadata["total_tokens"] == (
+        message.usage_metadata["input_tokens"] + message.usage_metadata["output_tokens"]
+    )
 
 
 def test_system_and_history(smollm2_server: ServerProcess) -> None:
     from langchain_core.messages import AIMessage, HumanMessage, SystemMessage
 
-    history = [SystemMessage("Always answer in French."), HumanMessage("Hello"), AIMessage("Bonjour !"),
-               HumanMessage(QUESTION)]
+    history = [
+        SystemMessage("Always answer in French."),
+        HumanMessage("Hello"),
+        AIMessage("Bonjour !"),
+        HumanMessage(QUESTION),
+    ]
     message = _chat(smollm2_server, num_predict=16).invoke(history)  # type: ignore[attr-defined]
-    native = native_chat(smollm2_server, model="smollm2", options={"temperature": 0, "seed": 1, "num_predict": 16},
-                         messages=[{"role": "system", "content": "Always answer in French."},
-                                   {"role": "user", "content": "Hello"},
-                                   {"role": "assistant", "content": "Bonjour !"},
-                                   {"role": "user", "content": QUESTION}])
+    native = native_chat(
+        smollm2_server,
+        model="smollm2",
+        options={"temperature": 0, "seed": 1, "num_predict": 16},
+        messages=[
+            {"role": "system", "content": "Always answer in French."},
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Bonjour !"},
+            {"role": "user", "content": QUESTION},
+        ],
+    )
     assert message.content == native["message"]["content"]
 
 
@@ -63,8 +78,13 @@ def test_with_structured_output(smollm2_server: ServerProcess) -> None:
     structured = _chat(smollm2_server, num_predict=40).with_structured_output(Country)  # type: ignore[attr-defined]
     answer = structured.invoke(QUESTION)
     assert isinstance(answer, Country) and answer.capital == "Paris"
-    as_json = _chat(smollm2_server, num_predict=40).with_structured_output(  # type: ignore[attr-defined]
-        Country.model_json_schema(), method="json_schema").invoke(QUESTION)
+    as_json = (
+        _chat(smollm2_server, num_predict=40)
+        .with_structured_output(  # type: ignore[attr-defined]
+            Country.model_json_schema(), method="json_schema"
+        )
+        .invoke(QUESTION)
+    )
     assert Country.model_validate(as_json) == answer
 
 

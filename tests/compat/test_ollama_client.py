@@ -64,12 +64,20 @@ class Country(BaseModel):
 
 
 def test_format_with_pydantic_schema(client: ollama.Client) -> None:
-    r = client.chat(model="smollm2", messages=QUESTION, format=Country.model_json_schema(),
-                    options={"temperature": 0, "num_predict": 40})
+    r = client.chat(
+        model="smollm2",
+        messages=QUESTION,
+        format=Country.model_json_schema(),
+        options={"temperature": 0, "num_predict": 40},
+    )
     country = Country.model_validate_json(r.message.content or "")
     assert country.capital == "Paris"
-    g = client.generate(model="smollm2", prompt="What is the capital of France? Answer in JSON.", format="json",
-                        options={"temperature": 0, "num_predict": 40})
+    g = client.generate(
+        model="smollm2",
+        prompt="What is the capital of France? Answer in JSON.",
+        format="json",
+        options={"temperature": 0, "num_predict": 40},
+    )
     assert g.response.lstrip().startswith("{")
 
 
@@ -84,18 +92,27 @@ def test_tool_calls_parsed_by_client(client: ollama.Client, tools_model: str) ->
 
     history = []
     for city in ("Paris", "Berlin"):
-        history += [{"role": "user", "content": f"Weather in {city}?"},
-                    {"role": "assistant", "content": "", "tool_calls": [
-                        {"function": {"name": "get_weather", "arguments": {"city": city}}}]}]
+        history += [
+            {"role": "user", "content": f"Weather in {city}?"},
+            {
+                "role": "assistant",
+                "content": "",
+                "tool_calls": [{"function": {"name": "get_weather", "arguments": {"city": city}}}],
+            },
+        ]
     history.append({"role": "user", "content": "Weather in London?"})
-    r = client.chat(model=tools_model, messages=history, tools=[get_weather],
-                    options={"temperature": 0, "num_predict": 40})
+    r = client.chat(
+        model=tools_model, messages=history, tools=[get_weather], options={"temperature": 0, "num_predict": 40}
+    )
     [call] = r.message.tool_calls or []
     assert call.function.name == "get_weather" and dict(call.function.arguments) == {"city": "London"}
     result = get_weather(**call.function.arguments)
-    follow = client.chat(model=tools_model, tools=[get_weather], options={"temperature": 0, "num_predict": 16},
-                         messages=[*history, r.message, {"role": "tool", "content": result,
-                                                         "tool_name": "get_weather"}])
+    follow = client.chat(
+        model=tools_model,
+        tools=[get_weather],
+        options={"temperature": 0, "num_predict": 16},
+        messages=[*history, r.message, {"role": "tool", "content": result, "tool_name": "get_weather"}],
+    )
     assert follow.message.content and not follow.message.tool_calls
 
 
@@ -132,12 +149,16 @@ def test_list_show(client: ollama.Client, smollm2_server: ServerProcess) -> None
 
 
 def test_create_copy_delete(client: ollama.Client) -> None:
-    progress = list(client.create(model="terse", from_="smollm2", system="Answer in one word.",
-                                  parameters={"temperature": 0.2}, stream=True))
+    progress = list(
+        client.create(
+            model="terse", from_="smollm2", system="Answer in one word.", parameters={"temperature": 0.2}, stream=True
+        )
+    )
     assert progress[-1].status == "success"
     shown = client.show("terse")
-    assert any(line.startswith("SYSTEM") and "Answer in one word." in line
-               for line in (shown.modelfile or "").splitlines())
+    assert any(
+        line.startswith("SYSTEM") and "Answer in one word." in line for line in (shown.modelfile or "").splitlines()
+    )
     assert "temperature" in (shown.parameters or "")
     assert client.copy("terse", "terse-copy").status == "success"
     names = [m.model for m in client.list().models]

@@ -106,8 +106,9 @@ def test_request_bodies_have_schemas(document: dict[str, Any]) -> None:
 
 
 def test_compat_operation_ids_unique(document: dict[str, Any]) -> None:
-    ids = [op["operationId"] for path, ops in document["paths"].items() if path.startswith("/v1/")
-           for op in ops.values()]
+    ids = [
+        op["operationId"] for path, ops in document["paths"].items() if path.startswith("/v1/") for op in ops.values()
+    ]
     assert len(ids) == len(set(ids))
 
 
@@ -141,11 +142,18 @@ def test_ill_typed_bodies_never_fail_with_5xx(app_client: TestClient, document: 
         error_schema = _validator(document, path, "post", 400)
         bodies: list[Any] = [b"", b"{", b"[]", b'"x"', b"null"]
         for field, value in itertools.product(schema["properties"], _bad_values()):
-            bodies.append({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}],
-                           "max_tokens": 1, "input": "x", "prompt": "x", field: value})
+            bodies.append(
+                {
+                    "model": "no-such-model",
+                    "messages": [{"role": "user", "content": "x"}],
+                    "max_tokens": 1,
+                    "input": "x",
+                    "prompt": "x",
+                    field: value,
+                }
+            )
         for body in bodies:
-            r = (app_client.post(path, content=body) if isinstance(body, bytes)
-                 else app_client.post(path, json=body))
+            r = app_client.post(path, content=body) if isinstance(body, bytes) else app_client.post(path, json=body)
             assert r.status_code < 500, (path, body, r.text)
             assert r.status_code in (200, 400, 404), (path, body, r.text)
             if r.status_code == 400:
@@ -213,7 +221,8 @@ def test_native_bodies_mark_required_fields(document: dict[str, Any]) -> None:
         for key, value in expected.items():
             assert schema.get(key) == value, (path, key, schema.get(key))
     validator = jsonschema.Draft202012Validator(
-        document["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"])
+        document["paths"]["/api/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    )
     assert not validator.is_valid({"prompt": "hi"})
     assert validator.is_valid({"model": "m", "prompt": "hi"})
     show = document["paths"]["/api/show"]["post"]["requestBody"]["content"]["application/json"]["schema"]
@@ -228,11 +237,13 @@ def test_native_error_responses_documented(app_client: TestClient, document: dic
             schema = responses[status]["content"]["application/json"]["schema"]
             assert schema["required"] == ["error"] and schema["properties"]["error"]["type"] == "string"
     # Real error answers validate against what is documented.
-    checks = [("post", "/api/generate", {"model": "missing", "prompt": "x"}, 404),
-              ("post", "/api/generate", {"model": "m", "keep_alive": "300"}, 400),
-              ("post", "/api/show", {"model": "missing"}, 404),
-              ("delete", "/api/delete", {"model": "missing"}, 404),
-              ("post", "/api/create", {"model": "x"}, 400)]
+    checks = [
+        ("post", "/api/generate", {"model": "missing", "prompt": "x"}, 404),
+        ("post", "/api/generate", {"model": "m", "keep_alive": "300"}, 400),
+        ("post", "/api/show", {"model": "missing"}, 404),
+        ("delete", "/api/delete", {"model": "missing"}, 404),
+        ("post", "/api/create", {"model": "x"}, 400),
+    ]
     for method, path, body, status in checks:
         r = app_client.request(method.upper(), path, json=body)
         assert r.status_code == status, (path, r.text)

@@ -31,10 +31,20 @@ def store(tmp_path: Path) -> ModelStore:
 def install(store: ModelStore, tmp_path: Path) -> Install:
     """``install(name, template=..., system=..., parameters=..., messages=..., chat_template=...)``."""
 
-    def install_model(name: str, *, chat_template: str | None = None, context_length: int = 4096,
-                      embedding: bool = False, **fields: Any) -> None:
-        path = write_model_gguf(tmp_path / f"{name.replace(':', '_')}.gguf", context_length=context_length,
-                                chat_template=chat_template, embedding=embedding)
+    def install_model(
+        name: str,
+        *,
+        chat_template: str | None = None,
+        context_length: int = 4096,
+        embedding: bool = False,
+        **fields: Any,
+    ) -> None:
+        path = write_model_gguf(
+            tmp_path / f"{name.replace(':', '_')}.gguf",
+            context_length=context_length,
+            chat_template=chat_template,
+            embedding=embedding,
+        )
         digest, _ = store.blobs.write_bytes(path.read_bytes())
         for _ in create_model(store, CreateRequest(name=parse_name(name), files={"model.gguf": digest}, **fields)):
             pass

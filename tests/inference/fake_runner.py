@@ -81,12 +81,19 @@ class FakeRunner:
         for piece in pieces:
             yield Piece(piece)
         generated = [ord(c) for c in "".join(pieces)]
-        yield Finished(done_reason="stop", prompt_eval_count=len(prompt), prompt_eval_duration=1000,
-                       eval_count=len(pieces), eval_duration=2000, tokens=generated)
+        yield Finished(
+            done_reason="stop",
+            prompt_eval_count=len(prompt),
+            prompt_eval_duration=1000,
+            eval_count=len(pieces),
+            eval_duration=2000,
+            tokens=generated,
+        )
 
     async def embed(self, inputs: list[list[int]]) -> Embeddings:
-        return Embeddings([[float(len(tokens)), 0.0, 0.0, 1.0] for tokens in inputs],
-                          sum(len(tokens) for tokens in inputs))
+        return Embeddings(
+            [[float(len(tokens)), 0.0, 0.0, 1.0] for tokens in inputs], sum(len(tokens) for tokens in inputs)
+        )
 
 
 class Runners:
@@ -106,8 +113,9 @@ class Runners:
         return self.started[-1]
 
 
-def write_model_gguf(path: Path, *, context_length: int = 4096, chat_template: str | None = None,
-                     embedding: bool = False) -> Path:
+def write_model_gguf(
+    path: Path, *, context_length: int = 4096, chat_template: str | None = None, embedding: bool = False
+) -> Path:
     """A tiny but valid GGUF header ("llama", a 4-token vocabulary) with one small tensor."""
     writer = gguf.GGUFWriter(str(path), "llama")
     writer.add_block_count(1)

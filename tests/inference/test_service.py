@@ -43,14 +43,16 @@ def chat(content: str, **fields: Any) -> CompletionRequest:
     return CompletionRequest(model="m", messages=[{"role": "user", "content": content}], **fields)
 
 
-def test_chat_renders_the_template_and_streams_the_reply(install: Install, make_service: MakeService,
-                                                         runners: Runners) -> None:
+def test_chat_renders_the_template_and_streams_the_reply(
+    install: Install, make_service: MakeService, runners: Runners
+) -> None:
     install("m", template=CHATML, system="Be brief.", parameters={"temperature": 0.5, "num_ctx": 1024})
     runners.replies.append(["Hel", "lo", "!"])
     chunks = serve(make_service, lambda s: answer(s, chat("Hi")))
     runner = runners.last
-    assert runner.completions[0].prompt == ("<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
-                                            "<|im_start|>assistant\n")
+    assert runner.completions[0].prompt == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Load-time options go into the runner's spec, sampling options to the generation.
     assert runner.spec.num_ctx == 1024 and runner.completions[0].options == {"temperature": 0.5}
     assert runner.completions[0].return_tokens is False
@@ -62,8 +64,9 @@ def test_chat_renders_the_template_and_streams_the_reply(install: Install, make_
     assert final.stats.total_duration >= final.stats.load_duration > 0
 
 
-def test_load_duration_is_measured_when_the_model_is_already_loaded(install: Install, make_service: MakeService,
-                                                                   runners: Runners) -> None:
+def test_load_duration_is_measured_when_the_model_is_already_loaded(
+    install: Install, make_service: MakeService, runners: Runners
+) -> None:
     # Ollama reports the time it took to get a runner, loaded or not; 0 made `--verbose` drop the line.
     install("m", template=CHATML)
 
@@ -81,36 +84,43 @@ def test_load_duration_is_measured_when_the_model_is_already_loaded(install: Ins
     assert all(d > 0 for d in durations), durations
 
 
-def test_generate_context_continues_the_conversation(install: Install, make_service: MakeService,
-                                                     runners: Runners) -> None:
-    install("m", template=CHATML, messages=[{"role": "user", "content": "earlier"},
-                                            {"role": "assistant", "content": "noted"}])
+def test_generate_context_continues_the_conversation(
+    install: Install, make_service: MakeService, runners: Runners
+) -> None:
+    install(
+        "m",
+        template=CHATML,
+        messages=[{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "noted"}],
+    )
     runners.replies += [["Four."], ["Five."]]
 
     async def work(service: InferenceService) -> tuple[list[Chunk], list[Chunk]]:
         first = await answer(service, CompletionRequest(model="m", endpoint="generate", prompt="2+2?"))
         context = first[-1].context
         assert context is not None
-        second = await answer(service, CompletionRequest(model="m", endpoint="generate", prompt="And 2+3?",
-                                                         context=context))
+        second = await answer(
+            service, CompletionRequest(model="m", endpoint="generate", prompt="And 2+3?", context=context)
+        )
         return first, second
 
     first, second = serve(make_service, work)
     runner = runners.last
-    first_prompt = ("<|im_start|>user\nearlier<|im_end|>\n<|im_start|>assistant\nnoted<|im_end|>\n"
-                    "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n")
+    first_prompt = (
+        "<|im_start|>user\nearlier<|im_end|>\n<|im_start|>assistant\nnoted<|im_end|>\n"
+        "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert runner.completions[0].prompt == first_prompt
     # context = the prompt's tokens (BOS included) + the generated ones
     assert first[-1].context == FakeRunner.tokens_of(first_prompt) + [ord(c) for c in "Four."]
     # Sent back, it is detokenized in front of the new prompt, and the model's MESSAGEs are not repeated.
-    assert runner.completions[1].prompt == (first_prompt + "Four." +
-                                            "<|im_start|>user\nAnd 2+3?<|im_end|>\n<|im_start|>assistant\n")
+    assert runner.completions[1].prompt == (
+        first_prompt + "Four." + "<|im_start|>user\nAnd 2+3?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert second[-1].stats is not None
     assert second[-1].stats.prompt_eval_count == len(runner.completions[1].prompt) + 1
 
 
-def test_truncation_counts_candidates_in_batches(install: Install, make_service: MakeService,
-                                                 runners: Runners) -> None:
+def test_truncation_counts_candidates_in_batches(install: Install, make_service: MakeService, runners: Runners) -> None:
     install("m", template=CHATML, parameters={"num_ctx": 200})
     history = [{"role": "system", "content": "S"}]
     for i in range(20):
@@ -121,7 +131,8 @@ def test_truncation_counts_candidates_in_batches(install: Install, make_service:
     # Only the system message, the newest history message and the last one fit in 200 tokens.
     assert runner.completions[0].prompt == (
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>assistant\nmessage 19 " + "x" * 30 + "<|im_end|>\n"
-        "<|im_start|>user\nlast<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nlast<|im_end|>\n<|im_start|>assistant\n"
+    )
     # Candidates are counted oldest first in batches of 1, 2, 4, 8, then the 6 left (one runner call per
     # batch, not per candidate); the one that fits is short enough to need no count (its byte length).
     assert [len(call) for call in runner.count_calls] == [1, 2, 4, 8, 5]
@@ -130,19 +141,32 @@ def test_truncation_counts_candidates_in_batches(install: Install, make_service:
 
 def test_short_history_is_never_counted(install: Install, make_service: MakeService, runners: Runners) -> None:
     install("m", template=CHATML)
-    messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
-                {"role": "user", "content": "c"}]
+    messages = [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+        {"role": "user", "content": "c"},
+    ]
     serve(make_service, lambda s: answer(s, CompletionRequest(model="m", messages=messages)))
     assert runners.last.count_calls == [] and runners.last.tokenize_calls == []
 
 
 def test_thinking_and_tool_calls_are_parsed(install: Install, make_service: MakeService, runners: Runners) -> None:
-    template = ("{{- range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}"
-                "{{ if .ToolCalls }}<tool_call>{{ range .ToolCalls }}{{ json .Function }}{{ end }}</tool_call>"
-                "{{ end }}{{ end }}{{ if .Tools }}{{ json .Tools }}{{ end }}")
+    template = (
+        "{{- range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}"
+        "{{ if .ToolCalls }}<tool_call>{{ range .ToolCalls }}{{ json .Function }}{{ end }}</tool_call>"
+        "{{ end }}{{ end }}{{ if .Tools }}{{ json .Tools }}{{ end }}"
+    )
     install("m", template=template)
-    runners.replies.append(["<thi", "nk>Let me see", ".</think>", "Calling. <tool_call>",
-                            '{"name": "weather", "arguments": {"city": "Paris"}}', "</tool_call>"])
+    runners.replies.append(
+        [
+            "<thi",
+            "nk>Let me see",
+            ".</think>",
+            "Calling. <tool_call>",
+            '{"name": "weather", "arguments": {"city": "Paris"}}',
+            "</tool_call>",
+        ]
+    )
     tools = [{"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}]
     chunks = serve(make_service, lambda s: answer(s, chat("Weather?", tools=tools)))
     assert "".join(c.thinking for c in chunks) == "Let me see."
@@ -156,17 +180,21 @@ def test_request_checks(install: Install, make_service: MakeService, runners: Ru
 
     async def work(service: InferenceService) -> list[str]:
         errors = []
-        for req in (chat("x", think=True), CompletionRequest(model="m", endpoint="generate", prompt="x", raw=True,
-                                                             system="s"),
-                    CompletionRequest(model="m", endpoint="generate", prompt="x", images=["aGk="])):
+        for req in (
+            chat("x", think=True),
+            CompletionRequest(model="m", endpoint="generate", prompt="x", raw=True, system="s"),
+            CompletionRequest(model="m", endpoint="generate", prompt="x", images=["aGk="]),
+        ):
             with pytest.raises(InvalidRequest) as err:
                 await answer(service, req)
             errors.append(str(err.value))
         return errors
 
-    assert serve(make_service, work) == ['"m" does not support thinking',
-                                         "raw mode does not support template, system, or context",
-                                         "this model is missing data required for image input"]
+    assert serve(make_service, work) == [
+        '"m" does not support thinking',
+        "raw mode does not support template, system, or context",
+        "this model is missing data required for image input",
+    ]
     assert runners.started == []  # refused before any runner is loaded
 
 
@@ -182,8 +210,7 @@ def test_runner_errors_reach_the_caller(install: Install, make_service: MakeServ
         serve(make_service, work)
 
 
-def test_debug_render_only_and_load_and_unload(install: Install, make_service: MakeService,
-                                               runners: Runners) -> None:
+def test_debug_render_only_and_load_and_unload(install: Install, make_service: MakeService, runners: Runners) -> None:
     install("m", template=CHATML)
 
     async def work(service: InferenceService) -> list[Chunk]:
@@ -210,7 +237,12 @@ def test_running_models_are_boundary_values(install: Install, make_service: Make
     started = time.time()
     (running,) = serve(make_service, work)
     assert (running.name, running.model, running.context_length, running.size, running.size_vram) == (
-        "m:latest", "m:latest", 512, 1000, 0)
+        "m:latest",
+        "m:latest",
+        512,
+        1000,
+        0,
+    )
     assert running.expires_at == math.inf and running.digest
     (short,) = serve(make_service, lambda s: _run_and_list(s, 60))
     assert started + 59 <= short.expires_at <= time.time() + 61
@@ -240,8 +272,9 @@ def test_embeddings(install: Install, make_service: MakeService, runners: Runner
 def test_capabilities_refuse_tools_for_embedding_models(install: Install, make_service: MakeService) -> None:
     install("e", embedding=True)
     with pytest.raises(UnsupportedCapability, match='"e" does not support chat'):
-        serve(make_service, lambda s: answer(s, CompletionRequest(model="e", messages=[{"role": "user",
-                                                                                        "content": "x"}])))
+        serve(
+            make_service, lambda s: answer(s, CompletionRequest(model="e", messages=[{"role": "user", "content": "x"}]))
+        )
 
 
 # --- nothing slow on the event loop ---------------------------------------------------------------
@@ -287,8 +320,10 @@ def test_go_template_renders_off_the_event_loop(where: str, install: Install, ma
 
 
 def test_jinja_template_renders_off_the_event_loop(install: Install, make_service: MakeService) -> None:
-    heavy = ("{% set ns = namespace(n=0) %}{% for i in range(100) %}{% for j in range(300) %}"
-             "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}")
+    heavy = (
+        "{% set ns = namespace(n=0) %}{% for i in range(100) %}{% for j in range(300) %}"
+        "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}{{ messages[0]['content'] }}"
+    )
     install("j", chat_template=heavy)
     req = CompletionRequest(model="j", messages=[{"role": "user", "content": "x"}])
     gap, elapsed = serve(make_service, _ticking(lambda s: answer(s, req)))

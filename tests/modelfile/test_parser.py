@@ -17,8 +17,10 @@ except ModuleNotFoundError:  # plain `pytest` (not `python -m pytest`) leaves th
 from tests.conftest import conformance_cases
 
 CASES: list[dict[str, Any]] = conformance_cases("modelfile.json")  # type: ignore[assignment]
-INVALID = ('command must be one of "from", "license", "template", "system", "adapter", "draft", '
-           '"renderer", "parser", "parameter", "message", or "requires"')
+INVALID = (
+    'command must be one of "from", "license", "template", "system", "adapter", "draft", '
+    '"renderer", "parser", "parameter", "message", or "requires"'
+)
 ROLE = 'message role must be one of "system", "user", or "assistant"'
 
 
@@ -48,8 +50,7 @@ def test_corpus_case(case: dict[str, Any]) -> None:
         assert parse_modelfile_case(case) == expect
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if "format" in c],
-                         ids=[c["name"] for c in CASES if "format" in c])
+@pytest.mark.parametrize("case", [c for c in CASES if "format" in c], ids=[c["name"] for c in CASES if "format" in c])
 def test_corpus_format(case: dict[str, Any]) -> None:
     assert format_modelfile(parse_modelfile(source_of(case))) == case["format"]
 
@@ -66,8 +67,7 @@ def test_commands_are_frozen_values() -> None:
 
 def test_bytes_and_text_agree() -> None:
     text = "FROM foo\nSYSTEM héllo wörld\nPARAMETER stop </s>\n"
-    assert parsed(text) == parsed(text.encode()) == [["model", "foo"], ["system", "héllo wörld"],
-                                                      ["stop", "</s>"]]
+    assert parsed(text) == parsed(text.encode()) == [["model", "foo"], ["system", "héllo wörld"], ["stop", "</s>"]]
 
 
 def test_boms() -> None:
@@ -98,14 +98,17 @@ def test_keywords_case_insensitive_and_separated_by_tab() -> None:
     assert parsed("from\tfoo\nPaRaMeTeR\tnum_ctx\t\t8\n") == [["model", "foo"], ["num_ctx", "8"]]
 
 
-@pytest.mark.parametrize(("text", "line"), [
-    ("FROM foo\n\n\nBOGUS x\n", 4),
-    ("FROM foo\r\nBOGUS x\r\n", 3),  # CR and LF each count
-    ("FROM foo\rBOGUS x\r", 2),
-    ("FROM foo\nFROM\n", 3),  # the newline right after the keyword is counted first
-    ("FROM foo\nFR0M x\n", 2),
-    ("FROM foo\nFROM:x\n", 2),
-])
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("FROM foo\n\n\nBOGUS x\n", 4),
+        ("FROM foo\r\nBOGUS x\r\n", 3),  # CR and LF each count
+        ("FROM foo\rBOGUS x\r", 2),
+        ("FROM foo\nFROM\n", 3),  # the newline right after the keyword is counted first
+        ("FROM foo\nFR0M x\n", 2),
+        ("FROM foo\nFROM:x\n", 2),
+    ],
+)
 def test_invalid_command_line_numbers(text: str, line: int) -> None:
     assert error_of(text) == f"(line {line}): {INVALID}"
 
@@ -121,16 +124,19 @@ def test_extra_blank_before_role_or_parameter_name() -> None:
     assert parsed("FROM foo\nPARAMETER  num_ctx 8\n")[1] == ["", "num_ctx 8"]
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("FROM foo\nPARAMETER top-k 1\n", "unexpected EOF: top"),
-    ("FROM foo\nPARAMETER seed\n", "unexpected EOF: seed"),
-    ("FROM foo\nPARAMETER \n", "unexpected EOF: "),
-    ("FROM foo\nMESSAGE user:\n", "unexpected EOF: user"),
-    ("FROM foo\nPARAMETER", "unexpected EOF"),
-    ("FROM foo\nSYS", "unexpected EOF"),
-    ('FROM foo\nSYSTEM """abc""', "unexpected EOF"),
-    ('FROM foo\nSYSTEM "a" b\n', "unexpected EOF"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("FROM foo\nPARAMETER top-k 1\n", "unexpected EOF: top"),
+        ("FROM foo\nPARAMETER seed\n", "unexpected EOF: seed"),
+        ("FROM foo\nPARAMETER \n", "unexpected EOF: "),
+        ("FROM foo\nMESSAGE user:\n", "unexpected EOF: user"),
+        ("FROM foo\nPARAMETER", "unexpected EOF"),
+        ("FROM foo\nSYS", "unexpected EOF"),
+        ('FROM foo\nSYSTEM """abc""', "unexpected EOF"),
+        ('FROM foo\nSYSTEM "a" b\n', "unexpected EOF"),
+    ],
+)
 def test_unexpected_eof(text: str, message: str) -> None:
     assert error_of(text) == message
 
@@ -141,23 +147,29 @@ def test_no_from_line() -> None:
     assert error_of("PARAMETER seed 1\nLICENSE x") == "no FROM line"
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    ("plain words  here  ", "plain words  here"),
-    ('"  spaced  "', "  spaced  "),
-    ('""', ""),
-    ('""""""', ""),
-    ('"""a"b"""', 'a"b'),
-    ('"a"b"', 'a"b'),
-    ('"hello" "world"', 'hello" "world'),
-    ("'single'", "'single'"),
-    ("x # not a comment", "x # not a comment"),
-    ('"""\nmulti\n  line\n"""', "\nmulti\n  line\n"),
-    ('"first\nsecond"', "first\nsecond"),
-    ('"""x\n"y"\n"""', 'x\n"y"\n'),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("plain words  here  ", "plain words  here"),
+        ('"  spaced  "', "  spaced  "),
+        ('""', ""),
+        ('""""""', ""),
+        ('"""a"b"""', 'a"b'),
+        ('"a"b"', 'a"b'),
+        ('"hello" "world"', 'hello" "world'),
+        ("'single'", "'single'"),
+        ("x # not a comment", "x # not a comment"),
+        ('"""\nmulti\n  line\n"""', "\nmulti\n  line\n"),
+        ('"first\nsecond"', "first\nsecond"),
+        ('"""x\n"y"\n"""', 'x\n"y"\n'),
+    ],
+)
 def test_value_quoting(value: str, expected: str) -> None:
     assert parsed(f"FROM foo\nSYSTEM {value}\nLICENSE next\n") == [
-        ["model", "foo"], ["system", expected], ["license", "next"]]
+        ["model", "foo"],
+        ["system", expected],
+        ["license", "next"],
+    ]
 
 
 def test_double_quoted_value_ends_at_first_line_ending_with_quote() -> None:
@@ -175,6 +187,5 @@ def test_message_content_keeps_colons_and_role_prefix() -> None:
 
 
 def test_value_at_eof_without_newline() -> None:
-    assert parsed('FROM foo\nTEMPLATE """{{ .Prompt }}"""') == [["model", "foo"],
-                                                               ["template", "{{ .Prompt }}"]]
+    assert parsed('FROM foo\nTEMPLATE """{{ .Prompt }}"""') == [["model", "foo"], ["template", "{{ .Prompt }}"]]
     assert parsed("FROM foo\nMESSAGE user hi") == [["model", "foo"], ["message", "user: hi"]]

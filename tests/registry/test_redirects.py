@@ -52,13 +52,20 @@ class _CdnRegistry:
         self.config = b'{"model_format":"gguf"}'
         self.blobs = {"sha256:" + hashlib.sha256(b).hexdigest(): b for b in (self.blob, self.config)}
         digests = list(self.blobs)
-        self.manifest = go_json({
-            "schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-            "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "digest": digests[1],
-                       "size": len(self.config)},
-            "layers": [{"mediaType": "application/vnd.ollama.image.model", "digest": digests[0],
-                        "size": len(self.blob)}],
-        })
+        self.manifest = go_json(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                "config": {
+                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "digest": digests[1],
+                    "size": len(self.config),
+                },
+                "layers": [
+                    {"mediaType": "application/vnd.ollama.image.model", "digest": digests[0], "size": len(self.blob)}
+                ],
+            }
+        )
         self.registry_auth: list[tuple[str, str, str]] = []
         self.cdn_auth: list[tuple[str, str]] = []
         self.registry = _serve("127.0.0.1", self.handle_registry)
@@ -78,8 +85,13 @@ class _CdnRegistry:
             _send(h, 200, json.dumps({"token": "t0k"}).encode())
             return
         if auth != "Bearer t0k":
-            _send(h, 401, b"{}", WWW_Authenticate=f'Bearer realm="http://{self.host}/token",service="fake",'
-                                                  f'scope="repository:library/m:pull"')
+            _send(
+                h,
+                401,
+                b"{}",
+                WWW_Authenticate=f'Bearer realm="http://{self.host}/token",service="fake",'
+                f'scope="repository:library/m:pull"',
+            )
             return
         if h.path == "/v2/library/m/manifests/latest":
             _send(h, 200, self.manifest, Content_Type="application/vnd.docker.distribution.manifest.v2+json")
@@ -103,7 +115,7 @@ class _CdnRegistry:
         wanted = h.headers.get("Range", "")
         if wanted.startswith("bytes="):
             start, end = (int(x) for x in wanted[6:].split("-"))
-            _send(h, 206, data[start:end + 1], Content_Range=f"bytes {start}-{end}/{len(data)}")
+            _send(h, 206, data[start : end + 1], Content_Range=f"bytes {start}-{end}/{len(data)}")
         else:
             _send(h, 200, data)
 
@@ -165,8 +177,12 @@ class _RedirectingUploads:
         elif h.command == "PATCH":
             n = int(params["n"])
             self.patches.append(h.headers["Content-Range"])
-            _send(h, 307, Location=f"http://{self.storage_host}/put/{n}",
-                  Docker_Upload_Location=f"/v2/library/m/blobs/uploads/u1?n={n + 1}")
+            _send(
+                h,
+                307,
+                Location=f"http://{self.storage_host}/put/{n}",
+                Docker_Upload_Location=f"/v2/library/m/blobs/uploads/u1?n={n + 1}",
+            )
         elif h.command == "PUT" and "digest" in params:
             data = b"".join(self.parts[k] for k in sorted(self.parts))
             self.parts.clear()
@@ -216,8 +232,9 @@ def test_push_follows_upload_redirects(tmp_path: Path) -> None:
         gguf = write_gguf(tmp_path / "m.gguf", payload_bytes=3 << 20)
         store = local_model(tmp_path / "models", name.full, gguf)
         settings = TransferSettings(min_part_size=1 << 20)
-        steps = [p.status for p in push_model(store, name, PushOptions(key_home=tmp_path, insecure=True,
-                                                                       settings=settings))]
+        steps = [
+            p.status for p in push_model(store, name, PushOptions(key_home=tmp_path, insecure=True, settings=settings))
+        ]
         assert steps[-1] == "success"
         size = gguf.stat().st_size
         assert fake.patches[:4] == [f"{o}-{min(o + (1 << 20), size) - 1}" for o in range(0, size, 1 << 20)]

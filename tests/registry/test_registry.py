@@ -63,8 +63,9 @@ def local_model(root: Path, name: str, gguf: Path, **extra: Any) -> ModelStore:
     return store
 
 
-def test_push_then_pull_is_byte_identical(registry: DockerRegistry, proxy: CountingProxy, start_server: Any,
-                                          tiny_gguf: Path, tmp_path: Path) -> None:
+def test_push_then_pull_is_byte_identical(
+    registry: DockerRegistry, proxy: CountingProxy, start_server: Any, tiny_gguf: Path, tmp_path: Path
+) -> None:
     name = f"{proxy.host}/library/tiny:latest"
     first = start_server(OLLAMA_MODELS=str(tmp_path / "a"))
     with first.client() as c:
@@ -117,13 +118,18 @@ def test_push_then_pull_is_byte_identical(registry: DockerRegistry, proxy: Count
         r = c.post("/api/push", json={})
         assert (r.status_code, r.json()) == (400, {"error": "model is required"})
         r = c.post("/api/push", json={"model": f"{proxy.host}/library/nothere", "insecure": True})
-        assert statuses(lines(r)) == ["retrieving manifest", "couldn't retrieve manifest",
-                                      f"error: model '{proxy.host}/library/nothere:latest' not found"]
+        assert statuses(lines(r)) == [
+            "retrieving manifest",
+            "couldn't retrieve manifest",
+            f"error: model '{proxy.host}/library/nothere:latest' not found",
+        ]
 
     # A model made FROM the pushed one mounts its layers from that repository instead of uploading.
     with first.client() as c:
-        r = c.post("/api/create", json={"model": f"{proxy.host}/library/tiny2", "from": name,
-                                        "system": "Another.", "stream": False})
+        r = c.post(
+            "/api/create",
+            json={"model": f"{proxy.host}/library/tiny2", "from": name, "system": "Another.", "stream": False},
+        )
         assert r.status_code == 200, r.text
     proxy.reset()
     push(first, f"{proxy.host}/library/tiny2")
@@ -134,8 +140,9 @@ def test_push_then_pull_is_byte_identical(registry: DockerRegistry, proxy: Count
     assert committed and not [p for p in committed if model_digest.replace(":", "%3A") in p]
 
 
-def test_parallel_ranged_pull_resumes_cut_connections(registry: DockerRegistry, proxy: CountingProxy,
-                                                      big_gguf: Path, tmp_path: Path) -> None:
+def test_parallel_ranged_pull_resumes_cut_connections(
+    registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path
+) -> None:
     name = parse_name(f"{proxy.host}/team/big:v1")
     source = local_model(tmp_path / "a", name.full, big_gguf)
     settings = TransferSettings(min_part_size=1 << 20, retry_base=0.01, progress_interval=0.01)
@@ -161,9 +168,9 @@ def test_parallel_ranged_pull_resumes_cut_connections(registry: DockerRegistry, 
     assert progress == sorted(progress) and progress[-1] == size
 
 
-def test_pull_killed_mid_blob_resumes_with_only_missing_bytes(registry: DockerRegistry, proxy: CountingProxy,
-                                                              start_server: Any, big_gguf: Path,
-                                                              tmp_path: Path) -> None:
+def test_pull_killed_mid_blob_resumes_with_only_missing_bytes(
+    registry: DockerRegistry, proxy: CountingProxy, start_server: Any, big_gguf: Path, tmp_path: Path
+) -> None:
     name = parse_name(f"{proxy.host}/library/big:latest")
     source = local_model(tmp_path / "a", name.full, big_gguf)
     for _ in push_model(source, name, PushOptions(key_home=tmp_path / "keys", insecure=True)):
@@ -176,13 +183,18 @@ def test_pull_killed_mid_blob_resumes_with_only_missing_bytes(registry: DockerRe
     proxy.reset()
     proxy.delay_per_mb = 0.25  # about six seconds for the blob
 
-    with httpx.Client(base_url=server.url, timeout=60) as c, \
-            c.stream("POST", "/api/pull", json={"model": name.full, "insecure": True}) as r:
+    with (
+        httpx.Client(base_url=server.url, timeout=60) as c,
+        c.stream("POST", "/api/pull", json={"model": name.full, "insecure": True}) as r,
+    ):
         deadline = time.monotonic() + 30
         for line in r.iter_lines():
             item = json.loads(line)
-            if item.get("completed", 0) > size // 4 and state.exists() and \
-                    json.loads(state.read_text())["Completed"] > size // 4:
+            if (
+                item.get("completed", 0) > size // 4
+                and state.exists()
+                and json.loads(state.read_text())["Completed"] > size // 4
+            ):
                 break
             assert time.monotonic() < deadline, "the download did not progress"
         assert server.process is not None
@@ -204,8 +216,9 @@ def test_pull_killed_mid_blob_resumes_with_only_missing_bytes(registry: DockerRe
     assert not [p for p in (models / "blobs").iterdir() if "partial" in p.name]
 
 
-def test_blob_altered_in_transit_is_rejected(registry: DockerRegistry, proxy: CountingProxy, start_server: Any,
-                                             tiny_gguf: Path, tmp_path: Path) -> None:
+def test_blob_altered_in_transit_is_rejected(
+    registry: DockerRegistry, proxy: CountingProxy, start_server: Any, tiny_gguf: Path, tmp_path: Path
+) -> None:
     name = parse_name(f"{proxy.host}/library/tiny:latest")
     source = local_model(tmp_path / "a", name.full, tiny_gguf)
     for _ in push_model(source, name, PushOptions(key_home=tmp_path / "keys", insecure=True)):
@@ -230,8 +243,7 @@ def _htpasswd(path: Path, user: str, password: str) -> Path:
     return path
 
 
-def test_basic_auth_with_docker_config(tmp_path: Path, start_server: Any, tiny_gguf: Path,
-                                       isolated_env: Path) -> None:
+def test_basic_auth_with_docker_config(tmp_path: Path, start_server: Any, tiny_gguf: Path, isolated_env: Path) -> None:
     root = tmp_path / "registry"
     root.mkdir()
     registry = DockerRegistry(root, htpasswd=_htpasswd(root / "htpasswd", "alice", "s3cret")).start()
@@ -255,16 +267,18 @@ def test_basic_auth_with_docker_config(tmp_path: Path, start_server: Any, tiny_g
         assert statuses(pull(other, name))[-1] == "success"
         assert store_files(tmp_path / "a") == store_files(tmp_path / "b")
 
-        (docker / "config.json").write_text(json.dumps({"auths": {registry.host: {"auth": base64.b64encode(
-            b"alice:wrong").decode()}}}))
+        (docker / "config.json").write_text(
+            json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"alice:wrong").decode()}}})
+        )
         failed = pull(start_server(OLLAMA_MODELS=str(tmp_path / "c")), name)
         assert failed[-1] == {"error": "pull model manifest: unauthorized: access denied"}
     finally:
         registry.stop()
 
 
-def test_serve_creates_key_and_cli_pull_push(registry: DockerRegistry, server: ServerProcess, tiny_gguf: Path,
-                                             isolated_env: Path) -> None:
+def test_serve_creates_key_and_cli_pull_push(
+    registry: DockerRegistry, server: ServerProcess, tiny_gguf: Path, isolated_env: Path
+) -> None:
     key = isolated_env / ".ollama" / "id_ed25519"
     assert key.exists() and oct(key.stat().st_mode & 0o777) == "0o600"
     pub = (isolated_env / ".ollama" / "id_ed25519.pub").read_text()

@@ -29,22 +29,28 @@ def _published(proxy: CountingProxy, gguf: Path, tmp_path: Path) -> tuple[ModelN
     return name, source.load(name).manifest.layers[0].digest, gguf.stat().st_size
 
 
-def test_stalled_part_restarts_without_using_a_retry(registry: DockerRegistry, proxy: CountingProxy,
-                                                      big_gguf: Path, tmp_path: Path) -> None:
+def test_stalled_part_restarts_without_using_a_retry(
+    registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path
+) -> None:
     name, digest, size = _published(proxy, big_gguf, tmp_path)
     proxy.cut_after, proxy.cuts_left, proxy.cut_delay = 200_000, 2, 1.5
     settings = TransferSettings(stall_timeout=0.3, max_retries=0, progress_interval=0.02)
     store = ModelStore(tmp_path / "b")
-    steps = [p.status for p in pull_model(store, name, PullOptions(key_home=tmp_path, insecure=True,
-                                                                   settings=settings))]
+    steps = [
+        p.status for p in pull_model(store, name, PullOptions(key_home=tmp_path, insecure=True, settings=settings))
+    ]
     assert steps[-1] == "success"
     assert [e.range for e in proxy.blob_gets(digest)] == [
-        f"bytes=0-{size - 1}", f"bytes=200000-{size - 1}", f"bytes=400000-{size - 1}"]
+        f"bytes=0-{size - 1}",
+        f"bytes=200000-{size - 1}",
+        f"bytes=400000-{size - 1}",
+    ]
     assert proxy.blob_bytes(digest) == size
 
 
-def test_concurrent_pulls_share_one_download(registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path,
-                                             tmp_path: Path) -> None:
+def test_concurrent_pulls_share_one_download(
+    registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path
+) -> None:
     name, digest, size = _published(proxy, big_gguf, tmp_path)
     proxy.delay_per_mb = 0.05
     store = ModelStore(tmp_path / "b")
@@ -64,8 +70,9 @@ def test_concurrent_pulls_share_one_download(registry: DockerRegistry, proxy: Co
     assert proxy.blob_bytes(digest) == size  # fetched once for three pulls
 
 
-def test_abandoned_pull_keeps_its_progress(registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path,
-                                           tmp_path: Path) -> None:
+def test_abandoned_pull_keeps_its_progress(
+    registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path
+) -> None:
     name, digest, size = _published(proxy, big_gguf, tmp_path)
     proxy.delay_per_mb = 0.2
     store = ModelStore(tmp_path / "b")
@@ -91,7 +98,8 @@ def test_abandoned_pull_keeps_its_progress(registry: DockerRegistry, proxy: Coun
 
 
 def test_delete_during_pull_keeps_the_blob_the_pull_is_about_to_reference(
-        registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path) -> None:
+    registry: DockerRegistry, proxy: CountingProxy, big_gguf: Path, tmp_path: Path
+) -> None:
     """Issue 11: the pull saw the weights already in the store (another model had them), a delete
     of that model collected them, and the pull's manifest then named a blob that was gone."""
     name, digest, size = _published(proxy, big_gguf, tmp_path)

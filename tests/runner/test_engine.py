@@ -132,16 +132,25 @@ def test_utf8_is_never_split(engine: Engine) -> None:
 
 
 def test_context_shift_keeps_generating(engine: Engine) -> None:
-    _, final = run_job(engine, "Write a very long story about a dragon.", num_predict=700,
-                       sampling=SamplingParams(temperature=0.7, seed=3))
+    _, final = run_job(
+        engine,
+        "Write a very long story about a dragon.",
+        num_predict=700,
+        sampling=SamplingParams(temperature=0.7, seed=3),
+    )
     assert final["done_reason"] in ("length", "stop")
     if final["done_reason"] == "length":
         assert final["eval_count"] == 700  # past num_ctx=512 thanks to shifting
 
 
 def test_no_shift_stops_at_context(engine: Engine) -> None:
-    _, final = run_job(engine, "Write a very long story about a dragon.", num_predict=700, shift=False,
-                       sampling=SamplingParams(temperature=0.7, seed=3))
+    _, final = run_job(
+        engine,
+        "Write a very long story about a dragon.",
+        num_predict=700,
+        shift=False,
+        sampling=SamplingParams(temperature=0.7, seed=3),
+    )
     assert final["done_reason"] in ("length", "stop")
     assert final["eval_count"] < 512
 
@@ -150,8 +159,12 @@ def test_cancel_frees_slot(engine: Engine) -> None:
     started = threading.Event()
     jobs = []
     for _ in range(4):
-        job = CompletionJob(tokens=engine.model.tokenize("Tell me everything."), sampling=GREEDY,
-                            emit=lambda e: started.set(), num_predict=100000)
+        job = CompletionJob(
+            tokens=engine.model.tokenize("Tell me everything."),
+            sampling=GREEDY,
+            emit=lambda e: started.set(),
+            num_predict=100000,
+        )
         engine.submit(job)
         jobs.append(job)
     assert started.wait(30)
@@ -174,8 +187,12 @@ def test_embed_job_requires_embedding_context(smollm2_gguf: Path) -> None:
     try:
         result: dict = {}
         done = threading.Event()
-        eng.submit(EmbedJob(inputs=[model.tokenize("hello"), model.tokenize("hello world")],
-                            emit=lambda e: (result.update(e), done.set())))
+        eng.submit(
+            EmbedJob(
+                inputs=[model.tokenize("hello"), model.tokenize("hello world")],
+                emit=lambda e: (result.update(e), done.set()),
+            )
+        )
         assert done.wait(60)
         assert len(result["embeddings"]) == 2 and len(result["embeddings"][0]) == model.n_embd
         assert result["embeddings"][0] != result["embeddings"][1]
@@ -194,8 +211,16 @@ def test_logprobs_of_greedy_tokens(engine: Engine) -> None:
         if event.get("done"):
             done.set()
 
-    engine.submit(CompletionJob(tokens=engine.model.tokenize("The capital of France is"), sampling=GREEDY,
-                                emit=emit, num_predict=5, logprobs=True, top_logprobs=3))
+    engine.submit(
+        CompletionJob(
+            tokens=engine.model.tokenize("The capital of France is"),
+            sampling=GREEDY,
+            emit=emit,
+            num_predict=5,
+            logprobs=True,
+            top_logprobs=3,
+        )
+    )
     assert done.wait(60)
     entries = [p for e in events for p in e.get("logprobs", [])]
     assert len(entries) == 5
@@ -217,14 +242,27 @@ def test_mirostat_sampling_is_seeded(engine: Engine, mirostat: int) -> None:
 
 def test_penalties_and_truncation_samplers_change_output(engine: Engine) -> None:
     plain, _ = run_job(engine, "Repeat after me: la la la la la", num_predict=24)
-    penalized, _ = run_job(engine, "Repeat after me: la la la la la", num_predict=24,
-                           sampling=SamplingParams(temperature=0, repeat_penalty=1.8, repeat_last_n=64,
-                                                   presence_penalty=1.0, frequency_penalty=1.0))
+    penalized, _ = run_job(
+        engine,
+        "Repeat after me: la la la la la",
+        num_predict=24,
+        sampling=SamplingParams(
+            temperature=0, repeat_penalty=1.8, repeat_last_n=64, presence_penalty=1.0, frequency_penalty=1.0
+        ),
+    )
     assert plain != penalized
-    a, _ = run_job(engine, "My favourite animal is", num_predict=16,
-                   sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4))
-    b, _ = run_job(engine, "My favourite animal is", num_predict=16,
-                   sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4))
+    a, _ = run_job(
+        engine,
+        "My favourite animal is",
+        num_predict=16,
+        sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4),
+    )
+    b, _ = run_job(
+        engine,
+        "My favourite animal is",
+        num_predict=16,
+        sampling=SamplingParams(temperature=1.5, top_k=5, top_p=0.5, min_p=0.1, typical_p=0.9, seed=4),
+    )
     assert a == b and a
 
 
@@ -280,8 +318,12 @@ def test_cancel_removes_a_queued_job_at_once(engine: Engine) -> None:
     started = threading.Event()
     runners = []
     for _ in range(4):  # fill every slot
-        job = CompletionJob(tokens=engine.model.tokenize("Tell me everything."), sampling=GREEDY,
-                            emit=lambda e: started.set(), num_predict=100000)
+        job = CompletionJob(
+            tokens=engine.model.tokenize("Tell me everything."),
+            sampling=GREEDY,
+            emit=lambda e: started.set(),
+            num_predict=100000,
+        )
         engine.submit(job)
         runners.append(job)
     assert started.wait(30)

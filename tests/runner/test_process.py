@@ -26,15 +26,25 @@ def test_runner_round_trip(smollm2_gguf: Path) -> None:
             assert runner.alive and runner.info["n_ctx"] == 512 and runner.info["parallel"] == 2
             tokens = await runner.tokenize("Hello world")
             assert await runner.detokenize(tokens) == "Hello world"
-            events = [e async for e in runner.stream({"op": "completion", "prompt": "The capital of France is",
-                                                       "options": {"temperature": 0, "num_predict": 6}})]
-            assert events[0]["prompt_tokens"] == len(await runner.tokenize("The capital of France is",
-                                                                            add_special=True))
+            events = [
+                e
+                async for e in runner.stream(
+                    {
+                        "op": "completion",
+                        "prompt": "The capital of France is",
+                        "options": {"temperature": 0, "num_predict": 6},
+                    }
+                )
+            ]
+            assert events[0]["prompt_tokens"] == len(
+                await runner.tokenize("The capital of France is", add_special=True)
+            )
             assert events[-1]["done"] and events[-1]["eval_count"] == 6
             assert "".join(e.get("content", "") for e in events).strip()
             with pytest.raises(InvalidRequest):
-                async for _ in runner.stream({"op": "completion", "prompt": "word " * 600, "shift": False,
-                                              "options": {"num_predict": 1}}):
+                async for _ in runner.stream(
+                    {"op": "completion", "prompt": "word " * 600, "shift": False, "options": {"num_predict": 1}}
+                ):
                     pass
             health = await runner.health()
             assert health == {"status": "ok", "busy": 0}
@@ -50,8 +60,9 @@ def test_closing_the_stream_frees_the_slot(smollm2_gguf: Path) -> None:
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         try:
             for _ in range(3):  # more abandoned generations than slots
-                stream = runner.stream({"op": "completion", "prompt": "Tell me a long story.",
-                                        "options": {"num_predict": 100000}})
+                stream = runner.stream(
+                    {"op": "completion", "prompt": "Tell me a long story.", "options": {"num_predict": 100000}}
+                )
                 async for event in stream:
                     if "content" in event:
                         break
@@ -72,8 +83,13 @@ def test_killed_runner_fails_the_request(smollm2_gguf: Path) -> None:
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         try:
             with pytest.raises(RunnerError) as err:
-                async for event in runner.stream({"op": "completion", "prompt": "Count from 1 to 1000: 1, 2, 3,",
-                                                  "options": {"num_predict": 100000, "temperature": 0}}):
+                async for event in runner.stream(
+                    {
+                        "op": "completion",
+                        "prompt": "Count from 1 to 1000: 1, 2, 3,",
+                        "options": {"num_predict": 100000, "temperature": 0},
+                    }
+                ):
                     if "content" in event:
                         os.kill(runner.pid, signal.SIGKILL)
             assert str(err.value) == RUNNER_STOPPED
@@ -114,8 +130,14 @@ def test_disconnect_frees_the_slot_within_a_second(smollm2_gguf: Path) -> None:
         runner = await RunnerProcess.start(spec(smollm2_gguf, num_batch=64))
         try:
             # Generating: an endless generation with Ollama's largest num_predict.
-            stream = runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
-                                    "options": {"num_predict": 2**63, "temperature": 0}})
+            stream = runner.stream(
+                {
+                    "op": "completion",
+                    "prompt": "Say a",
+                    "grammar": ENDLESS,
+                    "options": {"num_predict": 2**63, "temperature": 0},
+                }
+            )
             async for event in stream:
                 if "content" in event:
                     break
@@ -140,9 +162,17 @@ def test_num_predict_is_capped_by_the_runner(smollm2_gguf: Path) -> None:
         runner = await RunnerProcess.start(LoadSpec(name="smollm2", model_path=smollm2_gguf, num_ctx=32))
         try:
             for num_predict in (-1, 2**63):
-                events = [e async for e in runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
-                                                           "options": {"num_predict": num_predict,
-                                                                       "temperature": 0}})]
+                events = [
+                    e
+                    async for e in runner.stream(
+                        {
+                            "op": "completion",
+                            "prompt": "Say a",
+                            "grammar": ENDLESS,
+                            "options": {"num_predict": num_predict, "temperature": 0},
+                        }
+                    )
+                ]
                 assert (events[-1]["done_reason"], events[-1]["eval_count"]) == ("length", 320)
         finally:
             await runner.stop()
@@ -157,8 +187,14 @@ def test_out_of_vocabulary_ids_are_a_bad_request_and_others_keep_running(smollm2
     async def main() -> None:
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         try:
-            other = runner.stream({"op": "completion", "prompt": "Say a", "grammar": ENDLESS,
-                                   "options": {"num_predict": 40, "temperature": 0}})
+            other = runner.stream(
+                {
+                    "op": "completion",
+                    "prompt": "Say a",
+                    "grammar": ENDLESS,
+                    "options": {"num_predict": 40, "temperature": 0},
+                }
+            )
             assert "prompt_tokens" in await other.__anext__()
             with pytest.raises(InvalidRequest, match=message):
                 await runner.call({"op": "completion", "tokens": [1, 2, bad], "options": {"num_predict": 2}})
@@ -215,8 +251,11 @@ def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -
     from llama_cpp.llama_grammar import json_schema_to_gbnf
 
     n = 100_000
-    schema = {"type": "object", "properties": {f"field_{i}": {"type": "integer"} for i in range(n)},
-              "required": [f"field_{i}" for i in range(n)]}
+    schema = {
+        "type": "object",
+        "properties": {f"field_{i}": {"type": "integer"} for i in range(n)},
+        "required": [f"field_{i}" for i in range(n)],
+    }
     started = time.perf_counter()
     json_schema_to_gbnf(json.dumps(schema))
     compile_time = time.perf_counter() - started  # what the runner spends on it (plus the sampler chain)
@@ -225,8 +264,16 @@ def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         loop = asyncio.get_running_loop()
         try:
-            big = asyncio.create_task(runner.call({"op": "completion", "prompt": "JSON:", "json_schema": schema,
-                                                   "options": {"num_predict": 3, "temperature": 0}}))
+            big = asyncio.create_task(
+                runner.call(
+                    {
+                        "op": "completion",
+                        "prompt": "JSON:",
+                        "json_schema": schema,
+                        "options": {"num_predict": 3, "temperature": 0},
+                    }
+                )
+            )
             slowest = 0.0
             while not big.done():
                 t = loop.time()
@@ -235,7 +282,8 @@ def test_a_big_json_schema_is_compiled_off_the_runner_loop(smollm2_gguf: Path) -
                 await asyncio.sleep(0.02)
             assert "prompt_tokens" in await big
             assert slowest < max(0.25, compile_time / 3), (
-                f"health took {slowest:.2f} s while a schema that takes {compile_time:.2f} s to compile was handled")
+                f"health took {slowest:.2f} s while a schema that takes {compile_time:.2f} s to compile was handled"
+            )
         finally:
             await runner.stop()
 
@@ -268,8 +316,13 @@ def test_broken_connection_marks_the_runner_dead_at_once(smollm2_gguf: Path) -> 
         runner = await RunnerProcess.start(spec(smollm2_gguf))
         try:
             with pytest.raises(RunnerError):
-                async for event in runner.stream({"op": "completion", "prompt": "Count: 1, 2, 3,",
-                                                  "options": {"num_predict": 100000, "temperature": 0}}):
+                async for event in runner.stream(
+                    {
+                        "op": "completion",
+                        "prompt": "Count: 1, 2, 3,",
+                        "options": {"num_predict": 100000, "temperature": 0},
+                    }
+                ):
                     if "content" in event:
                         os.kill(runner.pid, signal.SIGKILL)
             assert not runner.alive  # no await in between: known from the socket, not from the exit status

@@ -76,8 +76,9 @@ def test_a_killed_runner_loses_its_socket_folder(start_server: Any, smollm2_gguf
     os.kill(runner, signal.SIGKILL)
     assert _until(lambda: not folder.exists()), f"{folder} still there after its runner was killed"
     with srv.client() as c:  # the next request loads a new runner, in a new folder
-        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
-                                          "options": {"num_predict": 1}})
+        r = c.post(
+            "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 1}}
+        )
         assert r.status_code == 200, r.text
     assert srv.process is not None and len(_owned_by(srv.process.pid)) == 1
 
@@ -98,8 +99,7 @@ def _state(pid: int) -> bytes:
         return b"Z"
 
 
-def test_stale_folders_are_removed_when_a_server_next_launches_a_runner(start_server: Any,
-                                                                         smollm2_gguf: Path) -> None:
+def test_stale_folders_are_removed_when_a_server_next_launches_a_runner(start_server: Any, smollm2_gguf: Path) -> None:
     stale = Path(tempfile.mkdtemp(prefix=RUNNER_DIR_PREFIX))
     (stale / "owner").write_text(f"{_dead_pid()}\n")
     (stale / "sock").write_bytes(b"")

@@ -16,8 +16,13 @@ from tests.conftest import ServerProcess, create_from_gguf
 
 BURST = 200
 # Greedy counting never ends by itself within the test: a request that gets a slot keeps it.
-LONG = {"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,", "raw": True, "stream": True,
-        "options": {"num_predict": 2000, "temperature": 0}}
+LONG = {
+    "model": "smollm2",
+    "prompt": "Count from 1 to 1000: 1, 2, 3,",
+    "raw": True,
+    "stream": True,
+    "options": {"num_predict": 2000, "temperature": 0},
+}
 BUSY = {"error": "server busy, please try again.  maximum pending requests exceeded"}
 
 
@@ -32,8 +37,9 @@ def _memory(server: ServerProcess) -> dict[str, int]:
     return values
 
 
-async def _burst(url: str, *, at_least_busy: int, within: float = 60.0) -> tuple[collections.Counter[int], float,
-                                                                                  list[Any]]:
+async def _burst(
+    url: str, *, at_least_busy: int, within: float = 60.0
+) -> tuple[collections.Counter[int], float, list[Any]]:
     """Send BURST concurrent long generations; return the statuses seen once ``at_least_busy`` 503s
     arrived (requests holding a slot stay open meanwhile), the seconds that took, and the 503 bodies."""
     loop = asyncio.get_running_loop()
@@ -94,8 +100,10 @@ def _serves_again(srv: ServerProcess, within: float = 60.0) -> None:
     deadline = time.monotonic() + within
     with srv.client() as c:
         while True:
-            r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
-                                              "options": {"num_predict": 2}})
+            r = c.post(
+                "/api/generate",
+                json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}},
+            )
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
             time.sleep(0.2)

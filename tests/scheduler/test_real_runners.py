@@ -46,8 +46,16 @@ def test_a_runner_unloads_after_its_keep_alive(start_server: Any, smollm2_gguf: 
     srv: ServerProcess = start_server(OLLAMA_CONTEXT_LENGTH="256")
     with srv.client() as c:
         create_from_gguf(c, "smollm2", smollm2_gguf)
-        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "keep_alive": "3s",
-                                          "options": {"num_predict": 1}})
+        r = c.post(
+            "/api/generate",
+            json={
+                "model": "smollm2",
+                "prompt": "Hi",
+                "stream": False,
+                "keep_alive": "3s",
+                "options": {"num_predict": 1},
+            },
+        )
         assert r.status_code == 200, r.text
         answered = time.monotonic()
         assert _loaded(c) == ["smollm2:latest"] and len(_runner_pids(srv)) == 1
@@ -60,8 +68,10 @@ def test_a_runner_unloads_after_its_keep_alive(start_server: Any, smollm2_gguf: 
         c.post("/api/generate", json={"model": "smollm2", "keep_alive": -1})
         ps = c.get("/api/ps").json()["models"]
         assert [m["name"] for m in ps] == ["smollm2:latest"] and ps[0]["expires_at"].startswith("2318-")
-        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "keep_alive": 0,
-                                          "options": {"num_predict": 1}})
+        r = c.post(
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "Hi", "stream": False, "keep_alive": 0, "options": {"num_predict": 1}},
+        )
         assert r.status_code == 200
         assert _until(lambda: _loaded(c) == [], within=10) is not None
 

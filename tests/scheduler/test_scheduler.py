@@ -83,15 +83,22 @@ class FakeClock:
 
 
 class Harness:
-    def __init__(self, *, max_loaded: int = 3, max_queue: int = 8, total: int = 64 * GB,
-                 keep_alive: float = 300) -> None:
+    def __init__(
+        self, *, max_loaded: int = 3, max_queue: int = 8, total: int = 64 * GB, keep_alive: float = 300
+    ) -> None:
         self.launched: list[FakeRunner] = []
         self.memory = MemoryInfo(total, total)
         self.gate: asyncio.Event | None = None
         self.launching = asyncio.Event()
         self.clock = FakeClock()
-        self.scheduler = Scheduler(self.launch, default_keep_alive=keep_alive, max_loaded=max_loaded,
-                                   max_queue=max_queue, memory_probe=lambda: self.memory, clock=self.clock)
+        self.scheduler = Scheduler(
+            self.launch,
+            default_keep_alive=keep_alive,
+            max_loaded=max_loaded,
+            max_queue=max_queue,
+            memory_probe=lambda: self.memory,
+            clock=self.clock,
+        )
 
     async def launch(self, spec: LoadSpec) -> FakeRunner:
         self.launching.set()
@@ -133,6 +140,7 @@ def test_fast_path_shares_one_runner() -> None:
         assert entry.refs == 0 and entry.timer is not None
         await h.scheduler.close()
         assert h.launched[0].stopped
+
     run(main())
 
 
@@ -158,6 +166,7 @@ def test_keep_alive_expires_on_the_clock_and_latest_value_sticks() -> None:
         await entry.unloaded.wait()
         assert h.scheduler.loaded() == [] and len(h.launched) == 2 and h.launched[1].stopped
         await h.scheduler.close()
+
     run(main())
 
 
@@ -178,6 +187,7 @@ def test_a_new_request_stops_the_idle_timer() -> None:
         await entry.unloaded.wait()
         assert h.launched[0].stopped
         await h.scheduler.close()
+
     run(main())
 
 
@@ -194,6 +204,7 @@ def test_unload_waits_for_inflight_requests() -> None:
         assert h.launched[0].stopped
         assert not await h.scheduler.unload(spec("m").key)
         await h.scheduler.close()
+
     run(main())
 
 
@@ -211,6 +222,7 @@ def test_max_loaded_evicts_least_recently_used_idle() -> None:
         assert names == ["a", "c"]
         assert [r.spec.name for r in h.launched if r.stopped] == ["b"]
         await h.scheduler.close()
+
     run(main())
 
 
@@ -227,6 +239,7 @@ def test_memory_pressure_evicts() -> None:
         assert sorted(e.spec.name for e in h.scheduler.loaded()) == ["other", "small"]
         assert [r.spec.name for r in h.launched if r.stopped] == ["big"]
         await h.scheduler.close()
+
     run(main())
 
 
@@ -241,6 +254,7 @@ def test_reload_when_load_options_change() -> None:
         assert len(h.launched) == 2 and h.launched[0].stopped
         assert h.scheduler.loaded()[0].spec.num_ctx == 4096
         await h.scheduler.close()
+
     run(main())
 
 
@@ -264,6 +278,7 @@ def test_queue_full_is_server_busy_and_cancel_while_queued() -> None:
         third.release()
         assert [r.spec.name for r in h.launched] == ["a", "d"]
         await h.scheduler.close()
+
     run(main())
 
 
@@ -285,6 +300,7 @@ def test_a_loaded_runner_takes_its_slots_plus_max_queue_then_server_busy() -> No
             lease.release()
         assert h.scheduler.loaded()[0].refs == 0
         await h.scheduler.close()
+
     run(main())
 
 
@@ -306,6 +322,7 @@ def test_requests_queued_for_a_load_are_refused_past_the_runner_limit() -> None:
         for lease in leases:
             lease.release()
         await h.scheduler.close()
+
     run(main())
 
 
@@ -323,6 +340,7 @@ def test_dead_runner_is_forgotten_cleaned_up_and_reloaded() -> None:
         assert len(h.launched) == 2
         await h.scheduler.close()
         assert h.launched[0].stopped  # stop() ran for the dead one too (it removes the socket folder)
+
     run(main())
 
 
@@ -338,4 +356,5 @@ def test_close_waits_for_every_task_and_refuses_new_requests() -> None:
         assert asyncio.all_tasks() == before  # no watcher, timer task or unload left behind
         with pytest.raises(RunnerError, match="^server is shutting down$"):
             await h.scheduler.acquire(spec("c"))
+
     run(main())

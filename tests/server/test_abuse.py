@@ -75,8 +75,9 @@ class Probe:
 def abuse_server(start_server: object, smollm2_gguf: Path) -> Iterator[ServerProcess]:
     srv: ServerProcess = start_server(OLLAMA_NUM_PARALLEL="2", OLLAMA_CONTEXT_LENGTH="2048")  # type: ignore[operator]
     with srv.client() as c:
-        create_from_gguf(c, "smollm2", smollm2_gguf, template=CHATML_TEMPLATE,
-                         parameters={"stop": ["<|im_start|>", "<|im_end|>"]})
+        create_from_gguf(
+            c, "smollm2", smollm2_gguf, template=CHATML_TEMPLATE, parameters={"stop": ["<|im_start|>", "<|im_end|>"]}
+        )
         assert c.post("/api/generate", json={"model": "smollm2"}).json()["done_reason"] == "load"
     yield srv
 
@@ -93,8 +94,11 @@ def _abuse(url: str) -> dict[str, httpx.Request | tuple[str, str, dict[str, obje
     empty = "sha256:" + hashlib.sha256(b"").hexdigest()
     return {
         "template bomb": ("POST", "/api/generate", {**generate, "template": "{{ range 300000000 }}{{ end }}"}),
-        "nested ranges": ("POST", "/api/generate",
-                          {**generate, "template": "{{ range 20000 }}{{ range 20000 }}{{ end }}{{ end }}"}),
+        "nested ranges": (
+            "POST",
+            "/api/generate",
+            {**generate, "template": "{{ range 20000 }}{{ range 20000 }}{{ end }}{{ end }}"},
+        ),
         "200 MB blob": httpx.Request("POST", f"{url}/api/blobs/{empty}", content=_blob_chunks()),
         "20 MB prompt": ("POST", "/api/generate", {**generate, "prompt": "abuse " * (PROMPT_BYTES // 6)}),
     }
@@ -143,8 +147,9 @@ def problems(probe: Probe, outcomes: dict[str, Outcome]) -> list[str]:
     if probe.failures:
         found.append(f"/api/tags failed {len(probe.failures)} times: {probe.failures[:3]}")
     if probe.p99() >= P99_LIMIT:
-        found.append(f"/api/tags p99 {probe.p99():.3f} s over {len(probe.latencies)} probes "
-                     f"(max {max(probe.latencies):.3f} s)")
+        found.append(
+            f"/api/tags p99 {probe.p99():.3f} s over {len(probe.latencies)} probes (max {max(probe.latencies):.3f} s)"
+        )
     for o in outcomes.values():
         late = o.seconds >= BUDGET
         if o.name in ("template bomb", "nested ranges"):

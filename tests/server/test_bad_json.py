@@ -14,28 +14,56 @@ from pollama.errors import InvalidRequest
 from pollama.server.wire import FOREVER_TIME, decode_base64, local_time
 from tests.conftest import ServerProcess
 
-OLLAMA_ROUTES = [("POST", "/api/generate"), ("POST", "/api/chat"), ("POST", "/api/embed"),
-                 ("POST", "/api/embeddings"), ("POST", "/api/show"), ("POST", "/api/create"),
-                 ("POST", "/api/pull"), ("POST", "/api/push"), ("POST", "/api/copy"), ("DELETE", "/api/delete")]
-OPENAI_ROUTES = [("POST", "/v1/chat/completions"), ("POST", "/v1/completions"), ("POST", "/v1/embeddings"),
-                 ("POST", "/v1/responses")]
+OLLAMA_ROUTES = [
+    ("POST", "/api/generate"),
+    ("POST", "/api/chat"),
+    ("POST", "/api/embed"),
+    ("POST", "/api/embeddings"),
+    ("POST", "/api/show"),
+    ("POST", "/api/create"),
+    ("POST", "/api/pull"),
+    ("POST", "/api/push"),
+    ("POST", "/api/copy"),
+    ("DELETE", "/api/delete"),
+]
+OPENAI_ROUTES = [
+    ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/completions"),
+    ("POST", "/v1/embeddings"),
+    ("POST", "/v1/responses"),
+]
 ANTHROPIC_ROUTES = [("POST", "/v1/messages")]
 
 DEEP = 10_000
 BAD_BODIES: list[tuple[str, bytes, str]] = [
-    ("5000-digit integer", b'{"model": "smollm2", "top_logprobs": ' + b"7" * 5000 + b"}",
-     "json: cannot unmarshal number " + "7" * 32 + "..." + "7" * 8 + " into Go value of type float64"),
-    ("5000-digit integer in an unknown field", b'{"model": "smollm2", "x": -' + b"1" * 5000 + b"}",
-     "json: cannot unmarshal number -" + "1" * 31 + "..." + "1" * 8 + " into Go value of type float64"),
-    ("nesting depth 10000", b'{"model": "smollm2", "options": ' + b'{"a": ' * DEEP + b"1" + b"}" * DEEP + b"}",
-     "exceeded max depth"),
+    (
+        "5000-digit integer",
+        b'{"model": "smollm2", "top_logprobs": ' + b"7" * 5000 + b"}",
+        "json: cannot unmarshal number " + "7" * 32 + "..." + "7" * 8 + " into Go value of type float64",
+    ),
+    (
+        "5000-digit integer in an unknown field",
+        b'{"model": "smollm2", "x": -' + b"1" * 5000 + b"}",
+        "json: cannot unmarshal number -" + "1" * 31 + "..." + "1" * 8 + " into Go value of type float64",
+    ),
+    (
+        "nesting depth 10000",
+        b'{"model": "smollm2", "options": ' + b'{"a": ' * DEEP + b"1" + b"}" * DEEP + b"}",
+        "exceeded max depth",
+    ),
     ("nested arrays", b"[" * DEEP + b"]" * DEEP, "exceeded max depth"),
     ("NaN", b'{"model": "smollm2", "keep_alive": NaN}', "invalid character 'N' looking for beginning of value"),
-    ("Infinity", b'{"model": "smollm2", "options": {"temperature": Infinity}}',
-     "invalid character 'I' looking for beginning of value"),
+    (
+        "Infinity",
+        b'{"model": "smollm2", "options": {"temperature": Infinity}}',
+        "invalid character 'I' looking for beginning of value",
+    ),
     ("-Infinity", b'{"model": "smollm2", "keep_alive": -Infinity}', "invalid character 'I' in numeric literal"),
-    ("keep_alive 1e400", b'{"model": "smollm2", "keep_alive": 1e400}',
-     "json: cannot unmarshal number 1e400 into Go value of type float64"),
+    (
+        "keep_alive 1e400",
+        b'{"model": "smollm2", "keep_alive": 1e400}',
+        "json: cannot unmarshal number 1e400 into Go value of type float64",
+    ),
 ]
 
 
@@ -51,8 +79,7 @@ def _message(route: str, body: Any) -> str:
 
 
 @pytest.mark.parametrize(("case", "raw", "expected"), BAD_BODIES, ids=[case[0] for case in BAD_BODIES])
-def test_bad_json_is_400_on_every_route(smollm2_server: ServerProcess, case: str, raw: bytes,
-                                        expected: str) -> None:
+def test_bad_json_is_400_on_every_route(smollm2_server: ServerProcess, case: str, raw: bytes, expected: str) -> None:
     with smollm2_server.client(timeout=30) as c:
         for method, route in OLLAMA_ROUTES + OPENAI_ROUTES + ANTHROPIC_ROUTES:
             r = c.request(method, route, content=raw, headers={"Content-Type": "application/json"})
@@ -67,8 +94,8 @@ def test_lone_surrogate_becomes_replacement_character(smollm2_server: ServerProc
     with smollm2_server.client(timeout=60) as c:
         r = c.post("/api/generate", content=body)
         assert r.status_code == 200, r.text
-        assert r.json()["_debug_info"]["rendered_template"] == "a\ufffdb\U0001F600"
-        chat = (b'{"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "\\udfff"}]}')
+        assert r.json()["_debug_info"]["rendered_template"] == "a\ufffdb\U0001f600"
+        chat = b'{"model": "smollm2", "max_tokens": 1, "messages": [{"role": "user", "content": "\\udfff"}]}'
         r = c.post("/v1/chat/completions", content=chat)
         assert r.status_code == 200, r.text
         r = c.post("/api/show", content=b'{"model": "\\ud800"}')
@@ -115,10 +142,23 @@ def test_expiry_beyond_any_datetime_renders_as_forever() -> None:
     assert local_time(0).startswith(("1970-01-01T", "1969-12-31T"))
 
 
-@pytest.mark.parametrize(("data", "offset"), [
-    ("abc", 0), ("abcde", 4), ("ab*d", 2), ("ab=c", 2), ("=abc", 0), ("abcd=", 4), ("abcd====", 4), ("ab==cd", 4),
-    ("ab==\n", None), ("aGVsbG8=", None), ("aGVs\r\nbG8=", None), ("", None),
-])
+@pytest.mark.parametrize(
+    ("data", "offset"),
+    [
+        ("abc", 0),
+        ("abcde", 4),
+        ("ab*d", 2),
+        ("ab=c", 2),
+        ("=abc", 0),
+        ("abcd=", 4),
+        ("abcd====", 4),
+        ("ab==cd", 4),
+        ("ab==\n", None),
+        ("aGVsbG8=", None),
+        ("aGVs\r\nbG8=", None),
+        ("", None),
+    ],
+)
 def test_base64_follows_go(data: str, offset: int | None) -> None:
     if offset is None:
         decode_base64(data)

@@ -19,10 +19,13 @@ LONG = 100_000  # tokens: minutes of generation, were it not cancelled
 PROMPT = "Write a very long story about a dragon."
 BODIES: dict[str, dict[str, Any]] = {
     "/api/generate": {"model": "smollm2", "prompt": PROMPT, "stream": False, "options": {"num_predict": LONG}},
-    "/api/chat": {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "stream": False,
-                  "options": {"num_predict": LONG}},
-    "/v1/chat/completions": {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}],
-                             "max_tokens": LONG},
+    "/api/chat": {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": PROMPT}],
+        "stream": False,
+        "options": {"num_predict": LONG},
+    },
+    "/v1/chat/completions": {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG},
     "/v1/completions": {"model": "smollm2", "prompt": PROMPT, "max_tokens": LONG},
     "/v1/messages": {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG},
 }
@@ -32,8 +35,12 @@ BODIES: dict[str, dict[str, Any]] = {
 def one_slot_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
     """A server with one slot per runner, so that a request left running would block the next."""
     home = tmp_path_factory.mktemp("home")
-    env = {"HOME": str(home), "OLLAMA_MODELS": str(home / "models"), "OLLAMA_NUM_PARALLEL": "1",
-           "OLLAMA_CONTEXT_LENGTH": "512"}
+    env = {
+        "HOME": str(home),
+        "OLLAMA_MODELS": str(home / "models"),
+        "OLLAMA_NUM_PARALLEL": "1",
+        "OLLAMA_CONTEXT_LENGTH": "512",
+    }
     proc = ServerProcess(home, env)
     proc.models = home / "models"
     proc.start()
@@ -87,8 +94,11 @@ def test_disconnect_cancels_non_streamed_generation(one_slot_server: ServerProce
     body = json.dumps(BODIES[path]).encode()
     client = socket.create_connection(("127.0.0.1", one_slot_server.port), timeout=10)
     try:
-        client.sendall(f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                       f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        client.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
         _wait_busy(runner, 1, timeout=30)  # generating
     finally:
         client.close()  # the client goes away without reading an answer
@@ -96,7 +106,8 @@ def test_disconnect_cancels_non_streamed_generation(one_slot_server: ServerProce
     # The slot is free: the next request runs at once instead of queueing behind the abandoned one.
     with one_slot_server.client(timeout=30) as c:
         started = time.monotonic()
-        r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False,
-                                          "options": {"num_predict": 2}})
+        r = c.post(
+            "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+        )
         assert r.status_code == 200, r.text
         assert time.monotonic() - started < 10

@@ -45,8 +45,16 @@ def test_cross_site_simple_request_is_refused_before_it_runs(smollm2_server: Ser
 
 def test_default_origins_are_allowed(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
-        for origin in ("http://localhost", "http://localhost:3000", "https://127.0.0.1:8443", "http://0.0.0.0:1",
-                       "app://anything", "file://", "tauri://localhost", "vscode-webview://abc"):
+        for origin in (
+            "http://localhost",
+            "http://localhost:3000",
+            "https://127.0.0.1:8443",
+            "http://0.0.0.0:1",
+            "app://anything",
+            "file://",
+            "tauri://localhost",
+            "vscode-webview://abc",
+        ):
             r = c.get("/api/version", headers={"Origin": origin})
             assert r.status_code == 200, origin
             assert r.headers["access-control-allow-origin"] == origin
@@ -80,15 +88,23 @@ def test_preflight_allowed_and_denied(smollm2_server: ServerProcess) -> None:
 def test_ollama_origins_adds_origins_with_wildcards(start_server: object) -> None:
     srv: ServerProcess = start_server(OLLAMA_ORIGINS="https://app.example.com, https://*.trusted.example")  # type: ignore[operator]
     with srv.client(timeout=30) as c:
-        for origin in ("https://app.example.com", "https://a.trusted.example", "https://x.y.trusted.example",
-                       "http://localhost:9"):
+        for origin in (
+            "https://app.example.com",
+            "https://a.trusted.example",
+            "https://x.y.trusted.example",
+            "http://localhost:9",
+        ):
             r = c.get("/api/tags", headers={"Origin": origin})
             assert r.status_code == 200, origin
             assert r.headers["access-control-allow-origin"] == origin
             r = c.options("/api/generate", headers={"Origin": origin, **PREFLIGHT})
             assert r.status_code == 200, origin
-        for origin in ("http://app.example.com", "https://app.example.com.evil.example", "https://trusted.example",
-                       EVIL):
+        for origin in (
+            "http://app.example.com",
+            "https://app.example.com.evil.example",
+            "https://trusted.example",
+            EVIL,
+        ):
             assert c.get("/api/tags", headers={"Origin": origin}).status_code == 403, origin
             assert c.options("/api/generate", headers={"Origin": origin, **PREFLIGHT}).status_code == 403, origin
 
@@ -103,21 +119,39 @@ def test_ollama_origins_star_allows_every_origin(start_server: object) -> None:
         assert r.status_code == 200
 
 
-@pytest.mark.parametrize("host", ["localhost", "localhost:11434", "LOCALHOST", "127.0.0.1:1", "[::1]:11434",
-                                  "10.1.2.3", "192.168.0.9:80", "172.16.0.1", "0.0.0.0", "my-box.local",
-                                  "app.localhost", "svc.internal:8080"])
+@pytest.mark.parametrize(
+    "host",
+    [
+        "localhost",
+        "localhost:11434",
+        "LOCALHOST",
+        "127.0.0.1:1",
+        "[::1]:11434",
+        "10.1.2.3",
+        "192.168.0.9:80",
+        "172.16.0.1",
+        "0.0.0.0",
+        "my-box.local",
+        "app.localhost",
+        "svc.internal:8080",
+    ],
+)
 def test_host_guard_accepts_local_names(smollm2_server: ServerProcess, host: str) -> None:
     r = httpx.get(smollm2_server.url + "/api/version", headers={"Host": host}, timeout=10)
     assert r.status_code == 200, host
 
 
-@pytest.mark.parametrize("host", ["evil.example", "evil.example:11434", "8.8.8.8", "[2001:4860::8888]:80",
-                                  "localhost.evil.example", "local"])
+@pytest.mark.parametrize(
+    "host", ["evil.example", "evil.example:11434", "8.8.8.8", "[2001:4860::8888]:80", "localhost.evil.example", "local"]
+)
 def test_host_guard_refuses_other_names(smollm2_server: ServerProcess, host: str) -> None:
     """DNS rebinding: a name an attacker controls resolving to 127.0.0.1 must not reach the API."""
-    r = httpx.post(smollm2_server.url + "/api/create", headers={"Host": host},
-                   json={"model": "x", "from": "smollm2", "stream": False}, timeout=10)
+    r = httpx.post(
+        smollm2_server.url + "/api/create",
+        headers={"Host": host},
+        json={"model": "x", "from": "smollm2", "stream": False},
+        timeout=10,
+    )
     assert (r.status_code, r.content) == (403, b""), host
     r = httpx.get(smollm2_server.url + "/api/tags", timeout=10)
     assert "x:latest" not in [m["name"] for m in r.json()["models"]]
-

@@ -26,8 +26,9 @@ def test_invalid_base64_images_are_400_on_every_api(smollm2_server: ServerProces
     with smollm2_server.client(timeout=60) as c:
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "images": [GOOD, BAD]})
         assert (r.status_code, r.json()) == (400, {"error": illegal})
-        r = c.post("/api/chat", json={"model": "smollm2", "messages": [
-            {"role": "user", "content": "hi", "images": [BAD]}]})
+        r = c.post(
+            "/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "hi", "images": [BAD]}]}
+        )
         assert (r.status_code, r.json()) == (400, {"error": illegal})
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "images": ["aGVsbG8"]})
         assert (r.status_code, r.json()) == (400, {"error": "illegal base64 data at input byte 4"})
@@ -36,35 +37,56 @@ def test_invalid_base64_images_are_400_on_every_api(smollm2_server: ServerProces
         assert (r.status_code, r.json()) == (400, {"error": "this model is missing data required for image input"})
 
         part = {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{BAD}"}}
-        r = c.post("/v1/chat/completions", json={"model": "smollm2", "messages": [
-            {"role": "user", "content": [{"type": "text", "text": "hi"}, part]}]})
+        r = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "smollm2",
+                "messages": [{"role": "user", "content": [{"type": "text", "text": "hi"}, part]}],
+            },
+        )
         assert r.status_code == 400
         assert r.json()["error"]["message"] == "invalid image input"
         part = {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8=="}}  # extra padding
         r = c.post("/v1/chat/completions", json={"model": "smollm2", "messages": [{"role": "user", "content": [part]}]})
         assert (r.status_code, r.json()["error"]["message"]) == (400, "invalid image input")
-        r = c.post("/v1/responses", json={"model": "smollm2", "input": [{"role": "user", "content": [
-            {"type": "input_image", "image_url": f"data:image/jpeg;base64,{BAD}"}]}]})
+        r = c.post(
+            "/v1/responses",
+            json={
+                "model": "smollm2",
+                "input": [
+                    {"role": "user", "content": [{"type": "input_image", "image_url": f"data:image/jpeg;base64,{BAD}"}]}
+                ],
+            },
+        )
         assert (r.status_code, r.json()["error"]["message"]) == (400, "invalid image input")
 
         block = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": BAD}}
-        r = c.post("/v1/messages", json={"model": "smollm2", "max_tokens": 4, "messages": [
-            {"role": "user", "content": [block, {"type": "text", "text": "hi"}]}]})
+        r = c.post(
+            "/v1/messages",
+            json={
+                "model": "smollm2",
+                "max_tokens": 4,
+                "messages": [{"role": "user", "content": [block, {"type": "text", "text": "hi"}]}],
+            },
+        )
         assert r.status_code == 400
         expected = {"type": "invalid_request_error", "message": f"invalid base64 image data: {illegal}"}
         assert r.json()["error"] == expected
 
 
-@pytest.mark.parametrize(("method", "path", "allow"), [
-    ("PUT", "/api/tags", "GET, HEAD"),
-    ("POST", "/api/version", "GET, HEAD"),
-    ("PATCH", "/", "GET, HEAD"),
-    ("GET", "/api/generate", "POST"),
-    ("GET", "/api/delete", "DELETE"),
-    ("GET", "/api/blobs/sha256:" + "0" * 64, "HEAD, POST"),
-    ("DELETE", "/v1/chat/completions", "POST"),
-    ("POST", "/v1/models", "GET"),
-])
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("PUT", "/api/tags", "GET, HEAD"),
+        ("POST", "/api/version", "GET, HEAD"),
+        ("PATCH", "/", "GET, HEAD"),
+        ("GET", "/api/generate", "POST"),
+        ("GET", "/api/delete", "DELETE"),
+        ("GET", "/api/blobs/sha256:" + "0" * 64, "HEAD, POST"),
+        ("DELETE", "/v1/chat/completions", "POST"),
+        ("POST", "/v1/models", "GET"),
+    ],
+)
 def test_405_lists_allowed_methods(smollm2_server: ServerProcess, method: str, path: str, allow: str) -> None:
     r = httpx.request(method, smollm2_server.url + path, timeout=10)
     assert (r.status_code, r.text, r.headers.get("allow")) == (405, "405 method not allowed", allow)
@@ -90,8 +112,17 @@ def test_queue_overflow_503_has_retry_after(start_server: object, smollm2_gguf: 
     def run(ctx: int) -> None:
         with srv.client() as c:
             start.wait()
-            answers.append(c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "stream": False,
-                                                         "options": {"num_ctx": ctx, "num_predict": 1}}))
+            answers.append(
+                c.post(
+                    "/api/generate",
+                    json={
+                        "model": "smollm2",
+                        "prompt": "hi",
+                        "stream": False,
+                        "options": {"num_ctx": ctx, "num_predict": 1},
+                    },
+                )
+            )
 
     threads = [threading.Thread(target=run, args=(256 + 64 * i,)) for i in range(6)]
     for t in threads:

@@ -38,8 +38,7 @@ def test_raw_greedy_matches_llama_cpp(smollm2_server: ServerProcess, smollm2_ggu
     # The runner leaves flash attention to llama.cpp's "auto", which turns it on for this model on the CPU;
     # llama-cpp-python's Llama defaults to off. Attention sums in another order, so compare like with like.
     llm = Llama(model_path=str(smollm2_gguf), n_ctx=512, verbose=False, seed=1, flash_attn=True)
-    theirs = llm.create_completion(prompt, max_tokens=16, temperature=0, repeat_penalty=1.0, top_k=40,
-                                   top_p=0.9)
+    theirs = llm.create_completion(prompt, max_tokens=16, temperature=0, repeat_penalty=1.0, top_k=40, top_p=0.9)
     llm.close()
     assert ours["response"] == theirs["choices"][0]["text"]
     assert ours["done_reason"] == "length" and ours["eval_count"] == 16
@@ -49,8 +48,7 @@ def test_raw_greedy_matches_llama_cpp(smollm2_server: ServerProcess, smollm2_ggu
 def test_generate_stream_shape_and_stats(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
         lines = []
-        with c.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": "Say hi.",
-                                                      "options": GREEDY}) as r:
+        with c.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": "Say hi.", "options": GREEDY}) as r:
             assert r.status_code == 200
             assert r.headers["content-type"].startswith("application/x-ndjson")
             for line in r.iter_lines():
@@ -83,8 +81,9 @@ def test_stop_string_and_num_predict(smollm2_server: ServerProcess) -> None:
         text = full["response"]
         assert "3" in text, text
         cut = text.index("3")
-        stopped = generate(c, prompt="Count from 1 to 10 separated by commas.",
-                           options={**GREEDY, "num_predict": 30, "stop": ["3"]})
+        stopped = generate(
+            c, prompt="Count from 1 to 10 separated by commas.", options={**GREEDY, "num_predict": 30, "stop": ["3"]}
+        )
         assert stopped["response"] == text[:cut]
         assert stopped["done_reason"] == "stop"
         short = generate(c, prompt="Count from 1 to 10 separated by commas.", options={**GREEDY, "num_predict": 3})
@@ -92,11 +91,18 @@ def test_stop_string_and_num_predict(smollm2_server: ServerProcess) -> None:
 
 
 def test_json_schema_format(smollm2_server: ServerProcess) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"]}
+    schema = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+    }
     with smollm2_server.client() as c:
-        out = chat(c, [{"role": "user", "content": "Invent a person. Reply in JSON."}], format=schema,
-                   options={"temperature": 0, "num_predict": 64})
+        out = chat(
+            c,
+            [{"role": "user", "content": "Invent a person. Reply in JSON."}],
+            format=schema,
+            options={"temperature": 0, "num_predict": 64},
+        )
     data = json.loads(out["message"]["content"])
     assert set(data) == {"name", "age"}
     assert isinstance(data["name"], str) and isinstance(data["age"], int)
@@ -104,8 +110,12 @@ def test_json_schema_format(smollm2_server: ServerProcess) -> None:
 
 def test_json_format(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
-        out = chat(c, [{"role": "user", "content": 'Reply with a JSON object with key "answer" and value "yes".'}],
-                   format="json", options={"temperature": 0, "num_predict": 128})
+        out = chat(
+            c,
+            [{"role": "user", "content": 'Reply with a JSON object with key "answer" and value "yes".'}],
+            format="json",
+            options={"temperature": 0, "num_predict": 128},
+        )
     assert json.loads(out["message"]["content"]) == {"answer": "yes"}
     assert out["done_reason"] == "stop"
 
@@ -129,8 +139,10 @@ def test_concurrent_greedy_streams_match_solo(smollm2_server: ServerProcess) -> 
 
 
 def test_second_turn_reuses_prefix(smollm2_server: ServerProcess) -> None:
-    history = [{"role": "system", "content": "You are a helpful assistant. " * 20},
-               {"role": "user", "content": "What is the capital of Italy?"}]
+    history = [
+        {"role": "system", "content": "You are a helpful assistant. " * 20},
+        {"role": "user", "content": "What is the capital of Italy?"},
+    ]
     with smollm2_server.client() as c:
         first = chat(c, history, options=GREEDY)
         history += [first["message"], {"role": "user", "content": "And of Spain?"}]
@@ -146,8 +158,11 @@ def test_second_turn_reuses_prefix(smollm2_server: ServerProcess) -> None:
 
 def test_chat_stop_tokens_not_emitted(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
-        out = chat(c, [{"role": "user", "content": "What is 2+2? Answer with just the number."}],
-                   options={"temperature": 0, "num_predict": 64})
+        out = chat(
+            c,
+            [{"role": "user", "content": "What is 2+2? Answer with just the number."}],
+            options={"temperature": 0, "num_predict": 64},
+        )
     assert out["done_reason"] == "stop"
     assert out["message"]["content"] == "2 + 2 = 4"
     assert "<|im_end|>" not in out["message"]["content"] and out["message"]["content"]
@@ -182,19 +197,25 @@ def test_errors(smollm2_server: ServerProcess) -> None:
         assert r.json() == {"error": "raw mode does not support template, system, or context"}
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "x", "format": "yaml"})
         assert (r.status_code, r.json()["error"]) == (
-            400, 'invalid format: "yaml"; expected "json" or a valid JSON Schema object')
-        r = c.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
-                                      "top_logprobs": 21})
+            400,
+            'invalid format: "yaml"; expected "json" or a valid JSON Schema object',
+        )
+        r = c.post(
+            "/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "top_logprobs": 21}
+        )
         assert r.json() == {"error": "top_logprobs must be between 0 and 20"}
-        r = c.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
-                                      "think": True})
+        r = c.post(
+            "/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "think": True}
+        )
         assert (r.status_code, r.json()) == (400, {"error": '"smollm2" does not support thinking'})
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "x", "options": {"num_ctx": "big"}})
         assert (r.status_code, r.json()) == (500, {"error": 'option "num_ctx" must be of type integer'})
-        r = c.post("/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}],
-                                      "think": "huge"})
-        assert r.json() == {"error": 'invalid think value: "huge" (must be "high", "medium", "low", "max", true, '
-                                     'or false)'}
+        r = c.post(
+            "/api/chat", json={"model": "smollm2", "messages": [{"role": "user", "content": "x"}], "think": "huge"}
+        )
+        assert r.json() == {
+            "error": 'invalid think value: "huge" (must be "high", "medium", "low", "max", true, or false)'
+        }
 
 
 def test_runner_killed_mid_stream(smollm2_server: ServerProcess) -> None:
@@ -203,8 +224,12 @@ def test_runner_killed_mid_stream(smollm2_server: ServerProcess) -> None:
         pids = _runner_pids(smollm2_server)
         assert pids
         lines = []
-        body = {"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,", "raw": True,
-                "options": {"num_predict": 2000, "temperature": 0}}
+        body = {
+            "model": "smollm2",
+            "prompt": "Count from 1 to 1000: 1, 2, 3,",
+            "raw": True,
+            "options": {"num_predict": 2000, "temperature": 0},
+        }
         with c.stream("POST", "/api/generate", json=body) as r:
             for line in r.iter_lines():
                 lines.append(json.loads(line))
@@ -220,8 +245,11 @@ def test_runner_killed_mid_stream(smollm2_server: ServerProcess) -> None:
 def test_client_disconnect_frees_slot(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
         for _ in range(6):  # more abandoned streams than slots
-            with c.stream("POST", "/api/generate", json={"model": "smollm2", "prompt": "Write a long essay.",
-                                                          "options": {"num_predict": 5000}}) as r:
+            with c.stream(
+                "POST",
+                "/api/generate",
+                json={"model": "smollm2", "prompt": "Write a long essay.", "options": {"num_predict": 5000}},
+            ) as r:
                 next(r.iter_lines())
         started = time.monotonic()
         out = generate(c, prompt="Say yes.", options={"num_predict": 4})
@@ -240,8 +268,15 @@ def test_queue_overflow_is_503(start_server: object, smollm2_gguf: Path) -> None
 
     def run(ctx: int) -> None:
         with srv.client() as c:
-            r = c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "stream": False,
-                                              "options": {"num_ctx": ctx, "num_predict": 1}})
+            r = c.post(
+                "/api/generate",
+                json={
+                    "model": "smollm2",
+                    "prompt": "hi",
+                    "stream": False,
+                    "options": {"num_ctx": ctx, "num_predict": 1},
+                },
+            )
             statuses.append(r.status_code)
             bodies.append(r.json())
 
@@ -308,51 +343,70 @@ def test_load_options_reload_and_max_loaded_models(start_server: object, smollm2
         r = c.post("/api/create", json={"model": "b", "from": "a", "system": "x", "stream": False})
         assert r.status_code == 200
         generate_opts = {"prompt": "hi", "stream": False}
-        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 1024,
-                                                                                    "num_predict": 1}})
+        r = c.post(
+            "/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 1024, "num_predict": 1}}
+        )
         assert r.status_code == 200, r.text
         assert [(m["name"], m["context_length"]) for m in c.get("/api/ps").json()["models"]] == [("a:latest", 1024)]
         # A different num_ctx is a load-time option: the runner is replaced.
-        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512,
-                                                                                    "num_predict": 1}})
+        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512, "num_predict": 1}})
         assert r.json()["load_duration"] > 0
         assert [(m["name"], m["context_length"]) for m in c.get("/api/ps").json()["models"]] == [("a:latest", 512)]
         # Sampling options never reload; load_duration is still the (short) time it took to get the
         # runner, never 0, as in Ollama (`--verbose` prints it).
-        r = c.post("/api/generate", json={"model": "a", **generate_opts, "options": {"num_ctx": 512,
-                                                                                    "temperature": 0.1,
-                                                                                    "num_predict": 1}})
+        r = c.post(
+            "/api/generate",
+            json={"model": "a", **generate_opts, "options": {"num_ctx": 512, "temperature": 0.1, "num_predict": 1}},
+        )
         assert 0 < r.json()["load_duration"] < 1_000_000_000
         # "b" shares a's weights blob: Ollama keys runners by weights, so it reuses the loaded runner.
-        r = c.post("/api/generate", json={"model": "b", **generate_opts, "options": {"num_ctx": 512,
-                                                                                    "num_predict": 1}})
+        r = c.post("/api/generate", json={"model": "b", **generate_opts, "options": {"num_ctx": 512, "num_predict": 1}})
         assert r.status_code == 200
         assert len(c.get("/api/ps").json()["models"]) == 1
 
 
 def test_debug_render_only(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
-        r = c.post("/api/chat", json={"model": "smollm2", "_debug_render_only": True,
-                                      "messages": [{"role": "system", "content": "Be brief."},
-                                                   {"role": "user", "content": "Hi"}]})
+        r = c.post(
+            "/api/chat",
+            json={
+                "model": "smollm2",
+                "_debug_render_only": True,
+                "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}],
+            },
+        )
         body = r.json()
         assert body["done"] is True and body["message"]["content"] == ""
-        assert body["_debug_info"] == {"rendered_template": "<|im_start|>system\nBe brief.<|im_end|>\n"
-                                                             "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"}
+        assert body["_debug_info"] == {
+            "rendered_template": "<|im_start|>system\nBe brief.<|im_end|>\n"
+            "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        }
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "Hi", "_debug_render_only": True})
         assert r.json()["_debug_info"]["rendered_template"] == "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.mark.parametrize("bad", [49152, -1, 2**31])
 def test_out_of_vocabulary_context_is_a_400_and_other_requests_go_on(smollm2_server: ServerProcess, bad: int) -> None:
-    with smollm2_server.client() as c, c.stream(
-            "POST", "/api/generate", json={"model": "smollm2", "prompt": "Count from 1 to 1000: 1, 2, 3,", "raw": True,
-                                           "options": {"num_predict": 30, "temperature": 0}}) as other:
+    with (
+        smollm2_server.client() as c,
+        c.stream(
+            "POST",
+            "/api/generate",
+            json={
+                "model": "smollm2",
+                "prompt": "Count from 1 to 1000: 1, 2, 3,",
+                "raw": True,
+                "options": {"num_predict": 30, "temperature": 0},
+            },
+        ) as other,
+    ):
         lines = other.iter_lines()
         assert "response" in json.loads(next(lines))  # in flight on the same runner
         r = c.post("/api/generate", json={"model": "smollm2", "prompt": "hi", "context": [1, bad], "stream": False})
         assert (r.status_code, r.json()) == (
-            400, {"error": f"invalid token id {bad}: the model's vocabulary has ids 0 to 49151"})
+            400,
+            {"error": f"invalid token id {bad}: the model's vocabulary has ids 0 to 49151"},
+        )
         rest = [json.loads(line) for line in lines]
         assert rest[-1]["done"] is True and rest[-1]["done_reason"] == "length"
     with smollm2_server.client() as c:
@@ -379,15 +433,17 @@ def test_context_continues_the_conversation(smollm2_server: ServerProcess) -> No
         assert first["done_reason"] == "length" and first["eval_count"] == 6
         assert len(context) == first["prompt_eval_count"] + 6
         # Sent back, the context is the conversation so far, in front of the next turn's prompt ...
-        rendered = c.post("/api/generate", json={"model": "smollm2", "prompt": "What is my name?", "context": context,
-                                                 "_debug_render_only": True}).json()["_debug_info"]
+        rendered = c.post(
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "What is my name?", "context": context, "_debug_render_only": True},
+        ).json()["_debug_info"]
         turn = "<|im_start|>user\nWhat is my name?<|im_end|>\n<|im_start|>assistant\n"
         assert rendered == {"rendered_template": prompt + first["response"] + turn}
         # ... so the model evaluates those tokens again, and the new answer's context extends the old one.
         alone = generate(c, prompt="What is my name?", options={**GREEDY, "num_predict": 4})
         second = generate(c, prompt="What is my name?", context=context, options={**GREEDY, "num_predict": 4})
         assert second["prompt_eval_count"] == len(context) + alone["prompt_eval_count"]
-        assert second["context"][:len(context)] == context
+        assert second["context"][: len(context)] == context
         assert len(second["context"]) == second["prompt_eval_count"] + second["eval_count"]
 
 
@@ -395,8 +451,13 @@ def test_template_render_does_not_block_other_requests(smollm2_server: ServerPro
     # A template whose cost the client chooses renders in a worker thread: other clients keep being served.
     with smollm2_server.client() as c:
         generate(c, prompt="hi", options={"num_predict": 1})  # loaded, so the next request renders at once
-        heavy = {"model": "smollm2", "prompt": "hi", "stream": False, "options": {"num_predict": 1},
-                 "template": "{{ range 5000000 }}{{ end }}{{ .Prompt }}"}
+        heavy = {
+            "model": "smollm2",
+            "prompt": "hi",
+            "stream": False,
+            "options": {"num_predict": 1},
+            "template": "{{ range 5000000 }}{{ end }}{{ .Prompt }}",
+        }
         done: list[float] = []
 
         def render() -> None:

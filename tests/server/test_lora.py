@@ -47,15 +47,30 @@ def test_lora_adapter_is_applied(server: ServerProcess, smollm2_gguf: Path, tmp_
         create_from_gguf(c, "base", smollm2_gguf)
         for name, scale in (("zero", 0.0), ("noisy", 0.3)):
             adapter = upload(c, write_lora(tmp_path / f"{name}.gguf", smollm2_gguf, scale=scale))
-            r = c.post("/api/create", json={"model": name, "files": {smollm2_gguf.name: weights},
-                                            "adapters": {f"{name}.gguf": adapter}, "stream": False})
+            r = c.post(
+                "/api/create",
+                json={
+                    "model": name,
+                    "files": {smollm2_gguf.name: weights},
+                    "adapters": {f"{name}.gguf": adapter},
+                    "stream": False,
+                },
+            )
             assert r.status_code == 200, r.text
             show = c.post("/api/show", json={"model": name}).json()
             assert "ADAPTER " in show["modelfile"]
 
         def greedy(model: str) -> str:
-            r = c.post("/api/generate", json={"model": model, "prompt": "The capital of France is", "raw": True,
-                                              "stream": False, "options": {"temperature": 0, "num_predict": 12}})
+            r = c.post(
+                "/api/generate",
+                json={
+                    "model": model,
+                    "prompt": "The capital of France is",
+                    "raw": True,
+                    "stream": False,
+                    "options": {"temperature": 0, "num_predict": 12},
+                },
+            )
             assert r.status_code == 200, r.text
             return str(r.json()["response"])
 

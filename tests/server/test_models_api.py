@@ -35,8 +35,11 @@ def upload(client: httpx.Client, path: Path) -> str:
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, float]]:
-    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime)
-            for p in root.rglob("*") if p.is_file()} if root.exists() else {}
+    return (
+        {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime) for p in root.rglob("*") if p.is_file()}
+        if root.exists()
+        else {}
+    )
 
 
 def test_root_version_and_empty_tags(server: ServerProcess) -> None:
@@ -81,8 +84,11 @@ def test_create_list_copy_delete(server: ServerProcess, smollm2_gguf: Path) -> N
         assert c.head(f"/api/blobs/{digest}").status_code == 200
         assert c.post(f"/api/blobs/{digest}", content=b"ignored").status_code == 200
         lines = []
-        with c.stream("POST", "/api/create", json={"model": "smol", "files": {"smol.gguf": digest},
-                                                    "parameters": {"temperature": 0.1}}) as r:
+        with c.stream(
+            "POST",
+            "/api/create",
+            json={"model": "smol", "files": {"smol.gguf": digest}, "parameters": {"temperature": 0.1}},
+        ) as r:
             assert r.status_code == 200
             assert r.headers["content-type"] == "application/x-ndjson"
             lines = [line for line in r.iter_lines() if line]
@@ -132,10 +138,19 @@ def test_upload_digest_mismatch(server: ServerProcess) -> None:
     assert list((server.models / "blobs").iterdir()) == []
 
 
-@pytest.mark.parametrize("digest", [
-    "sha256:../../x", "sha256-../../../etc/passwd", "..%2F..%2Fetc%2Fpasswd", "sha256:" + "a" * 63,
-    "sha256:" + "a" * 64 + "%00", "%2Fetc%2Fpasswd", "sha256%3A" + "g" * 64, "x" * 5000,
-])
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "sha256:../../x",
+        "sha256-../../../etc/passwd",
+        "..%2F..%2Fetc%2Fpasswd",
+        "sha256:" + "a" * 63,
+        "sha256:" + "a" * 64 + "%00",
+        "%2Fetc%2Fpasswd",
+        "sha256%3A" + "g" * 64,
+        "x" * 5000,
+    ],
+)
 def test_blob_digest_tricks_rejected(server: ServerProcess, digest: str) -> None:
     import http.client
 
@@ -153,15 +168,28 @@ def test_blob_digest_tricks_rejected(server: ServerProcess, digest: str) -> None
     assert snapshot(server.models) == before
 
 
-@pytest.mark.parametrize("name", [
-    "../x", "../../etc/passwd", "/etc/passwd", "a/../../b", "x\x00y", "m" * 81, "ns.dots/m",
-    "h/ns/m/extra", "C:\\evil", "model:../../tag",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "../x",
+        "../../etc/passwd",
+        "/etc/passwd",
+        "a/../../b",
+        "x\x00y",
+        "m" * 81,
+        "ns.dots/m",
+        "h/ns/m/extra",
+        "C:\\evil",
+        "model:../../tag",
+    ],
+)
 def test_name_tricks_rejected(server: ServerProcess, smollm2_gguf: Path, name: str) -> None:
     with server.client() as c:
         digest = upload(c, smollm2_gguf)
-        assert c.post("/api/create", json={"model": "good", "files": {"m.gguf": digest},
-                                           "stream": False}).status_code == 200
+        assert (
+            c.post("/api/create", json={"model": "good", "files": {"m.gguf": digest}, "stream": False}).status_code
+            == 200
+        )
         before = snapshot(server.models)
         checks = [
             ("POST", "/api/create", {"model": name, "files": {"m.gguf": digest}}, "invalid model name"),
@@ -208,7 +236,8 @@ def _slow_upload(url: str, digest: str, data: bytes, sent: threading.Event) -> N
         yield data[: len(data) // 3]
         sent.set()
         time.sleep(30)
-        yield data[len(data) // 3:]
+        yield data[len(data) // 3 :]
+
     try:
         httpx.post(f"{url}/api/blobs/{digest}", content=body(), timeout=60)
     except httpx.HTTPError:
@@ -244,10 +273,15 @@ def test_server_killed_mid_upload_leaves_no_half_blob(isolated_env: Path, smollm
 def test_cli_killed_mid_create_leaves_nothing(server: ServerProcess, smollm2_gguf: Path, tmp_path: Path) -> None:
     import subprocess
     import sys
+
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f"FROM {smollm2_gguf}\nSYSTEM hi\n")
-    proc = subprocess.Popen([sys.executable, "-m", "pollama", "create", "killed", "-f", str(modelfile)],
-                            env=server.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pollama", "create", "killed", "-f", str(modelfile)],
+        env=server.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     blobs = server.models / "blobs"
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in blobs.glob(".*")):
@@ -275,8 +309,7 @@ def _blob_names_referenced(models: Path) -> tuple[set[str], set[str]]:
     return referenced, present
 
 
-def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: ServerProcess,
-                                                                     smollm2_gguf: Path) -> None:
+def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: ServerProcess, smollm2_gguf: Path) -> None:
     """Issue 10: ``create_model`` held the store's thread lock across yields, so a create resumed on
     another worker thread could never release it and every later create hung. 8 creators (4 of one
     name, 4 of different names, streaming and not, from a model and from files) run with list, show
@@ -300,8 +333,7 @@ def test_concurrent_creates_with_list_show_delete_traffic_all_finish(server: Ser
             with server.client(timeout=60) as c:
                 start.wait(30)
                 for n in range(rounds):
-                    body: dict[str, object] = {"model": name, "system": f"creator {i} round {n}",
-                                               "stream": n % 2 == 1}
+                    body: dict[str, object] = {"model": name, "system": f"creator {i} round {n}", "stream": n % 2 == 1}
                     body.update({"from": "base"} if n % 3 else {"files": {"smol.gguf": digest}})
                     r = c.post("/api/create", json=body)
                     outcomes.append((name, r.status_code, json.loads(r.text.splitlines()[-1])))
@@ -403,8 +435,10 @@ def test_upload_abandoned_by_the_client_leaves_nothing(server: ServerProcess) ->
     digest = "sha256:" + hashlib.sha256(data).hexdigest()
     blobs = server.models / "blobs"
     with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.sendall(f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n"
-                     f"\r\n".encode() + data[: len(data) // 2])
+        sock.sendall(
+            f"POST /api/blobs/{digest} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {len(data)}\r\n\r\n".encode()
+            + data[: len(data) // 2]
+        )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any(p.name.startswith(".tmp-") for p in blobs.iterdir()):
             time.sleep(0.01)

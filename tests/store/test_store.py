@@ -41,6 +41,7 @@ def text_model(store: ModelStore, name: str, weights: bytes, system: str = "") -
     """A tiny fake model: a GGUF header-free 'model' blob written straight as a manifest."""
     digest, _ = store.blobs.write_bytes(weights)
     from pollama.store.manifest import CONFIG_V1, MEDIA_MODEL, MEDIA_SYSTEM, Layer
+
     layers = [Layer(MEDIA_MODEL, digest, len(weights))]
     if system:
         sdigest, _ = store.blobs.write_bytes(system.encode())
@@ -54,8 +55,16 @@ def test_digest_syntax() -> None:
     hexd = "ab" * 32
     assert parse_digest(f"sha256:{hexd}") == f"sha256:{hexd}"
     assert parse_digest(f"sha256-{hexd.upper()}") == f"sha256:{hexd}"
-    for bad in ("", "sha256:../../x", "sha256:" + "a" * 63, "md5:" + "a" * 64, f"sha256:{hexd}\x00",
-                f"sha256:{hexd}/../x", "/etc/passwd", f"sha256:{'g' * 64}"):
+    for bad in (
+        "",
+        "sha256:../../x",
+        "sha256:" + "a" * 63,
+        "md5:" + "a" * 64,
+        f"sha256:{hexd}\x00",
+        f"sha256:{hexd}/../x",
+        "/etc/passwd",
+        f"sha256:{'g' * 64}",
+    ):
         with pytest.raises(InvalidDigest, match="^invalid digest format$"):
             parse_digest(bad)
 
@@ -85,8 +94,10 @@ def test_manifest_encoding_is_gos(store: ModelStore) -> None:
     text_model(store, "m", b"weights", system="a <b> & c")
     raw = store.manifest_path(parse_name("m")).read_bytes()
     assert raw.endswith(b"}\n") and b" " not in raw.split(b"\n")[0]
-    assert raw.startswith(b'{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",'
-                          b'"config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:')
+    assert raw.startswith(
+        b'{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json",'
+        b'"config":{"mediaType":"application/vnd.docker.container.image.v1+json","digest":"sha256:'
+    )
     assert go_json({"s": "<a&b>"}) == b'{"s":"\\u003ca\\u0026b\\u003e"}\n'
     assert go_json({"t": 1.0, "u": 0.5}) == b'{"t":1,"u":0.5}\n'
 
@@ -131,6 +142,7 @@ def test_noprune_keeps_blobs(tmp_path: Path) -> None:
 
 def test_write_manifest_refuses_missing_blobs(store: ModelStore) -> None:
     from pollama.store.manifest import CONFIG_V1, MEDIA_MODEL, Layer
+
     manifest = Manifest(Layer(CONFIG_V1, sha(b"c"), 1), [Layer(MEDIA_MODEL, sha(b"w"), 1)])
     with pytest.raises(StoreError):
         store.write_manifest(parse_name("m"), manifest)
@@ -176,9 +188,19 @@ def test_pruning_skipped_when_a_manifest_is_corrupt(store: ModelStore) -> None:
 
 def test_create_from_gguf_and_from_model(store: ModelStore, smollm2_gguf: Path) -> None:
     digest, size = store.blobs.import_files([smollm2_gguf])
-    statuses = [p.status for p in create_model(store, CreateRequest(
-        name=parse_name("smol"), files={"smol.gguf": digest}, system="Be brief.",
-        parameters={"temperature": 0.2, "stop": ["<|im_end|>"]}, licenses=["L1", "L2"]))]
+    statuses = [
+        p.status
+        for p in create_model(
+            store,
+            CreateRequest(
+                name=parse_name("smol"),
+                files={"smol.gguf": digest},
+                system="Be brief.",
+                parameters={"temperature": 0.2, "stop": ["<|im_end|>"]},
+                licenses=["L1", "L2"],
+            ),
+        )
+    ]
     assert statuses[0] == "parsing GGUF"
     assert statuses[1] == f"using existing layer {digest}"
     assert statuses[-2:] == ["writing manifest", "success"]
@@ -192,8 +214,12 @@ def test_create_from_gguf_and_from_model(store: ModelStore, smollm2_gguf: Path) 
     assert model.licenses == ["L1", "L2"]
     assert model.model_path == store.blobs.path(digest)
 
-    statuses = [p.status for p in create_model(store, CreateRequest(
-        name=parse_name("smol2"), from_="smol", system="Be verbose.", parameters={"top_k": 5}))]
+    statuses = [
+        p.status
+        for p in create_model(
+            store, CreateRequest(name=parse_name("smol2"), from_="smol", system="Be verbose.", parameters={"top_k": 5})
+        )
+    ]
     child = store.load(parse_name("smol2"))
     assert child.model_path == model.model_path
     assert child.system == "Be verbose."
@@ -219,14 +245,30 @@ def test_read_ollama_written_store(tmp_path: Path) -> None:
     weights = blob(b"GGUF-not-really")
     template = blob(b"{{ .Prompt }}")
     params = blob(b'{"stop":["<|eot_id|>"],"temperature":0.6}\n')
-    config = blob(json.dumps({"model_format": "gguf", "model_family": "llama", "model_families": ["llama"],
-                              "model_type": "8.0B", "file_type": "Q4_K_M", "architecture": "amd64",
-                              "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
-                "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
-                "layers": [{"mediaType": "application/vnd.ollama.image.model", **weights},
-                           {"mediaType": "application/vnd.ollama.image.template", **template},
-                           {"mediaType": "application/vnd.ollama.image.params", **params}]}
+    config = blob(
+        json.dumps(
+            {
+                "model_format": "gguf",
+                "model_family": "llama",
+                "model_families": ["llama"],
+                "model_type": "8.0B",
+                "file_type": "Q4_K_M",
+                "architecture": "amd64",
+                "os": "linux",
+                "rootfs": {"type": "layers", "diff_ids": []},
+            }
+        ).encode()
+    )
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+        "config": {"mediaType": "application/vnd.docker.container.image.v1+json", **config},
+        "layers": [
+            {"mediaType": "application/vnd.ollama.image.model", **weights},
+            {"mediaType": "application/vnd.ollama.image.template", **template},
+            {"mediaType": "application/vnd.ollama.image.params", **params},
+        ],
+    }
     raw = json.dumps(manifest, indent=2).encode()
     path = root / "manifests" / "registry.ollama.ai" / "library" / "llama3" / "8b"
     path.parent.mkdir(parents=True)
@@ -281,24 +323,30 @@ def test_create_resumed_on_another_thread_at_every_step_finishes(store: ModelSto
     """Issue 10: the store lock was held across ``yield``s, so a create whose next step ran on another
     thread blocked forever on the lock its first thread still owned."""
     digest, _ = store.blobs.import_files([smollm2_gguf])
-    for n, request in enumerate([
-        CreateRequest(name=parse_name("a"), files={"a.gguf": digest}, system="one"),
-        CreateRequest(name=parse_name("a"), from_="a", system="two", parameters={"top_k": 3}),
-        CreateRequest(name=parse_name("b"), from_="a", licenses=["MIT"]),
-    ]):
+    for n, request in enumerate(
+        [
+            CreateRequest(name=parse_name("a"), files={"a.gguf": digest}, system="one"),
+            CreateRequest(name=parse_name("a"), from_="a", system="two", parameters={"top_k": 3}),
+            CreateRequest(name=parse_name("b"), from_="a", licenses=["MIT"]),
+        ]
+    ):
         statuses = _run_on_changing_threads(create_model(store, request))
         assert statuses[-2:] == ["writing manifest", "success"], n
     assert store.load(parse_name("a")).system == "two"
     assert store.load(parse_name("b")).licenses == ["MIT"]
     assert not store.lock.held
     # The replaced version of "a" left nothing behind: every blob is referenced.
-    referenced = {parse_digest(layer.digest) for e in store.entries()
-                  for layer in Manifest.from_bytes(e.path.read_bytes()).all_blobs()}
+    referenced = {
+        parse_digest(layer.digest)
+        for e in store.entries()
+        for layer in Manifest.from_bytes(e.path.read_bytes()).all_blobs()
+    }
     assert {p.name.replace("-", ":", 1) for p in store.blobs.list_files()} == referenced
 
 
 def test_delete_during_create_keeps_the_blob_the_create_is_about_to_reference(
-        store: ModelStore, smollm2_gguf: Path) -> None:
+    store: ModelStore, smollm2_gguf: Path
+) -> None:
     """Issue 11: a delete's garbage collection removed the GGUF a concurrent create had already
     checked, and the create then failed writing its manifest (or, without the check, named a missing blob)."""
     digest, _ = store.blobs.import_files([smollm2_gguf])
@@ -330,14 +378,27 @@ def test_store_lock_is_shared_with_other_processes(store: ModelStore) -> None:
     import sys
 
     holder = subprocess.Popen(
-        [sys.executable, "-c", ("import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
-                                "print('locked', flush=True); sys.stdin.read()"), str(store.lock.path)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            (
+                "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
+                "print('locked', flush=True); sys.stdin.read()"
+            ),
+            str(store.lock.path),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         began = time.monotonic()
-        with pytest.raises(StoreLocked, match=r"^the models directory is busy: .*\.pollama\.lock is locked by "
-                                              r"another process \(waited 0\.3s\)$"):
+        with pytest.raises(
+            StoreLocked,
+            match=r"^the models directory is busy: .*\.pollama\.lock is locked by "
+            r"another process \(waited 0\.3s\)$",
+        ):
             store.lock.acquire(timeout=0.3)
         assert 0.3 <= time.monotonic() - began < 2
         assert not store.lock.held

@@ -12,12 +12,16 @@ from pollama.template import PromptRequest
 from pollama.template.builder import ModelTemplates, PromptBuilder, RenderedPrompt
 
 CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
-JINJA = ("{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
-         "{% if add_generation_prompt %}[assistant]{% endif %}{% if tools %} tools:{{ tools | length }}{% endif %}"
-         "{% if enable_thinking is defined %} think={{ enable_thinking }}{% endif %}")
-THINKING = ("{{- range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}"
-            "{{ if .ToolCalls }}<tool_call>{{ range .ToolCalls }}{{ json .Function }}{{ end }}</tool_call>"
-            "{{ end }}{{ end }}{{ if .Tools }}{{ json .Tools }}{{ end }}")
+JINJA = (
+    "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}[assistant]{% endif %}{% if tools %} tools:{{ tools | length }}{% endif %}"
+    "{% if enable_thinking is defined %} think={{ enable_thinking }}{% endif %}"
+)
+THINKING = (
+    "{{- range .Messages }}{{ if .Thinking }}<think>{{ .Thinking }}</think>{{ end }}{{ .Content }}"
+    "{{ if .ToolCalls }}<tool_call>{{ range .ToolCalls }}{{ json .Function }}{{ end }}</tool_call>"
+    "{{ end }}{{ end }}{{ if .Tools }}{{ json .Tools }}{{ end }}"
+)
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
 
 
@@ -27,12 +31,16 @@ def chat(*contents: str, **fields: object) -> PromptRequest:
 
 
 def test_go_template_with_model_system_and_messages() -> None:
-    model = ModelTemplates(template=CHATML, system="Be brief.", messages=[{"role": "user", "content": "earlier"},
-                                                                          {"role": "assistant", "content": "ok"}])
+    model = ModelTemplates(
+        template=CHATML,
+        system="Be brief.",
+        messages=[{"role": "user", "content": "earlier"}, {"role": "assistant", "content": "ok"}],
+    )
     prompt = PromptBuilder().build(model, chat("Hi"))
     assert prompt == RenderedPrompt(
         "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nearlier<|im_end|>\n<|im_start|>assistant\n"
-        "ok<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n")
+        "ok<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_jinja_template_when_the_model_has_no_go_template() -> None:
@@ -75,8 +83,7 @@ def test_context_goes_in_front_and_model_messages_stay_out() -> None:
     async def detokenize(tokens: list[int]) -> str:
         return "".join(chr(t) for t in tokens)
 
-    prompt = asyncio.run(PromptBuilder().render(model, req, context=[ord(c) for c in "SO FAR|"],
-                                                detokenize=detokenize))
+    prompt = asyncio.run(PromptBuilder().render(model, req, context=[ord(c) for c in "SO FAR|"], detokenize=detokenize))
     assert prompt.text == "SO FAR|<|im_start|>user\nnext<|im_end|>\n<|im_start|>assistant\n"
 
 

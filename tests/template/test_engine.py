@@ -17,7 +17,6 @@ except ImportError:  # tests/ itself is on sys.path (pytest's rootdir insertion)
     from conformance import run_engine_case  # type: ignore[no-redef]
 
 
-
 def _cases() -> list[dict[str, Any]]:
     from tests.conftest import conformance_cases
 
@@ -46,8 +45,10 @@ def test_corpus_a(case: dict[str, Any]) -> None:
 
 def test_vars_are_lowercased_sorted_and_deduplicated() -> None:
     # Declarations do not count, uses do; chains like (.A).B are not walked; defines are.
-    t = parse_template('{{ define "x" }}{{ .Inner }}{{ end }}{{ range $i, $m := $.Messages }}{{ .Role }}'
-                       "{{ if .ToolCalls }}{{ (.A).B }}{{ $i }}{{ end }}{{ end }}{{ .role }}{{ template \"x\" . }}")
+    t = parse_template(
+        '{{ define "x" }}{{ .Inner }}{{ end }}{{ range $i, $m := $.Messages }}{{ .Role }}'
+        '{{ if .ToolCalls }}{{ (.A).B }}{{ $i }}{{ end }}{{ end }}{{ .role }}{{ template "x" . }}'
+    )
     assert t.vars() == ["$", "$i", "inner", "messages", "role", "toolcalls"]
 
 
@@ -59,7 +60,7 @@ def test_vars_reject_template_call_without_argument() -> None:
 
 
 def test_clock_injection() -> None:
-    t = parse_template("{{ currentDate }} {{ yesterdayDate \"ignored\" }}")
+    t = parse_template('{{ currentDate }} {{ yesterdayDate "ignored" }}')
     assert t.execute(None, now=datetime.date(2024, 1, 1)) == "2024-01-01 2023-12-31"
     assert t.execute(None, now=datetime.datetime(2024, 3, 1, 23, 59)) == "2024-03-01 2024-02-29"
     today = datetime.date.today()
@@ -92,8 +93,10 @@ def test_template_text_is_kept() -> None:
 
 
 def test_chat_template_is_fast() -> None:
-    source = ("{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
-              "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n")
+    source = (
+        "{{- range .Messages }}<|start_header_id|>{{ .Role }}<|end_header_id|>\n\n{{ .Content }}<|eot_id|>"
+        "{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n"
+    )
     data = {"Messages": [{"Role": "user", "Content": "hi"}, {"Role": "assistant", "Content": "hello"}] * 5}
     start = time.perf_counter()
     for _ in range(20):

@@ -140,8 +140,10 @@ def test_gemma_style_template() -> None:
         "<start_of_turn>user\nHow are you?<end_of_turn>\n"
         "<start_of_turn>model\n"
     )
-    assert render_chat_template(GEMMA_TEMPLATE, CONVERSATION[1:2], bos_token="<bos>",
-                                add_generation_prompt=False) == "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+    assert (
+        render_chat_template(GEMMA_TEMPLATE, CONVERSATION[1:2], bos_token="<bos>", add_generation_prompt=False)
+        == "<bos><start_of_turn>user\nHi<end_of_turn>\n"
+    )
 
 
 def test_gemma_style_template_rejects_bad_role_order() -> None:
@@ -207,17 +209,30 @@ QWEN_TOOLS_TEMPLATE = """{%- if tools %}
 {%- endif %}
 """
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_weather", "description": "Météo actuelle",
-    "parameters": {"type": "object", "required": ["city"],
-                   "properties": {"city": {"type": "string", "description": "City"}}}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Météo actuelle",
+        "parameters": {
+            "type": "object",
+            "required": ["city"],
+            "properties": {"city": {"type": "string", "description": "City"}},
+        },
+    },
+}
 
 
 def test_tools_template() -> None:
     messages = [
         {"role": "user", "content": "Weather in Paris?"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": "call_abc12345", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": "call_abc12345", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+            ],
+        },
         {"role": "tool", "content": "18°C", "tool_name": "get_weather", "tool_call_id": "call_abc12345"},
     ]
     assert jinja_capabilities(QWEN_TOOLS_TEMPLATE) == ["tools"]
@@ -234,7 +249,8 @@ def test_tools_template() -> None:
     )
     # Without tools the template takes its other branch (tools is None, not an empty list).
     assert render_chat_template(QWEN_TOOLS_TEMPLATE, messages[:1], tools=[]) == (
-        "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n")
+        "<|im_start|>user\nWeather in Paris?<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 THINKING_TEMPLATE = """{%- for message in messages -%}
@@ -250,16 +266,21 @@ effort={{ reasoning_effort | default('unset') }} date={{ strftime_now('%Y-%m-%d'
 
 
 def test_thinking_variables_and_history() -> None:
-    messages = [{"role": "user", "content": "2+2?"},
-                {"role": "assistant", "content": "4", "thinking": "add"},
-                {"role": "user", "content": "3+3?"}]
+    messages = [
+        {"role": "user", "content": "2+2?"},
+        {"role": "assistant", "content": "4", "thinking": "add"},
+        {"role": "user", "content": "3+3?"},
+    ]
     now = datetime(2025, 3, 4, 12, 0)
     assert jinja_capabilities(THINKING_TEMPLATE) == ["thinking"]
     assert jinja_thinking_tags(THINKING_TEMPLATE) == ("<think>", "</think>")
-    rendered = render_chat_template(THINKING_TEMPLATE, messages, enable_thinking=False, reasoning_effort="high",
-                                    now=now, extra={"custom": "x"})
-    assert rendered == ("<|user|>2+2?\n<|assistant|><think>add</think>4\n<|user|>3+3?\n"
-                        "<|assistant|><think></think>effort=high date=2025-03-04 x")
+    rendered = render_chat_template(
+        THINKING_TEMPLATE, messages, enable_thinking=False, reasoning_effort="high", now=now, extra={"custom": "x"}
+    )
+    assert rendered == (
+        "<|user|>2+2?\n<|assistant|><think>add</think>4\n<|user|>3+3?\n"
+        "<|assistant|><think></think>effort=high date=2025-03-04 x"
+    )
     rendered = render_chat_template(THINKING_TEMPLATE, messages[:1], now=now)
     assert rendered == "<|user|>2+2?\n<|assistant|>effort=unset date=2025-03-04 "
 
@@ -271,19 +292,24 @@ def test_capabilities() -> None:
 
 
 def test_hf_conventions() -> None:
-    source = ("{{ {'k': 'é<&>'} | tojson }} {{ [1, 2] | tojson(indent=2) }} "
-              "{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}\n"
-              "  {% if true %}\n  trimmed\n  {% endif %}\n{% generation %}gen{% endgeneration %}")
+    source = (
+        "{{ {'k': 'é<&>'} | tojson }} {{ [1, 2] | tojson(indent=2) }} "
+        "{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}\n"
+        "  {% if true %}\n  trimmed\n  {% endif %}\n{% generation %}gen{% endgeneration %}"
+    )
     assert render_chat_template(source, []) == '{"k": "é<&>"} [\n  1,\n  2\n] 012  trimmed\ngen'
 
 
 def test_large_numbers_and_ordinary_strings_still_render() -> None:
-    source = ("{{ '%d' | format(1700000000) }} {{ '{}'.format(1700000000) }} {{ '%s' % 1700000000 }} "
-              "{{ 2 ** 64 }} {{ ', '.join(messages | map(attribute='content')) }} {{ 'ab' * 3 }} "
-              "{{ messages | map(attribute='role') | join('/') }} {{ 'x' | center(5) }}|")
+    source = (
+        "{{ '%d' | format(1700000000) }} {{ '{}'.format(1700000000) }} {{ '%s' % 1700000000 }} "
+        "{{ 2 ** 64 }} {{ ', '.join(messages | map(attribute='content')) }} {{ 'ab' * 3 }} "
+        "{{ messages | map(attribute='role') | join('/') }} {{ 'x' | center(5) }}|"
+    )
     messages = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
     assert render_chat_template(source, messages) == (
-        "1700000000 1700000000 1700000000 18446744073709551616 a, b ababab user/assistant   x  |")
+        "1700000000 1700000000 1700000000 18446744073709551616 a, b ababab user/assistant   x  |"
+    )
 
 
 def test_template_cannot_modify_its_input() -> None:
@@ -337,23 +363,29 @@ def test_endless_loop_is_stopped_within_the_default_budget() -> None:
     assert time.monotonic() - started < DEFAULT_TIME_LIMIT + 1
 
 
-@pytest.mark.parametrize("source", [
-    "{% for i in range(10**12) %}x{% endfor %}",
-    "{% for c in 'abcdefgh' * 500000 %}{% for i in range(100000) %}{% endfor %}{% endfor %}",
-    "{% macro f() %}{% for i in range(100000) %}{{ caller() }}{% endfor %}{% endmacro %}"
-    "{% call f() %}{% for j in range(100000) %}{% endfor %}{% endcall %}",
-    "{% macro forever(n) %}{{ forever(n + 1) }}{% endmacro %}{{ forever(0) }}",
-    "{% set ns = namespace(i=0) %}{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}",
-    "{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}"
-    "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}",
-    "{% for i in range(100000) %}{% for c in 'x' * 1000000 %}{% endfor %}{% endfor %}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{% for i in range(10**12) %}x{% endfor %}",
+        "{% for c in 'abcdefgh' * 500000 %}{% for i in range(100000) %}{% endfor %}{% endfor %}",
+        "{% macro f() %}{% for i in range(100000) %}{{ caller() }}{% endfor %}{% endmacro %}"
+        "{% call f() %}{% for j in range(100000) %}{% endfor %}{% endcall %}",
+        "{% macro forever(n) %}{{ forever(n + 1) }}{% endmacro %}{{ forever(0) }}",
+        "{% set ns = namespace(i=0) %}{% for m in [1] recursive %}{{ loop([1]) }}{% endfor %}",
+        "{% set ns = namespace(n=0) %}{% for i in range(100000) %}{% for j in range(100000) %}"
+        "{% set ns.n = ns.n + 1 %}{% endfor %}{% endfor %}",
+        "{% for i in range(100000) %}{% for c in 'x' * 1000000 %}{% endfor %}{% endfor %}",
+    ],
+)
 def test_huge_or_endless_loops_are_stopped(source: str) -> None:
     started = time.monotonic()
     err = _limit_error(source, time_limit=0.3)
-    assert re.fullmatch(r"template: (execution exceeded the time limit of 0\.3s"
-                        r"|nesting exceeds the depth this template engine supports"
-                        r"|range exceeds the limit of 100000 items)", str(err)), str(err)
+    assert re.fullmatch(
+        r"template: (execution exceeded the time limit of 0\.3s"
+        r"|nesting exceeds the depth this template engine supports"
+        r"|range exceeds the limit of 100000 items)",
+        str(err),
+    ), str(err)
     assert time.monotonic() - started < 3
 
 
@@ -368,33 +400,39 @@ _ITEMS = "template: a computed list exceeds the limit of 1048576 items"
 _TIME = "template: execution exceeded the time limit of 2s"  # whichever limit a loaded machine hits first
 
 
-@pytest.mark.parametrize(("source", "message"), [
-    ("{% for i in range(100000) %}{{ 'x' * 200 }}{% endfor %}", _OUTPUT),
-    ("{% for i in range(100000) %}" + "x" * 400 + "{% endfor %}", _OUTPUT),  # literal text counts too
-    ("{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
-     "{% endfor %}{% endset %}", (_OUTPUT, _TIME)),
-    ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", _VALUE),
-    ("{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", _ITEMS),
-    ("{{ 'x' * 10**9 }}", _VALUE),
-    ("{{ 'x' * 17000000 }}", _VALUE),
-    ("{{ 'x' | center(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
-    ("{{ 'x'.ljust(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
-    ("{{ '{:>999999999}'.format(1) }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
-    ("{{ '%0999999999d' % 1 }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
-    ("{{ 'abc' | replace('', 'y' * 8000000) }}", _VALUE),
-    ("{{ ('\t' * 1000000).expandtabs(1000000) }}", _VALUE),
-    ("{{ 7 ** 10000000 }}", "template: a computed integer exceeds the limit of 100000 bits"),
-    ("{{ '{:>{}}'.format(1, 10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
-    ("{{ '%*d' % (10**9, 1) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
-    ("{{ 'a b c d' | wordwrap(1, wrapstring='z' * 4000000) }}", _VALUE),
-    ("{{ ''.join(['y' * 4000000] * 1000) }}", _VALUE),
-    ("{{ (['y' * 4000000] * 1000) | join }}", _VALUE),
-    ("{{ ([[1] * 1000] * 4000) | sum(start=[]) }}", _ITEMS),
-    ("{{ ('x' * 16000000) | list | length }}", _ITEMS),
-    ("{{ ((range(100000) | list) * 11) | length }}", _ITEMS),
-    ("{{ range(1000000) | list | length }}", "template: range exceeds the limit of 100000 items"),
-    ("{{ {'a': 1} | tojson(indent=1000) }}", "template: tojson indent 1000 exceeds the limit of 64"),
-])
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{% for i in range(100000) %}{{ 'x' * 200 }}{% endfor %}", _OUTPUT),
+        ("{% for i in range(100000) %}" + "x" * 400 + "{% endfor %}", _OUTPUT),  # literal text counts too
+        (
+            "{% set captured %}{% for i in range(100000) %}{% for j in range(100000) %}xxxxxxxx{% endfor %}"
+            "{% endfor %}{% endset %}",
+            (_OUTPUT, _TIME),
+        ),
+        ("{% set ns = namespace(s='ab') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}", _VALUE),
+        ("{% set ns = namespace(s=[1]) %}{% for i in range(64) %}{% set ns.s = ns.s + ns.s %}{% endfor %}", _ITEMS),
+        ("{{ 'x' * 10**9 }}", _VALUE),
+        ("{{ 'x' * 17000000 }}", _VALUE),
+        ("{{ 'x' | center(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+        ("{{ 'x'.ljust(10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+        ("{{ '{:>999999999}'.format(1) }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
+        ("{{ '%0999999999d' % 1 }}", "template: the number 999999999 exceeds the output limit of 16 MiB"),
+        ("{{ 'abc' | replace('', 'y' * 8000000) }}", _VALUE),
+        ("{{ ('\t' * 1000000).expandtabs(1000000) }}", _VALUE),
+        ("{{ 7 ** 10000000 }}", "template: a computed integer exceeds the limit of 100000 bits"),
+        ("{{ '{:>{}}'.format(1, 10**9) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+        ("{{ '%*d' % (10**9, 1) }}", "template: the number 1000000000 exceeds the output limit of 16 MiB"),
+        ("{{ 'a b c d' | wordwrap(1, wrapstring='z' * 4000000) }}", _VALUE),
+        ("{{ ''.join(['y' * 4000000] * 1000) }}", _VALUE),
+        ("{{ (['y' * 4000000] * 1000) | join }}", _VALUE),
+        ("{{ ([[1] * 1000] * 4000) | sum(start=[]) }}", _ITEMS),
+        ("{{ ('x' * 16000000) | list | length }}", _ITEMS),
+        ("{{ ((range(100000) | list) * 11) | length }}", _ITEMS),
+        ("{{ range(1000000) | list | length }}", "template: range exceeds the limit of 100000 items"),
+        ("{{ {'a': 1} | tojson(indent=1000) }}", "template: tojson indent 1000 exceeds the limit of 64"),
+    ],
+)
 def test_huge_output_is_stopped(source: str, message: str | tuple[str, ...]) -> None:
     started = time.monotonic()
     assert str(_limit_error(source)) in ((message,) if isinstance(message, str) else message)
@@ -426,8 +464,9 @@ def test_prompt_over_the_output_cap_is_a_400_naming_the_limit() -> None:
 
 def test_legitimate_prompt_of_a_few_mib_renders() -> None:
     content = "word " * (1024 * 1024)  # 5 MiB
-    out = render_chat_template("{% for m in messages %}{{ m.content }}{% endfor %}",
-                               [{"role": "user", "content": content}])
+    out = render_chat_template(
+        "{% for m in messages %}{{ m.content }}{% endfor %}", [{"role": "user", "content": content}]
+    )
     assert out == content
 
 

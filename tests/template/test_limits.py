@@ -31,12 +31,15 @@ def test_defaults() -> None:
     assert (budget.max_steps, budget.time_limit, budget.max_output) == (MAX_STEPS, TIME_LIMIT, MAX_OUTPUT)
 
 
-@pytest.mark.parametrize("source", [
-    "{{ range 300000000 }}{{ end }}",
-    "{{range 100000}}{{range 100000}}{{end}}{{end}}",
-    "{{range $i := 100000}}{{range $j := 100000}}{{if 0}}{{end}}{{end}}{{end}}",
-    '{{define "loop"}}{{range 100000}}{{end}}{{end}}{{range 100000}}{{template "loop"}}{{end}}',
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ range 300000000 }}{{ end }}",
+        "{{range 100000}}{{range 100000}}{{end}}{{end}}",
+        "{{range $i := 100000}}{{range $j := 100000}}{{if 0}}{{end}}{{end}}{{end}}",
+        '{{define "loop"}}{{range 100000}}{{end}}{{end}}{{range 100000}}{{template "loop"}}{{end}}',
+    ],
+)
 def test_loops_that_write_nothing_stop_at_the_time_limit(source: str) -> None:
     started = time.monotonic()
     err = _limit_error(source)
@@ -138,11 +141,14 @@ def test_legitimate_prompt_of_a_few_mib_renders() -> None:
     assert len(out) == 10 * (len("<|user|>") + 500_000)
 
 
-@pytest.mark.parametrize("source", [
-    "{{if 1}}" * 5000 + "x" + "{{end}}" * 5000,
-    "{{" + "(" * 5000 + "1" + ")" * 5000 + "}}",
-    "{{" + "(print " * 5000 + "1" + ")" * 5000 + "}}",
-])
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{if 1}}" * 5000 + "x" + "{{end}}" * 5000,
+        "{{" + "(" * 5000 + "1" + ")" * 5000 + "}}",
+        "{{" + "(print " * 5000 + "1" + ")" * 5000 + "}}",
+    ],
+)
 def test_nesting_beyond_the_stack_is_a_limit_error_not_a_crash(source: str) -> None:
     with pytest.raises(TemplateLimitExceeded) as err:
         parse_template(source)

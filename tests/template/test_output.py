@@ -24,7 +24,7 @@ def calls(out: ParsedOutput) -> list[tuple[str, dict[str, object]]]:
 def test_thinking_and_tool_calls_whatever_the_cuts() -> None:
     for size in (1, 3, 7, len(OUTPUT)):
         parser = OutputParser(think=True, thinking_tags=("<think>", "</think>"), tool_tag="<tool_call>", tools=TOOLS)
-        out = parse(parser, [OUTPUT[i:i + size] for i in range(0, len(OUTPUT), size)])
+        out = parse(parser, [OUTPUT[i : i + size] for i in range(0, len(OUTPUT), size)])
         assert (out.thinking, out.content, calls(out)) == ("Let me look.", "Sure. ", [("weather", {"city": "Oslo"})])
 
 

@@ -84,12 +84,14 @@ def test_truncation_keeps_everything_that_fits() -> None:
 
 
 def test_truncation_drops_oldest_but_keeps_system_and_last() -> None:
-    req = _chat(("system", "be brief"), ("user", "a b c d e f g h i j"), ("assistant", "k l m n o p"),
-                ("user", "last question"))
+    req = _chat(
+        ("system", "be brief"), ("user", "a b c d e f g h i j"), ("assistant", "k l m n o p"), ("user", "last question")
+    )
     t = parse_template(CHATML)
     prompt = build_prompt(t, req, num_ctx=12, count_tokens=_words)
-    assert prompt == ("<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nlast question<|im_end|>\n"
-                      "<|im_start|>assistant\n")
+    assert prompt == (
+        "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nlast question<|im_end|>\n<|im_start|>assistant\n"
+    )
     middle = build_prompt(t, req, num_ctx=18, count_tokens=_words)
     assert "k l m n o p" in middle and "a b c" not in middle and "be brief" in middle
 
@@ -151,7 +153,7 @@ def test_tool_call_tags_of_real_templates() -> None:
 
 
 def test_tool_call_tag_cuts_before_json() -> None:
-    t = parse_template("{{ .Tools }}{{ range .Messages }}{{ if .ToolCalls }}[TOOL_CALLS] {\"a\"{{ end }}{{ end }}")
+    t = parse_template('{{ .Tools }}{{ range .Messages }}{{ if .ToolCalls }}[TOOL_CALLS] {"a"{{ end }}{{ end }}')
     assert tool_call_tag(t) == "[TOOL_CALLS]"
 
 

@@ -14,8 +14,9 @@ from pollama.template.thinking import (
 )
 
 
-def feed(chunks: list[str], opening: str = "<think>", closing: str = "</think>", *,
-         started: bool = False) -> tuple[str, str]:
+def feed(
+    chunks: list[str], opening: str = "<think>", closing: str = "</think>", *, started: bool = False
+) -> tuple[str, str]:
     parser = ThinkingParser(opening, closing, started=started)
     thinking = content = ""
     for chunk in chunks:
@@ -37,21 +38,38 @@ def splits(text: str) -> list[list[str]]:
 
 CASES = [
     # (text, opening, closing, started, expected thinking, expected content)
-    ("<think>Let me think.</think>The answer is 4.", "<think>", "</think>", False,
-     "Let me think.", "The answer is 4."),
+    ("<think>Let me think.</think>The answer is 4.", "<think>", "</think>", False, "Let me think.", "The answer is 4."),
     ("The answer is 4.", "<think>", "</think>", False, "", "The answer is 4."),
     ("  \n<think>\n  Hmm, 2+2.\n</think>\n\n  Four.", "<think>", "</think>", False, "Hmm, 2+2.\n", "Four."),
     ("  Four, <think>no</think>", "<think>", "</think>", False, "", "  Four, <think>no</think>"),
-    ("<think>I am still thinking when the output ends", "<think>", "</think>", False,
-     "I am still thinking when the output ends", ""),
-    ("<think>a < b and </thin is not a tag</think>x", "<think>", "</think>", False,
-     "a < b and </thin is not a tag", "x"),
+    (
+        "<think>I am still thinking when the output ends",
+        "<think>",
+        "</think>",
+        False,
+        "I am still thinking when the output ends",
+        "",
+    ),
+    (
+        "<think>a < b and </thin is not a tag</think>x",
+        "<think>",
+        "</think>",
+        False,
+        "a < b and </thin is not a tag",
+        "x",
+    ),
     ("\n\nreasoning here</think>\n\nDone.", "<think>", "</think>", True, "reasoning here", "Done."),
     ("<thinking>x</thinking>", "<think>", "</think>", False, "", "<thinking>x</thinking>"),
     ("<think></think>   ", "<think>", "</think>", False, "", ""),
     ("◁think▷深く考える◁/think▷答え", "◁think▷", "◁/think▷", False, "深く考える", "答え"),
-    ("<|channel|>thought<|message|>plan<|end|> result", "<|channel|>thought<|message|>", "<|end|>", False,
-     "plan", "result"),
+    (
+        "<|channel|>thought<|message|>plan<|end|> result",
+        "<|channel|>thought<|message|>",
+        "<|end|>",
+        False,
+        "plan",
+        "result",
+    ),
     ("<thi", "<think>", "</think>", False, "", "<thi"),
     ("   ", "<think>", "</think>", False, "", "   "),
 ]
@@ -63,8 +81,9 @@ def test_whole_text(text: str, opening: str, closing: str, started: bool, thinki
 
 
 @pytest.mark.parametrize(("text", "opening", "closing", "started", "thinking", "content"), CASES)
-def test_every_split_gives_the_same_result(text: str, opening: str, closing: str, started: bool,
-                                           thinking: str, content: str) -> None:
+def test_every_split_gives_the_same_result(
+    text: str, opening: str, closing: str, started: bool, thinking: str, content: str
+) -> None:
     for chunks in splits(text):
         assert feed(chunks, opening, closing, started=started) == (thinking, content), chunks
 

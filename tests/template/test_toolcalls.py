@@ -38,62 +38,129 @@ def call(index: int, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
 
 CASES: list[tuple[str, str, str, str, list[dict[str, Any]]]] = [
     # (id, tag, output, expected content, expected calls)
-    ("qwen", "<tool_call>",
-     '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
-     "", [call(0, "get_weather", {"city": "Paris"})]),
-    ("qwen-content-first-two-calls", "<tool_call>",
-     'Let me look that up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
-     '<tool_call>\n{"name": "get_time", "arguments": {"timezone": "Europe/Paris"}}\n</tool_call>',
-     "Let me look that up.\n",
-     [call(0, "get_weather", {"city": "Paris"}), call(1, "get_time", {"timezone": "Europe/Paris"})]),
-    ("mistral", "[TOOL_CALLS]",
-     '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
-     '{"name": "get_time", "arguments": {}}]',
-     "", [call(0, "get_weather", {"city": "Paris", "unit": "celsius"}), call(1, "get_time", {})]),
-    ("llama3-bare-json", "{",
-     '{"name": "get_weather", "parameters": {"city": "San Francisco, CA"}}',
-     "", [call(0, "get_weather", {"city": "San Francisco, CA"})]),
-    ("llama3-leading-space-and-trailing-text", "{",
-     '\n\n{"name": "get_time", "parameters": {"timezone": "UTC"}} That is all.',
-     "\n\n That is all.", [call(0, "get_time", {"timezone": "UTC"})]),
-    ("arguments-as-json-string", "<tool_call>",
-     '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\", \\"days\\": 3}"}</tool_call>',
-     "", [call(0, "get_weather", {"city": "Oslo", "days": 3})]),
-    ("nested-and-braces-in-strings", "<tool_call>",
-     '<tool_call>{"name": "get_weather", "arguments": {"where": {"city": "Paris", "note": "use } and { and \\" here"},'
-     ' "list": [1, {"a": "]"}]}}</tool_call>',
-     "", [call(0, "get_weather", {"where": {"city": "Paris", "note": 'use } and { and " here'},
-                                   "list": [1, {"a": "]"}]})]),
-    ("value-under-tool-name", "[TOOL_CALLS]",
-     '[TOOL_CALLS] {"get_weather": {"city": "Rome"}}',
-     "", [call(0, "get_weather", {"city": "Rome"})]),
-    ("nested-call-object", "<tool_call>",
-     '<tool_call>{"tool_calls": [{"type": "function", "function": {"name": "get_time", "arguments": {"tz": "CET"}}}]}',
-     "", [call(0, "get_time", {"tz": "CET"})]),
-    ("bare-arguments-object", "<tool_call>",
-     '<tool_call>get_weather {"city": "Lima"}',
-     "", [call(0, "get_weather", {"city": "Lima"})]),
-    ("longest-name-wins", "<tool_call>",
-     '<tool_call>{"name": "get_time", "arguments": {}}',
-     "", [call(0, "get_time", {})]),
-    ("not-a-tool-call-with-brace-tag", "{",
-     '{"answer": 42, "text": "not a call"} and more text',
-     '{"answer": 42, "text": "not a call"} and more text', []),
-    ("prose-before-brace", "{",
-     'Sure! Here is JSON: {"name": "get_weather", "parameters": {"city": "Paris"}}',
-     'Sure! Here is JSON: {"name": "get_weather", "parameters": {"city": "Paris"}}', []),
-    ("unclosed-brace-is-content", "{",
-     '{"name": "get_weather", "parameters": {"city": "Par',
-     '{"name": "get_weather", "parameters": {"city": "Par', []),
-    ("no-tag-at-all", "<tool_call>",
-     "The weather in Paris is sunny. <tool",
-     "The weather in Paris is sunny. <tool", []),
-    ("bracket-tag-plain-list", "[",
-     "[1, 2, 3] are the numbers",
-     "[1, 2, 3] are the numbers", []),
-    ("name-without-arguments-is-not-a-call", "<tool_call>",
-     '<tool_call>{"name": "get_time"}</tool_call><tool_call>{"name": "get_weather", "arguments": {"city": "Bern"}}',
-     "", [call(0, "get_weather", {"city": "Bern"})]),
+    (
+        "qwen",
+        "<tool_call>",
+        '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
+        "",
+        [call(0, "get_weather", {"city": "Paris"})],
+    ),
+    (
+        "qwen-content-first-two-calls",
+        "<tool_call>",
+        'Let me look that up.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>\n'
+        '<tool_call>\n{"name": "get_time", "arguments": {"timezone": "Europe/Paris"}}\n</tool_call>',
+        "Let me look that up.\n",
+        [call(0, "get_weather", {"city": "Paris"}), call(1, "get_time", {"timezone": "Europe/Paris"})],
+    ),
+    (
+        "mistral",
+        "[TOOL_CALLS]",
+        '[TOOL_CALLS] [{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}, '
+        '{"name": "get_time", "arguments": {}}]',
+        "",
+        [call(0, "get_weather", {"city": "Paris", "unit": "celsius"}), call(1, "get_time", {})],
+    ),
+    (
+        "llama3-bare-json",
+        "{",
+        '{"name": "get_weather", "parameters": {"city": "San Francisco, CA"}}',
+        "",
+        [call(0, "get_weather", {"city": "San Francisco, CA"})],
+    ),
+    (
+        "llama3-leading-space-and-trailing-text",
+        "{",
+        '\n\n{"name": "get_time", "parameters": {"timezone": "UTC"}} That is all.',
+        "\n\n That is all.",
+        [call(0, "get_time", {"timezone": "UTC"})],
+    ),
+    (
+        "arguments-as-json-string",
+        "<tool_call>",
+        '<tool_call>{"name": "get_weather", "arguments": "{\\"city\\": \\"Oslo\\", \\"days\\": 3}"}</tool_call>',
+        "",
+        [call(0, "get_weather", {"city": "Oslo", "days": 3})],
+    ),
+    (
+        "nested-and-braces-in-strings",
+        "<tool_call>",
+        '<tool_call>{"name": "get_weather", "arguments": {"where": {"city": "Paris", '
+        '"note": "use } and { and \\" here"}, "list": [1, {"a": "]"}]}}</tool_call>',
+        "",
+        [
+            call(
+                0,
+                "get_weather",
+                {"where": {"city": "Paris", "note": 'use } and { and " here'}, "list": [1, {"a": "]"}]},
+            )
+        ],
+    ),
+    (
+        "value-under-tool-name",
+        "[TOOL_CALLS]",
+        '[TOOL_CALLS] {"get_weather": {"city": "Rome"}}',
+        "",
+        [call(0, "get_weather", {"city": "Rome"})],
+    ),
+    (
+        "nested-call-object",
+        "<tool_call>",
+        '<tool_call>{"tool_calls": [{"type": "function", "function": {"name": "get_time", '
+        '"arguments": {"tz": "CET"}}}]}',
+        "",
+        [call(0, "get_time", {"tz": "CET"})],
+    ),
+    (
+        "bare-arguments-object",
+        "<tool_call>",
+        '<tool_call>get_weather {"city": "Lima"}',
+        "",
+        [call(0, "get_weather", {"city": "Lima"})],
+    ),
+    (
+        "longest-name-wins",
+        "<tool_call>",
+        '<tool_call>{"name": "get_time", "arguments": {}}',
+        "",
+        [call(0, "get_time", {})],
+    ),
+    (
+        "not-a-tool-call-with-brace-tag",
+        "{",
+        '{"answer": 42, "text": "not a call"} and more text',
+        '{"answer": 42, "text": "not a call"} and more text',
+        [],
+    ),
+    (
+        "prose-before-brace",
+        "{",
+        'Sure! Here is JSON: {"name": "get_weather", "parameters": {"city": "Paris"}}',
+        'Sure! Here is JSON: {"name": "get_weather", "parameters": {"city": "Paris"}}',
+        [],
+    ),
+    (
+        "unclosed-brace-is-content",
+        "{",
+        '{"name": "get_weather", "parameters": {"city": "Par',
+        '{"name": "get_weather", "parameters": {"city": "Par',
+        [],
+    ),
+    (
+        "no-tag-at-all",
+        "<tool_call>",
+        "The weather in Paris is sunny. <tool",
+        "The weather in Paris is sunny. <tool",
+        [],
+    ),
+    ("bracket-tag-plain-list", "[", "[1, 2, 3] are the numbers", "[1, 2, 3] are the numbers", []),
+    (
+        "name-without-arguments-is-not-a-call",
+        "<tool_call>",
+        '<tool_call>{"name": "get_time"}</tool_call><tool_call>{"name": "get_weather", "arguments": {"city": "Bern"}}',
+        "",
+        [call(0, "get_weather", {"city": "Bern"})],
+    ),
 ]
 
 
@@ -127,8 +194,7 @@ def test_content_streams_before_the_tag_and_holds_back_a_partial_tag() -> None:
 def test_waits_for_a_longer_name() -> None:
     parser = ToolCallParser("<tool_call>", ["get", "get_weather"], id_factory=counter_ids())
     assert parser.add('<tool_call>{"name": "get') == ("", [])
-    assert parser.add('_weather", "arguments": {"city": "Paris"}}') == (
-        "", [call(0, "get_weather", {"city": "Paris"})])
+    assert parser.add('_weather", "arguments": {"city": "Paris"}}') == ("", [call(0, "get_weather", {"city": "Paris"})])
 
 
 def test_after_a_bare_json_call_the_rest_is_content() -> None:

@@ -37,8 +37,15 @@ from pollama.server.context import body_schema
 from pollama.server.errors import error_headers, status_for
 from pollama.server.wire import decode_base64, read_json, unless_disconnected
 
-_ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
-                404: "not_found_error", 429: "rate_limit_error", 503: "overloaded_error", 529: "overloaded_error"}
+_ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    429: "rate_limit_error",
+    503: "overloaded_error",
+    529: "overloaded_error",
+}
 _EFFORT = {"low": "low", "medium": "medium", "high": "high", "max": "max", "xhigh": "high"}
 
 
@@ -52,8 +59,11 @@ def _error_object(exc: BaseException) -> dict[str, str]:
 
 def error_response(exc: BaseException) -> JSONResponse:
     """Anthropic's ``{"type": "error", "error": {...}, "request_id"}`` for ``exc``, with its status."""
-    return JSONResponse({"type": "error", "error": _error_object(exc), "request_id": f"req_{secrets.token_hex(12)}"},
-                        status_code=failure_status(exc), headers=error_headers(exc))
+    return JSONResponse(
+        {"type": "error", "error": _error_object(exc), "request_id": f"req_{secrets.token_hex(12)}"},
+        status_code=failure_status(exc),
+        headers=error_headers(exc),
+    )
 
 
 class AnthropicRoute(ErrorShapedRoute):
@@ -75,8 +85,11 @@ def _system(system: Any) -> str:
     if isinstance(system, str):
         return system
     if isinstance(system, list):
-        return "".join(b["text"] for b in system
-                       if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str))
+        return "".join(
+            b["text"]
+            for b in system
+            if isinstance(b, dict) and b.get("type") == "text" and isinstance(b.get("text"), str)
+        )
     return ""
 
 
@@ -86,8 +99,9 @@ def _image(block: dict[str, Any]) -> str:
         raise InvalidRequest("invalid image source")
     kind = source.get("type")
     if kind != "base64":
-        raise InvalidRequest(f"invalid image source type: {kind if isinstance(kind, str) else ''}. "
-                             "Only base64 images are supported.")
+        raise InvalidRequest(
+            f"invalid image source type: {kind if isinstance(kind, str) else ''}. Only base64 images are supported."
+        )
     data = source.get("data")
     try:
         return base64.b64encode(decode_base64(data if isinstance(data, str) else "")).decode()
@@ -110,8 +124,11 @@ def _tool_result(block: dict[str, Any]) -> dict[str, Any]:
             elif item.get("type") == "image":
                 images.append(_image(item))
     tool_use_id = block.get("tool_use_id")
-    message: dict[str, Any] = {"role": "tool", "content": text,
-                               "tool_call_id": tool_use_id if isinstance(tool_use_id, str) else ""}
+    message: dict[str, Any] = {
+        "role": "tool",
+        "content": text,
+        "tool_call_id": tool_use_id if isinstance(tool_use_id, str) else "",
+    }
     if images:
         message["images"] = images
     return message
@@ -146,8 +163,12 @@ def convert_message(msg: MessageParam) -> list[dict[str, Any]]:
             if not isinstance(name, str):
                 raise InvalidRequest("tool_use block missing required 'name' field")
             arguments = block.get("input")
-            calls.append({"id": call_id, "function": {"name": name,
-                                                      "arguments": arguments if isinstance(arguments, dict) else {}}})
+            calls.append(
+                {
+                    "id": call_id,
+                    "function": {"name": name, "arguments": arguments if isinstance(arguments, dict) else {}},
+                }
+            )
         elif kind == "tool_result":
             results.append(_tool_result(block))
         elif kind == "thinking" and isinstance(block.get("thinking"), str):
@@ -172,8 +193,9 @@ def _tool(tool: ToolParam) -> dict[str, Any] | None:
     function: dict[str, Any] = {"name": tool.name}
     if tool.description:
         function["description"] = tool.description
-    function["parameters"] = tool.input_schema if tool.input_schema is not None else {"type": "object",
-                                                                                      "properties": {}}
+    function["parameters"] = (
+        tool.input_schema if tool.input_schema is not None else {"type": "object", "properties": {}}
+    )
     return {"type": "function", "function": function}
 
 
@@ -199,8 +221,9 @@ def completion_request(body: MessagesRequest) -> CompletionRequest:
     if body.stop_sequences:
         options["stop"] = list(body.stop_sequences)
     tools = [t for t in (_tool(tool) for tool in body.tools or []) if t is not None]
-    return CompletionRequest(model=body.model, endpoint="chat", messages=messages, tools=tools or None,
-                             options=options, think=_think(body))
+    return CompletionRequest(
+        model=body.model, endpoint="chat", messages=messages, tools=tools or None, options=options, think=_think(body)
+    )
 
 
 async def _drop_unsupported_think(request: Request, req: CompletionRequest) -> None:
@@ -237,12 +260,20 @@ def stop_reason(done_reason: str, has_tool_calls: bool) -> str | None:
 
 def _tool_use(call: dict[str, Any]) -> dict[str, Any]:
     function = call.get("function", {})
-    return {"type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""),
-            "input": function.get("arguments") or {}}
+    return {
+        "type": "tool_use",
+        "id": call.get("id", ""),
+        "name": function.get("name", ""),
+        "input": function.get("arguments") or {},
+    }
 
 
-@router.post("/v1/messages", summary="Anthropic: create a message", openapi_extra=body_schema(MessagesRequest),
-             responses=documented())
+@router.post(
+    "/v1/messages",
+    summary="Anthropic: create a message",
+    openapi_extra=body_schema(MessagesRequest),
+    responses=documented(),
+)
 async def messages(request: Request) -> Response:
     body = await read_json(request, MessagesRequest)
     if not body.model:
@@ -264,11 +295,18 @@ async def messages(request: Request) -> Response:
         if answer.content:
             content.append({"type": "text", "text": answer.content})
         content.extend(_tool_use(call) for call in answer.tool_calls)
-        return JSONResponse({
-            "id": message_id, "type": "message", "role": "assistant", "model": answer.model or body.model,
-            "content": content, "stop_reason": stop_reason(answer.done_reason or "", bool(answer.tool_calls)),
-            "stop_sequence": None,
-            "usage": {"input_tokens": stats.prompt_eval_count, "output_tokens": stats.eval_count}})
+        return JSONResponse(
+            {
+                "id": message_id,
+                "type": "message",
+                "role": "assistant",
+                "model": answer.model or body.model,
+                "content": content,
+                "stop_reason": stop_reason(answer.done_reason or "", bool(answer.tool_calls)),
+                "stop_sequence": None,
+                "usage": {"input_tokens": stats.prompt_eval_count, "output_tokens": stats.eval_count},
+            }
+        )
     first = await first_chunk(chunks)
     stream = _MessageStream(message_id, body.model, _estimate_tokens(req))
     return sse_response(stream.events(first, chunks))
@@ -304,27 +342,54 @@ class _MessageStream:
             self.started = True
             if chunk.done and chunk.stats is not None:
                 self.input_tokens = chunk.stats.prompt_eval_count
-            events.append(self._event("message_start", {"message": {
-                "id": self.id, "type": "message", "role": "assistant", "model": self.model, "content": [],
-                "stop_reason": None, "stop_sequence": None,
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": 0}}}))
+            events.append(
+                self._event(
+                    "message_start",
+                    {
+                        "message": {
+                            "id": self.id,
+                            "type": "message",
+                            "role": "assistant",
+                            "model": self.model,
+                            "content": [],
+                            "stop_reason": None,
+                            "stop_sequence": None,
+                            "usage": {"input_tokens": self.input_tokens, "output_tokens": 0},
+                        }
+                    },
+                )
+            )
         if chunk.thinking and not self.thinking_done:
             if not self.thinking_open:
                 self.thinking_open = True
-                events.append(self._event("content_block_start", {
-                    "index": self.index, "content_block": {"type": "thinking", "thinking": ""}}))
-            events.append(self._event("content_block_delta", {
-                "index": self.index, "delta": {"type": "thinking_delta", "thinking": chunk.thinking}}))
+                events.append(
+                    self._event(
+                        "content_block_start",
+                        {"index": self.index, "content_block": {"type": "thinking", "thinking": ""}},
+                    )
+                )
+            events.append(
+                self._event(
+                    "content_block_delta",
+                    {"index": self.index, "delta": {"type": "thinking_delta", "thinking": chunk.thinking}},
+                )
+            )
         if chunk.content:
             if self.thinking_open and not self.thinking_done:
                 self.thinking_done = True
                 events.append(self._stop_block())
             if not self.text_open:
                 self.text_open = True
-                events.append(self._event("content_block_start", {
-                    "index": self.index, "content_block": {"type": "text", "text": ""}}))
-            events.append(self._event("content_block_delta", {
-                "index": self.index, "delta": {"type": "text_delta", "text": chunk.content}}))
+                events.append(
+                    self._event(
+                        "content_block_start", {"index": self.index, "content_block": {"type": "text", "text": ""}}
+                    )
+                )
+            events.append(
+                self._event(
+                    "content_block_delta", {"index": self.index, "delta": {"type": "text_delta", "text": chunk.content}}
+                )
+            )
         for call in chunk.tool_calls:
             if self.thinking_open and not self.thinking_done:
                 self.thinking_done = True
@@ -333,10 +398,26 @@ class _MessageStream:
                 self.text_open = False
                 events.append(self._stop_block())
             function = call.get("function", {})
-            events.append(self._event("content_block_start", {"index": self.index, "content_block": {
-                "type": "tool_use", "id": call.get("id", ""), "name": function.get("name", ""), "input": {}}}))
-            events.append(self._event("content_block_delta", {
-                "index": self.index, "delta": {"type": "input_json_delta", "partial_json": arguments_json(call)}}))
+            events.append(
+                self._event(
+                    "content_block_start",
+                    {
+                        "index": self.index,
+                        "content_block": {
+                            "type": "tool_use",
+                            "id": call.get("id", ""),
+                            "name": function.get("name", ""),
+                            "input": {},
+                        },
+                    },
+                )
+            )
+            events.append(
+                self._event(
+                    "content_block_delta",
+                    {"index": self.index, "delta": {"type": "input_json_delta", "partial_json": arguments_json(call)}},
+                )
+            )
             events.append(self._stop_block())
             self.tool_calls += 1
         if chunk.done:
@@ -345,10 +426,18 @@ class _MessageStream:
             stats = chunk.stats or Stats()
             if stats.prompt_eval_count:
                 self.input_tokens = stats.prompt_eval_count
-            events.append(self._event("message_delta", {
-                "delta": {"stop_reason": stop_reason(chunk.done_reason or "", self.tool_calls > 0),
-                          "stop_sequence": None},
-                "usage": {"input_tokens": self.input_tokens, "output_tokens": stats.eval_count}}))
+            events.append(
+                self._event(
+                    "message_delta",
+                    {
+                        "delta": {
+                            "stop_reason": stop_reason(chunk.done_reason or "", self.tool_calls > 0),
+                            "stop_sequence": None,
+                        },
+                        "usage": {"input_tokens": self.input_tokens, "output_tokens": stats.eval_count},
+                    },
+                )
+            )
             events.append(self._event("message_stop", {}))
         return events
 

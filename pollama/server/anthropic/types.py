@@ -17,8 +17,10 @@ _BLOCK = {
     "properties": {
         "type": {"type": "string"},
         "text": {"type": "string"},
-        "source": {"type": "object", "properties": {
-            "type": {"type": "string"}, "media_type": {"type": "string"}, "data": {"type": "string"}}},
+        "source": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "media_type": {"type": "string"}, "data": {"type": "string"}},
+        },
         "id": {"type": "string"},
         "name": {"type": "string"},
         "input": {"type": "object"},
@@ -31,8 +33,16 @@ _BLOCK = {
     "required": ["type"],
 }
 _CONTENT = {"anyOf": [{"type": "string"}, {"type": "array", "items": _BLOCK}]}
-_SYSTEM = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
-    "type": "object", "properties": {"type": {"type": "string"}, "text": {"type": "string"}}}}, {"type": "null"}]}
+_SYSTEM = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {"type": "object", "properties": {"type": {"type": "string"}, "text": {"type": "string"}}},
+        },
+        {"type": "null"},
+    ]
+}
 
 
 class _Body(BaseModel):
@@ -117,8 +127,11 @@ def documented() -> dict[Any, Any]:
     """``responses=`` for ``/v1/messages``."""
     error = {"model": AnthropicError}
     return {
-        200: {"model": MessagesResponse, "content": {"text/event-stream": {"schema": {"type": "string"}}},
-              "description": "A message, or with `stream: true` a stream of Server-Sent Events"},
+        200: {
+            "model": MessagesResponse,
+            "content": {"text/event-stream": {"schema": {"type": "string"}}},
+            "description": "A message, or with `stream: true` a stream of Server-Sent Events",
+        },
         400: {**error, "description": "Invalid request"},
         404: {**error, "description": "Model not found"},
         500: {**error, "description": "Server error"},

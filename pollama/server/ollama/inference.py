@@ -98,23 +98,32 @@ def render_chat(chunk: Chunk) -> dict[str, Any]:
 def _completion_fields(body: CompletionBody) -> dict[str, Any]:
     """The internal request's fields that come the same way from a generate or a chat body."""
     _check_logprobs(body.top_logprobs)
-    return {"model": body.model, "format": parse_format(body.format), "options": dict(body.options or {}),
-            "think": parse_think(body.think), "keep_alive": keep_alive_seconds(body.keep_alive),
-            "truncate": body.truncate is not False, "shift": body.shift is not False,
-            "logprobs": body.logprobs, "top_logprobs": body.top_logprobs,
-            "debug_render_only": body.debug_render_only}
+    return {
+        "model": body.model,
+        "format": parse_format(body.format),
+        "options": dict(body.options or {}),
+        "think": parse_think(body.think),
+        "keep_alive": keep_alive_seconds(body.keep_alive),
+        "truncate": body.truncate is not False,
+        "shift": body.shift is not False,
+        "logprobs": body.logprobs,
+        "top_logprobs": body.top_logprobs,
+        "debug_render_only": body.debug_render_only,
+    }
 
 
-async def _complete(request: Request, req: CompletionRequest, stream: bool | None,
-                    render: Callable[[Chunk], dict[str, Any]]) -> Response:
+async def _complete(
+    request: Request, req: CompletionRequest, stream: bool | None, render: Callable[[Chunk], dict[str, Any]]
+) -> Response:
     chunks = service(request).complete(req)
     if stream is False or req.is_empty or req.debug_render_only:
         return JSONResponse(render(await unless_disconnected(request, collect(chunks), chunks)))
     return await stream_or_collect(_rendered(chunks, render), stream=True, request=request)
 
 
-async def _rendered(chunks: AsyncGenerator[Chunk, None],
-                    render: Callable[[Chunk], dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _rendered(
+    chunks: AsyncGenerator[Chunk, None], render: Callable[[Chunk], dict[str, Any]]
+) -> AsyncIterator[dict[str, Any]]:
     async with aclosing(chunks):
         async for chunk in chunks:
             yield render(chunk)
@@ -124,9 +133,16 @@ async def _rendered(chunks: AsyncGenerator[Chunk, None],
 async def generate(request: Request) -> Response:
     body = await read_json(request, GenerateRequest)
     req = CompletionRequest(
-        endpoint="generate", prompt=body.prompt, suffix=body.suffix, system=body.system or None,
-        template=body.template or None, raw=body.raw, context=body.context, images=list(body.images or []),
-        **_completion_fields(body))
+        endpoint="generate",
+        prompt=body.prompt,
+        suffix=body.suffix,
+        system=body.system or None,
+        template=body.template or None,
+        raw=body.raw,
+        context=body.context,
+        images=list(body.images or []),
+        **_completion_fields(body),
+    )
     return await _complete(request, req, body.stream, render_generate)
 
 
@@ -140,8 +156,11 @@ async def chat(request: Request) -> Response:
         msg["role"] = msg.get("role", "").lower()
         messages.append(msg)
     req = CompletionRequest(
-        endpoint="chat", messages=messages,
-        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None, **fields)
+        endpoint="chat",
+        messages=messages,
+        tools=[t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None,
+        **fields,
+    )
     if not req.model:
         raise InvalidRequest("model is required")
     return await _complete(request, req, body.stream, render_chat)
@@ -160,13 +179,23 @@ async def embed(request: Request) -> JSONResponse:
         inputs = []
     if body.dimensions is not None and body.dimensions < 0:
         raise InvalidRequest("dimensions must be a positive number")
-    result = await service(request).embed(EmbedRequest(
-        model=body.model, inputs=inputs, truncate=body.truncate is not False, dimensions=body.dimensions,
-        options=dict(body.options or {}), keep_alive=keep_alive_seconds(body.keep_alive)))
+    result = await service(request).embed(
+        EmbedRequest(
+            model=body.model,
+            inputs=inputs,
+            truncate=body.truncate is not False,
+            dimensions=body.dimensions,
+            options=dict(body.options or {}),
+            keep_alive=keep_alive_seconds(body.keep_alive),
+        )
+    )
     out: dict[str, Any] = {"model": result.model, "embeddings": result.embeddings}
     if inputs:
-        out.update(total_duration=result.total_duration, load_duration=result.load_duration,
-                   prompt_eval_count=result.prompt_eval_count)
+        out.update(
+            total_duration=result.total_duration,
+            load_duration=result.load_duration,
+            prompt_eval_count=result.prompt_eval_count,
+        )
     return JSONResponse(out)
 
 
@@ -174,9 +203,16 @@ async def embed(request: Request) -> JSONResponse:
 async def embeddings(request: Request) -> JSONResponse:
     body = await read_json(request, EmbeddingsRequest)
     inputs = [body.prompt] if body.prompt else []
-    result = await service(request).embed(EmbedRequest(
-        model=body.model, inputs=inputs, truncate=True, options=dict(body.options or {}),
-        keep_alive=keep_alive_seconds(body.keep_alive), normalize=False))
+    result = await service(request).embed(
+        EmbedRequest(
+            model=body.model,
+            inputs=inputs,
+            truncate=True,
+            options=dict(body.options or {}),
+            keep_alive=keep_alive_seconds(body.keep_alive),
+            normalize=False,
+        )
+    )
     return JSONResponse({"embedding": result.embeddings[0] if result.embeddings else []})
 
 

@@ -238,9 +238,13 @@ async def blob_exists(request: Request, digest: str) -> Response:
     return Response(status_code=200)
 
 
-@router.post("/api/blobs/{digest:path}", summary="Upload a blob",
-             openapi_extra={"requestBody": {"content": {"application/octet-stream": {"schema": {
-                 "type": "string", "format": "binary"}}}}})
+@router.post(
+    "/api/blobs/{digest:path}",
+    summary="Upload a blob",
+    openapi_extra={
+        "requestBody": {"content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}
+    },
+)
 async def upload_blob(request: Request, digest: str) -> Response:
     ctx = context(request)
     canonical = parse_digest(digest)
@@ -249,4 +253,3 @@ async def upload_blob(request: Request, digest: str) -> Response:
     # The loop only gathers the body's chunks; hashing, writing and fsync run in worker threads.
     await ctx.store.blobs.write_async(request.stream(), canonical)
     return Response(status_code=201)
-

@@ -42,8 +42,16 @@ router = APIRouter(tags=["openai"], route_class=OpenAIRoute)
 _IMAGE_PREFIXES = (*(f"data:image/{kind};base64," for kind in ("jpeg", "jpg", "png", "webp")), "data:;base64,")
 
 # reasoning_effort → think (spec §3.1).
-_EFFORT: dict[str, bool | str] = {"none": False, "minimal": "low", "low": "low", "medium": "medium",
-                                  "high": "high", "max": "max", "xhigh": "max", "ultra": "max"}
+_EFFORT: dict[str, bool | str] = {
+    "none": False,
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "max": "max",
+    "xhigh": "max",
+    "ultra": "max",
+}
 
 
 def decode_image(url: str) -> str:
@@ -52,7 +60,7 @@ def decode_image(url: str) -> str:
         raise InvalidRequest("image URLs are not currently supported, please use base64 encoded data instead")
     for prefix in _IMAGE_PREFIXES:
         if url.startswith(prefix):
-            return _base64(url[len(prefix):], "invalid image input")
+            return _base64(url[len(prefix) :], "invalid image input")
     raise InvalidRequest("invalid image input")
 
 
@@ -68,8 +76,10 @@ def think_from_effort(effort: str | None) -> bool | str | None:
     if not effort:
         return None
     if effort not in _EFFORT:
-        raise InvalidRequest(f"invalid reasoning value: {json.dumps(effort)} (must be \"minimal\", \"low\", "
-                             "\"medium\", \"high\", \"xhigh\", \"ultra\", \"max\", or \"none\")")
+        raise InvalidRequest(
+            f'invalid reasoning value: {json.dumps(effort)} (must be "minimal", "low", '
+            '"medium", "high", "xhigh", "ultra", "max", or "none")'
+        )
     return _EFFORT[effort]
 
 
@@ -89,8 +99,9 @@ def parse_arguments(text: str) -> dict[str, Any]:
 def _native_calls(calls: list[ToolCallBody]) -> list[dict[str, Any]]:
     out = []
     for call in calls:
-        native: dict[str, Any] = {"function": {"name": call.function.name,
-                                               "arguments": parse_arguments(call.function.arguments)}}
+        native: dict[str, Any] = {
+            "function": {"name": call.function.name, "arguments": parse_arguments(call.function.arguments)}
+        }
         if call.id:
             native["id"] = call.id
         out.append(native)
@@ -225,10 +236,16 @@ def completion_request(body: ChatCompletionRequest) -> CompletionRequest:
     effort = body.reasoning.effort if body.reasoning is not None else body.reasoning_effort
     tools = [t.model_dump(exclude_none=True) for t in body.tools] if body.tools else None
     return CompletionRequest(
-        model=body.model, endpoint="chat", messages=chat_messages(body.messages),
-        tools=select_tools(tools, body.tool_choice), format=response_format(body.response_format),
-        options=options, think=think_from_effort(effort), logprobs=bool(body.logprobs),
-        top_logprobs=check_top_logprobs(body.top_logprobs))
+        model=body.model,
+        endpoint="chat",
+        messages=chat_messages(body.messages),
+        tools=select_tools(tools, body.tool_choice),
+        format=response_format(body.response_format),
+        options=options,
+        think=think_from_effort(effort),
+        logprobs=bool(body.logprobs),
+        top_logprobs=check_top_logprobs(body.top_logprobs),
+    )
 
 
 def tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -237,15 +254,24 @@ def tool_calls_out(calls: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for i, call in enumerate(calls):
         function = call.get("function", {})
         index = function.get("index")
-        out.append({"id": call.get("id", ""), "index": index if isinstance(index, int) else i, "type": "function",
-                    "function": {"name": function.get("name", ""), "arguments": arguments_json(call)}})
+        out.append(
+            {
+                "id": call.get("id", ""),
+                "index": index if isinstance(index, int) else i,
+                "type": "function",
+                "function": {"name": function.get("name", ""), "arguments": arguments_json(call)},
+            }
+        )
     return out
 
 
 def usage(stats: Stats) -> dict[str, int]:
     """OpenAI's ``usage`` object from the final chunk's statistics."""
-    return {"prompt_tokens": stats.prompt_eval_count, "completion_tokens": stats.eval_count,
-            "total_tokens": stats.prompt_eval_count + stats.eval_count}
+    return {
+        "prompt_tokens": stats.prompt_eval_count,
+        "completion_tokens": stats.eval_count,
+        "total_tokens": stats.prompt_eval_count + stats.eval_count,
+    }
 
 
 def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
@@ -256,8 +282,12 @@ def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
     return {"content": [{**entry, "top_logprobs": entry.get("top_logprobs") or []} for entry in entries]}
 
 
-@router.post("/v1/chat/completions", summary="OpenAI: create a chat completion",
-             openapi_extra=body_schema(ChatCompletionRequest), responses=documented(ChatCompletion, stream=True))
+@router.post(
+    "/v1/chat/completions",
+    summary="OpenAI: create a chat completion",
+    openapi_extra=body_schema(ChatCompletionRequest),
+    responses=documented(ChatCompletion, stream=True),
+)
 async def chat_completions(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest)
     req = completion_request(body)
@@ -271,15 +301,25 @@ async def chat_completions(request: Request) -> Response:
             message["reasoning"] = answer.thinking
         if calls:
             message["tool_calls"] = calls
-        choice: dict[str, Any] = {"index": 0, "message": message,
-                                  "finish_reason": "tool_calls" if calls else (answer.done_reason or None)}
+        choice: dict[str, Any] = {
+            "index": 0,
+            "message": message,
+            "finish_reason": "tool_calls" if calls else (answer.done_reason or None),
+        }
         logprobs = _logprobs(answer.logprobs)
         if logprobs:
             choice["logprobs"] = logprobs
-        return JSONResponse({
-            "id": completion_id, "object": "chat.completion", "created": int(time.time()),
-            "model": answer.model or body.model, "system_fingerprint": "fp_ollama", "choices": [choice],
-            "usage": usage(answer.stats or Stats())})
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": answer.model or body.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [choice],
+                "usage": usage(answer.stats or Stats()),
+            }
+        )
     first = await first_chunk(chunks)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     stream = _ChatStream(completion_id, body.model, include_usage)
@@ -298,11 +338,21 @@ class _ChatStream:
         self.tool_calls_sent = False
 
     def _chunk(self, choices: list[dict[str, Any]], **extra: Any) -> bytes:
-        return sse({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-                    "system_fingerprint": "fp_ollama", "choices": choices, **extra})
+        return sse(
+            {
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": choices,
+                **extra,
+            }
+        )
 
-    def _delta(self, delta: dict[str, Any], finish_reason: str | None = None,
-               logprobs: dict[str, Any] | None = None) -> bytes:
+    def _delta(
+        self, delta: dict[str, Any], finish_reason: str | None = None, logprobs: dict[str, Any] | None = None
+    ) -> bytes:
         if not self.role_sent:
             delta = {"role": "assistant", **delta}
             self.role_sent = True

@@ -52,11 +52,12 @@ def _legacy_logprobs(entries: list[dict[str, Any]], offset: int) -> dict[str, An
     for entry in entries:
         offsets.append(offset)
         offset += len(entry.get("token", ""))
-    return {"tokens": [e.get("token", "") for e in entries],
-            "token_logprobs": [e.get("logprob") for e in entries],
-            "top_logprobs": [{t.get("token", ""): t.get("logprob") for t in e.get("top_logprobs") or []}
-                             for e in entries],
-            "text_offset": offsets}
+    return {
+        "tokens": [e.get("token", "") for e in entries],
+        "token_logprobs": [e.get("logprob") for e in entries],
+        "top_logprobs": [{t.get("token", ""): t.get("logprob") for t in e.get("top_logprobs") or []} for e in entries],
+        "text_offset": offsets,
+    }
 
 
 def _choice(text: str, reason: str | None, logprobs: list[dict[str, Any]], offset: int = 0) -> dict[str, Any]:
@@ -66,45 +67,77 @@ def _choice(text: str, reason: str | None, logprobs: list[dict[str, Any]], offse
     return choice
 
 
-@router.post("/v1/completions", summary="OpenAI: create a text completion",
-             openapi_extra=body_schema(CompletionBody), responses=documented(Completion, stream=True))
+@router.post(
+    "/v1/completions",
+    summary="OpenAI: create a text completion",
+    openapi_extra=body_schema(CompletionBody),
+    responses=documented(Completion, stream=True),
+)
 async def completions(request: Request) -> Response:
     body = await read_json(request, CompletionBody)
     top = body.logprobs if body.logprobs is not None and body.logprobs > 0 else 0
-    req = CompletionRequest(model=body.model, endpoint="generate", prompt=body.prompt, suffix=body.suffix,
-                            options=_options(body), logprobs=top > 0, top_logprobs=check_top_logprobs(top))
+    req = CompletionRequest(
+        model=body.model,
+        endpoint="generate",
+        prompt=body.prompt,
+        suffix=body.suffix,
+        options=_options(body),
+        logprobs=top > 0,
+        top_logprobs=check_top_logprobs(top),
+    )
     chunks = service(request).complete(req)
     completion_id = f"cmpl-{random.randrange(999)}"
     if not body.stream:
         answer = await unless_disconnected(request, collect(chunks), chunks)
-        return JSONResponse({
-            "id": completion_id, "object": "text_completion", "created": int(time.time()),
-            "model": answer.model or body.model, "system_fingerprint": "fp_ollama",
-            "choices": [_choice(answer.content, answer.done_reason, answer.logprobs)],
-            "usage": usage(answer.stats or Stats())})
+        return JSONResponse(
+            {
+                "id": completion_id,
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": answer.model or body.model,
+                "system_fingerprint": "fp_ollama",
+                "choices": [_choice(answer.content, answer.done_reason, answer.logprobs)],
+                "usage": usage(answer.stats or Stats()),
+            }
+        )
     first = await first_chunk(chunks)
     include_usage = body.stream_options is not None and body.stream_options.include_usage
     return sse_response(_events(completion_id, body.model, include_usage, first, chunks))
 
 
-async def _events(completion_id: str, model: str, include_usage: bool, first: Chunk | None,
-                  chunks: AsyncIterator[Chunk]) -> AsyncIterator[bytes]:
+async def _events(
+    completion_id: str, model: str, include_usage: bool, first: Chunk | None, chunks: AsyncIterator[Chunk]
+) -> AsyncIterator[bytes]:
     offset = 0
 
     def event(chunk: Chunk) -> list[bytes]:
         nonlocal offset
         obj: dict[str, Any] = {
-            "id": completion_id, "object": "text_completion", "created": int(time.time()),
+            "id": completion_id,
+            "object": "text_completion",
+            "created": int(time.time()),
             "choices": [_choice(chunk.content, chunk.done_reason, chunk.logprobs, offset)],
-            "model": chunk.model or model, "system_fingerprint": "fp_ollama"}
+            "model": chunk.model or model,
+            "system_fingerprint": "fp_ollama",
+        }
         if include_usage:
             obj["usage"] = {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
         offset += len(chunk.content)
         out = [sse(obj)]
         if chunk.done and include_usage:
-            out.append(sse({"id": completion_id, "object": "text_completion", "created": int(time.time()),
-                            "choices": [], "model": chunk.model or model, "system_fingerprint": "fp_ollama",
-                            "usage": usage(chunk.stats or Stats())}))
+            out.append(
+                sse(
+                    {
+                        "id": completion_id,
+                        "object": "text_completion",
+                        "created": int(time.time()),
+                        "choices": [],
+                        "model": chunk.model or model,
+                        "system_fingerprint": "fp_ollama",
+                        "usage": usage(chunk.stats or Stats()),
+                    }
+                )
+            )
         return out
 
     async for item in converted(first, chunks, event, lambda exc: [sse(error_for(exc))]):

@@ -38,21 +38,33 @@ def float32_base64(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode("ascii")
 
 
-@router.post("/v1/embeddings", summary="OpenAI: create embeddings",
-             openapi_extra=body_schema(EmbeddingRequest), responses=documented(EmbeddingList))
+@router.post(
+    "/v1/embeddings",
+    summary="OpenAI: create embeddings",
+    openapi_extra=body_schema(EmbeddingRequest),
+    responses=documented(EmbeddingList),
+)
 async def embeddings(request: Request) -> JSONResponse:
     body = await read_json(request, EmbeddingRequest)
     encoding = body.encoding_format or "float"
     if encoding.lower() not in ("float", "base64"):
-        raise InvalidRequest(f"Invalid value for 'encoding_format' = {encoding}. "
-                             "Supported values: ['float', 'base64'].")
+        raise InvalidRequest(
+            f"Invalid value for 'encoding_format' = {encoding}. Supported values: ['float', 'base64']."
+        )
     inputs = _inputs(body.input)
     if body.dimensions is not None and body.dimensions < 0:
         raise InvalidRequest("dimensions must be a positive number")
     result = await service(request).embed(EmbedRequest(model=body.model, inputs=inputs, dimensions=body.dimensions))
     as_base64 = encoding.lower() == "base64"
-    data = [{"object": "embedding", "embedding": float32_base64(vector) if as_base64 else vector, "index": i}
-            for i, vector in enumerate(result.embeddings)]
-    return JSONResponse({"object": "list", "data": data, "model": body.model,
-                         "usage": {"prompt_tokens": result.prompt_eval_count,
-                                   "total_tokens": result.prompt_eval_count}})
+    data = [
+        {"object": "embedding", "embedding": float32_base64(vector) if as_base64 else vector, "index": i}
+        for i, vector in enumerate(result.embeddings)
+    ]
+    return JSONResponse(
+        {
+            "object": "list",
+            "data": data,
+            "model": body.model,
+            "usage": {"prompt_tokens": result.prompt_eval_count, "total_tokens": result.prompt_eval_count},
+        }
+    )

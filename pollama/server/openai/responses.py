@@ -190,18 +190,28 @@ def completion_request(body: ResponsesRequest) -> CompletionRequest:
         elif kind == "json_object":
             fmt = "json"
     effort = body.reasoning.effort if body.reasoning is not None else None
-    return CompletionRequest(model=body.model, endpoint="chat", messages=input_messages(body),
-                             tools=native_tools(body.tools), format=fmt, options=options,
-                             think=think_from_effort(effort))
+    return CompletionRequest(
+        model=body.model,
+        endpoint="chat",
+        messages=input_messages(body),
+        tools=native_tools(body.tools),
+        format=fmt,
+        options=options,
+        think=think_from_effort(effort),
+    )
 
 
 # --- response -----------------------------------------------------------------------------------
 
 
 def _usage(stats: Stats) -> dict[str, Any]:
-    return {"input_tokens": stats.prompt_eval_count, "output_tokens": stats.eval_count,
-            "total_tokens": stats.prompt_eval_count + stats.eval_count,
-            "input_tokens_details": {"cached_tokens": 0}, "output_tokens_details": {"reasoning_tokens": 0}}
+    return {
+        "input_tokens": stats.prompt_eval_count,
+        "output_tokens": stats.eval_count,
+        "total_tokens": stats.prompt_eval_count + stats.eval_count,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
 
 
 def _text_part(text: str) -> dict[str, Any]:
@@ -209,21 +219,38 @@ def _text_part(text: str) -> dict[str, Any]:
 
 
 def _reasoning_item(item_id: str, thinking: str) -> dict[str, Any]:
-    return {"id": item_id, "type": "reasoning", "summary": [{"type": "summary_text", "text": thinking}],
-            "encrypted_content": thinking}
+    return {
+        "id": item_id,
+        "type": "reasoning",
+        "summary": [{"type": "summary_text", "text": thinking}],
+        "encrypted_content": thinking,
+    }
 
 
 def _call_item(item_id: str, call: dict[str, Any], status: str = "completed") -> dict[str, Any]:
-    return {"id": item_id, "type": "function_call", "status": status, "call_id": call["id"],
-            "name": call["function"]["name"], "arguments": call["function"]["arguments"]}
+    return {
+        "id": item_id,
+        "type": "function_call",
+        "status": status,
+        "call_id": call["id"],
+        "name": call["function"]["name"],
+        "arguments": call["function"]["arguments"],
+    }
 
 
 def _message_item(item_id: str, text: str, status: str = "completed") -> dict[str, Any]:
     return {"id": item_id, "type": "message", "status": status, "role": "assistant", "content": [_text_part(text)]}
 
 
-def response_object(body: ResponsesRequest, response_id: str, model: str, status: str, output: list[Any],
-                    usage: dict[str, Any] | None, completed_at: int | None = None) -> dict[str, Any]:
+def response_object(
+    body: ResponsesRequest,
+    response_id: str,
+    model: str,
+    status: str,
+    output: list[Any],
+    usage: dict[str, Any] | None,
+    completed_at: int | None = None,
+) -> dict[str, Any]:
     """A ``response`` object echoing the request's settings."""
     text_format: dict[str, Any] = {"type": "text"}
     if body.text is not None and body.text.format is not None:
@@ -233,27 +260,57 @@ def response_object(body: ResponsesRequest, response_id: str, model: str, status
         reasoning = {"effort": body.reasoning.effort or None, "summary": body.reasoning.summary or None}
     tools = []
     for tool in body.tools or []:
-        echoed: dict[str, Any] = {"type": tool.type, "name": tool.name, "description": tool.description,
-                                  "strict": tool.strict, "parameters": tool.parameters}
+        echoed: dict[str, Any] = {
+            "type": tool.type,
+            "name": tool.name,
+            "description": tool.description,
+            "strict": tool.strict,
+            "parameters": tool.parameters,
+        }
         if tool.tools is not None:
             echoed["tools"] = tool.tools
         tools.append(echoed)
     return {
-        "id": response_id, "object": "response", "created_at": int(time.time()), "completed_at": completed_at,
-        "status": status, "incomplete_details": None, "model": model, "previous_response_id": None,
-        "instructions": body.instructions or None, "output": output, "error": None, "tools": tools,
-        "tool_choice": "auto", "truncation": body.truncation or "disabled", "parallel_tool_calls": True,
-        "text": {"format": text_format}, "top_p": body.top_p if body.top_p is not None else 1.0,
-        "presence_penalty": 0, "frequency_penalty": 0, "top_logprobs": 0,
-        "temperature": body.temperature if body.temperature is not None else 1.0, "reasoning": reasoning,
-        "usage": usage, "max_output_tokens": body.max_output_tokens, "max_tool_calls": None, "store": False,
-        "background": bool(body.background), "service_tier": "default", "metadata": {},
-        "safety_identifier": None, "prompt_cache_key": None,
+        "id": response_id,
+        "object": "response",
+        "created_at": int(time.time()),
+        "completed_at": completed_at,
+        "status": status,
+        "incomplete_details": None,
+        "model": model,
+        "previous_response_id": None,
+        "instructions": body.instructions or None,
+        "output": output,
+        "error": None,
+        "tools": tools,
+        "tool_choice": "auto",
+        "truncation": body.truncation or "disabled",
+        "parallel_tool_calls": True,
+        "text": {"format": text_format},
+        "top_p": body.top_p if body.top_p is not None else 1.0,
+        "presence_penalty": 0,
+        "frequency_penalty": 0,
+        "top_logprobs": 0,
+        "temperature": body.temperature if body.temperature is not None else 1.0,
+        "reasoning": reasoning,
+        "usage": usage,
+        "max_output_tokens": body.max_output_tokens,
+        "max_tool_calls": None,
+        "store": False,
+        "background": bool(body.background),
+        "service_tier": "default",
+        "metadata": {},
+        "safety_identifier": None,
+        "prompt_cache_key": None,
     }
 
 
-@router.post("/v1/responses", summary="OpenAI: create a response (stateless)",
-             openapi_extra=body_schema(ResponsesRequest), responses=documented(ResponseObject, stream=True))
+@router.post(
+    "/v1/responses",
+    summary="OpenAI: create a response (stateless)",
+    openapi_extra=body_schema(ResponsesRequest),
+    responses=documented(ResponseObject, stream=True),
+)
 async def responses(request: Request) -> Response:
     await _decompress(request)
     body = await read_json(request, ResponsesRequest)
@@ -271,8 +328,17 @@ async def responses(request: Request) -> Response:
                 output.append(_call_item(f"fc_{response_id}_{i}", call))
         else:
             output.append(_message_item(item_id, answer.content))
-        return JSONResponse(response_object(body, response_id, answer.model or body.model, "completed", output,
-                                            _usage(answer.stats or Stats()), completed_at=int(time.time())))
+        return JSONResponse(
+            response_object(
+                body,
+                response_id,
+                answer.model or body.model,
+                "completed",
+                output,
+                _usage(answer.stats or Stats()),
+                completed_at=int(time.time()),
+            )
+        )
     first = await first_chunk(chunks)
     return sse_response(_ResponsesStream(body, response_id, item_id).events(first, chunks))
 
@@ -319,8 +385,9 @@ class _ResponsesStream:
         self.sequence += 1
         return sse(data, event=kind)
 
-    def _response(self, status: str, output: list[Any], usage: dict[str, Any] | None = None,
-                  completed_at: int | None = None) -> dict[str, Any]:
+    def _response(
+        self, status: str, output: list[Any], usage: dict[str, Any] | None = None, completed_at: int | None = None
+    ) -> dict[str, Any]:
         return response_object(self.body, self.response_id, self.model, status, output, usage, completed_at)
 
     def _finish_reasoning(self) -> list[bytes]:
@@ -328,11 +395,19 @@ class _ResponsesStream:
             return []
         self.reasoning_done = True
         events = [
-            self._event("response.reasoning_summary_text.done", {
-                "item_id": self.reasoning_id, "output_index": self.output_index, "summary_index": 0,
-                "text": self.thinking}),
-            self._event("response.output_item.done", {
-                "output_index": self.output_index, "item": _reasoning_item(self.reasoning_id, self.thinking)}),
+            self._event(
+                "response.reasoning_summary_text.done",
+                {
+                    "item_id": self.reasoning_id,
+                    "output_index": self.output_index,
+                    "summary_index": 0,
+                    "text": self.thinking,
+                },
+            ),
+            self._event(
+                "response.output_item.done",
+                {"output_index": self.output_index, "item": _reasoning_item(self.reasoning_id, self.thinking)},
+            ),
         ]
         self.output_index += 1
         return events
@@ -348,13 +423,27 @@ class _ResponsesStream:
         if chunk.thinking:
             if not self.reasoning_id:
                 self.reasoning_id = f"rs_{random.randrange(999999)}"
-                events.append(self._event("response.output_item.added", {
-                    "output_index": self.output_index,
-                    "item": {"id": self.reasoning_id, "type": "reasoning", "summary": []}}))
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        {
+                            "output_index": self.output_index,
+                            "item": {"id": self.reasoning_id, "type": "reasoning", "summary": []},
+                        },
+                    )
+                )
             self.thinking += chunk.thinking
-            events.append(self._event("response.reasoning_summary_text.delta", {
-                "item_id": self.reasoning_id, "output_index": self.output_index, "summary_index": 0,
-                "delta": chunk.thinking}))
+            events.append(
+                self._event(
+                    "response.reasoning_summary_text.delta",
+                    {
+                        "item_id": self.reasoning_id,
+                        "output_index": self.output_index,
+                        "summary_index": 0,
+                        "delta": chunk.thinking,
+                    },
+                )
+            )
         if chunk.tool_calls:
             events.extend(self._finish_reasoning())
             for call in tool_calls_out(chunk.tool_calls):
@@ -362,43 +451,111 @@ class _ResponsesStream:
                 item_id = f"fc_{random.randrange(999999)}_{len(self.calls)}"
                 self.calls.append(_call_item(item_id, call))
                 arguments = call["function"]["arguments"]
-                events.append(self._event("response.output_item.added", {
-                    "output_index": index, "item": {**_call_item(item_id, call, "in_progress"), "arguments": ""}}))
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        {"output_index": index, "item": {**_call_item(item_id, call, "in_progress"), "arguments": ""}},
+                    )
+                )
                 if arguments:
-                    events.append(self._event("response.function_call_arguments.delta", {
-                        "item_id": item_id, "output_index": index, "delta": arguments}))
-                events.append(self._event("response.function_call_arguments.done", {
-                    "item_id": item_id, "output_index": index, "arguments": arguments}))
-                events.append(self._event("response.output_item.done", {
-                    "output_index": index, "item": self.calls[-1]}))
+                    events.append(
+                        self._event(
+                            "response.function_call_arguments.delta",
+                            {"item_id": item_id, "output_index": index, "delta": arguments},
+                        )
+                    )
+                events.append(
+                    self._event(
+                        "response.function_call_arguments.done",
+                        {"item_id": item_id, "output_index": index, "arguments": arguments},
+                    )
+                )
+                events.append(self._event("response.output_item.done", {"output_index": index, "item": self.calls[-1]}))
         elif not self.calls and chunk.content:
             events.extend(self._finish_reasoning())
             if not self.text_started:
                 self.text_started = True
-                events.append(self._event("response.output_item.added", {
-                    "output_index": self.output_index,
-                    "item": {"id": self.item_id, "type": "message", "status": "in_progress", "role": "assistant",
-                             "content": []}}))
-                events.append(self._event("response.content_part.added", {
-                    "item_id": self.item_id, "output_index": self.output_index, "content_index": 0,
-                    "part": _text_part("")}))
+                events.append(
+                    self._event(
+                        "response.output_item.added",
+                        {
+                            "output_index": self.output_index,
+                            "item": {
+                                "id": self.item_id,
+                                "type": "message",
+                                "status": "in_progress",
+                                "role": "assistant",
+                                "content": [],
+                            },
+                        },
+                    )
+                )
+                events.append(
+                    self._event(
+                        "response.content_part.added",
+                        {
+                            "item_id": self.item_id,
+                            "output_index": self.output_index,
+                            "content_index": 0,
+                            "part": _text_part(""),
+                        },
+                    )
+                )
             self.text += chunk.content
-            events.append(self._event("response.output_text.delta", {
-                "item_id": self.item_id, "output_index": self.output_index, "content_index": 0,
-                "delta": chunk.content, "logprobs": []}))
+            events.append(
+                self._event(
+                    "response.output_text.delta",
+                    {
+                        "item_id": self.item_id,
+                        "output_index": self.output_index,
+                        "content_index": 0,
+                        "delta": chunk.content,
+                        "logprobs": [],
+                    },
+                )
+            )
         if chunk.done:
             events.extend(self._finish_reasoning())
             if not self.calls and self.text_started:
-                events.append(self._event("response.output_text.done", {
-                    "item_id": self.item_id, "output_index": self.output_index, "content_index": 0,
-                    "text": self.text, "logprobs": []}))
-                events.append(self._event("response.content_part.done", {
-                    "item_id": self.item_id, "output_index": self.output_index, "content_index": 0,
-                    "part": _text_part(self.text)}))
-                events.append(self._event("response.output_item.done", {
-                    "output_index": self.output_index, "item": _message_item(self.item_id, self.text)}))
-            events.append(self._event("response.completed", {"response": self._response(
-                "completed", self._output(), _usage(chunk.stats or Stats()), completed_at=int(time.time()))}))
+                events.append(
+                    self._event(
+                        "response.output_text.done",
+                        {
+                            "item_id": self.item_id,
+                            "output_index": self.output_index,
+                            "content_index": 0,
+                            "text": self.text,
+                            "logprobs": [],
+                        },
+                    )
+                )
+                events.append(
+                    self._event(
+                        "response.content_part.done",
+                        {
+                            "item_id": self.item_id,
+                            "output_index": self.output_index,
+                            "content_index": 0,
+                            "part": _text_part(self.text),
+                        },
+                    )
+                )
+                events.append(
+                    self._event(
+                        "response.output_item.done",
+                        {"output_index": self.output_index, "item": _message_item(self.item_id, self.text)},
+                    )
+                )
+            events.append(
+                self._event(
+                    "response.completed",
+                    {
+                        "response": self._response(
+                            "completed", self._output(), _usage(chunk.stats or Stats()), completed_at=int(time.time())
+                        )
+                    },
+                )
+            )
         return events
 
     def _output(self) -> list[Any]:

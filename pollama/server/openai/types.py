@@ -24,8 +24,12 @@ _CONTENT_PART = {
     "properties": {
         "type": {"type": "string", "enum": ["text", "image_url", "input_audio"]},
         "text": {"type": "string"},
-        "image_url": {"anyOf": [{"type": "string"}, {"type": "object", "properties": {
-            "url": {"type": "string"}, "detail": {"type": "string"}}}]},
+        "image_url": {
+            "anyOf": [
+                {"type": "string"},
+                {"type": "object", "properties": {"url": {"type": "string"}, "detail": {"type": "string"}}},
+            ]
+        },
         "input_audio": {"type": "object", "properties": {"data": {"type": "string"}, "format": {"type": "string"}}},
     },
     "required": ["type"],
@@ -100,8 +104,12 @@ class ChatCompletionRequest(_Body):
     presence_penalty: float | None = None
     response_format: ResponseFormat | None = None
     tools: list[Tool] | None = None
-    tool_choice: Annotated[Any, WithJsonSchema({"anyOf": [
-        {"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}, {"type": "null"}]})] = None
+    tool_choice: Annotated[
+        Any,
+        WithJsonSchema(
+            {"anyOf": [{"type": "string", "enum": ["none", "auto", "required"]}, {"type": "object"}, {"type": "null"}]}
+        ),
+    ] = None
     reasoning: Reasoning | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
@@ -144,21 +152,32 @@ class EmbeddingRequest(_Body):
 # --- responses ----------------------------------------------------------------------------------
 
 
-_RESPONSES_INPUT = {"anyOf": [{"type": "string"}, {"type": "array", "items": {
-    "type": "object",
-    "description": "A `message` (role + content string or parts `input_text`, `output_text`, "
-                   "`input_image`), `function_call`, `function_call_output` or `reasoning` item.",
-    "properties": {
-        "type": {"type": "string", "enum": ["message", "function_call", "function_call_output", "reasoning"]},
-        "role": {"type": "string"},
-        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-        "call_id": {"type": "string"},
-        "name": {"type": "string"},
-        "arguments": {"type": "string"},
-        "output": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
-        "encrypted_content": {"type": "string"},
-    },
-}}]}
+_RESPONSES_INPUT = {
+    "anyOf": [
+        {"type": "string"},
+        {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "description": "A `message` (role + content string or parts `input_text`, `output_text`, "
+                "`input_image`), `function_call`, `function_call_output` or `reasoning` item.",
+                "properties": {
+                    "type": {
+                        "type": "string",
+                        "enum": ["message", "function_call", "function_call_output", "reasoning"],
+                    },
+                    "role": {"type": "string"},
+                    "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                    "call_id": {"type": "string"},
+                    "name": {"type": "string"},
+                    "arguments": {"type": "string"},
+                    "output": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}]},
+                    "encrypted_content": {"type": "string"},
+                },
+            },
+        },
+    ]
+}
 
 
 class ResponsesReasoning(_Body):
