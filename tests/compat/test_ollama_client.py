@@ -201,8 +201,9 @@ def test_errors(client: ollama.Client) -> None:
 @pytest.fixture
 def registry(tmp_path: Path) -> Iterator[object]:
     """A local docker-registry (installed by scripts/test) to pull from and push to."""
-    if shutil.which("docker-registry") is None and not Path("/usr/bin/docker-registry").exists():
-        pytest.skip("docker-registry is not installed (scripts/test installs it)")
+    assert shutil.which("docker-registry") or Path("/usr/bin/docker-registry").exists(), (
+        "docker-registry is missing (scripts/test installs it)"
+    )
     from tests.registry.conftest import DockerRegistry
 
     reg = DockerRegistry(tmp_path / "registry").start()

