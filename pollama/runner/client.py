@@ -296,7 +296,9 @@ class RunnerProcess:
             with contextlib.suppress(Exception):
                 self._proc.stdin.close()
         if self._stderr_task is not None:
-            self._stderr_task.cancel()
+            # The process is gone, so its stderr ends: let the pump drain the last lines, then stop it.
+            with contextlib.suppress(asyncio.CancelledError, asyncio.TimeoutError, Exception):
+                await asyncio.wait_for(self._stderr_task, timeout=1.0)
         shutil.rmtree(self._workdir, ignore_errors=True)
 
     # --- requests ---------------------------------------------------------------------------------
