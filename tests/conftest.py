@@ -73,6 +73,22 @@ class ServerProcess:
         self.log = home / f"server-{self.port}.log"
         self.process: subprocess.Popen[bytes] | None = None
 
+    def runner_pids(self) -> list[int]:
+        """The live runner processes this server started (its children running ``pollama.runner``)."""
+        assert self.process is not None
+        pids = []
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if b"pollama.runner" in cmdline and int(stat[1]) == self.process.pid and stat[0] != "Z":
+                pids.append(int(entry.name))
+        return pids
+
     def start(self, timeout: float = 60.0) -> ServerProcess:
         """Start the server and wait until it answers."""
         with open(self.log, "ab") as log:

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from pollama.errors import RunnerError
 from pollama.runner.protocol import event_error
+from pollama.scheduler.scheduler import Runner
 from pollama.scheduler.spec import LoadSpec
 
 log = logging.getLogger(__name__)
@@ -130,18 +131,8 @@ def completion_event(event: dict[str, Any]) -> CompletionEvent | None:
     return None
 
 
-class ModelRunner(Protocol):
-    """What the inference service needs from a loaded model (beyond the scheduler's ``Runner``)."""
-
-    @property
-    def alive(self) -> bool: ...
-
-    @property
-    def memory(self) -> int: ...
-
-    async def wait_exit(self) -> None: ...
-
-    async def stop(self) -> None: ...
+class ModelRunner(Runner, Protocol):
+    """What the inference service needs from a loaded model, beyond the scheduler's ``Runner``."""
 
     async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]: ...
 

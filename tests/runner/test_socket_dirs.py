@@ -28,22 +28,6 @@ def _owned_by(pid: int) -> list[Path]:
     return found
 
 
-def _runner_pids(server: ServerProcess) -> list[int]:
-    assert server.process is not None
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"pollama.runner" in cmdline and parent == server.process.pid:
-            pids.append(int(entry.name))
-    return pids
-
-
 def _until(condition: Callable[[], bool], within: float = 15.0) -> bool:
     deadline = time.monotonic() + within
     while not condition():
@@ -66,7 +50,7 @@ def _loaded_server(start_server: Any, smollm2_gguf: Path) -> tuple[ServerProcess
         assert c.post("/api/generate", json={"model": "smollm2"}).json()["done_reason"] == "load"
     assert srv.process is not None
     [folder] = _owned_by(srv.process.pid)
-    [runner] = _runner_pids(srv)
+    [runner] = srv.runner_pids()
     assert (folder / "sock").exists()
     return srv, folder, runner
 

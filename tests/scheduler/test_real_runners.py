@@ -16,22 +16,6 @@ def _loaded(c: httpx.Client) -> list[str]:
     return [m["name"] for m in c.get("/api/ps").json()["models"]]
 
 
-def _runner_pids(server: ServerProcess) -> list[int]:
-    assert server.process is not None
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if b"pollama.runner" in cmdline and int(stat[1]) == server.process.pid and stat[0] != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 def _until(condition: Callable[[], bool], within: float) -> float | None:
     """Seconds until ``condition`` holds, or None after ``within``."""
     started = time.monotonic()
@@ -58,12 +42,12 @@ def test_a_runner_unloads_after_its_keep_alive(start_server: Any, smollm2_gguf: 
         )
         assert r.status_code == 200, r.text
         answered = time.monotonic()
-        assert _loaded(c) == ["smollm2:latest"] and len(_runner_pids(srv)) == 1
+        assert _loaded(c) == ["smollm2:latest"] and len(srv.runner_pids()) == 1
         gone = _until(lambda: _loaded(c) == [], within=30)
         assert gone is not None, "still loaded 30 s after a 3 s keep_alive"
         idle = time.monotonic() - answered
         assert 2.5 <= idle <= 30, f"unloaded {idle:.1f} s after the request (keep_alive 3s)"
-        assert _until(lambda: _runner_pids(srv) == [], within=10) is not None  # the process is gone too
+        assert _until(lambda: srv.runner_pids() == [], within=10) is not None  # the process is gone too
         # "-1" (forever) keeps it, 0 unloads as soon as the request ends.
         c.post("/api/generate", json={"model": "smollm2", "keep_alive": -1})
         ps = c.get("/api/ps").json()["models"]
@@ -84,12 +68,12 @@ def test_lru_eviction_between_two_models(start_server: Any, smollm2_gguf: Path, 
         create_from_gguf(c, "gemma", gemma3_gguf)
         assert c.post("/api/generate", json={"model": "smollm2", **body}).status_code == 200
         assert _loaded(c) == ["smollm2:latest"]
-        [smollm2_runner] = _runner_pids(srv)
+        [smollm2_runner] = srv.runner_pids()
         r = c.post("/api/generate", json={"model": "gemma", **body})
         assert r.status_code == 200, r.text
         assert r.json()["load_duration"] > 0
         assert _loaded(c) == ["gemma:latest"]  # only one fits: the other one was unloaded first
-        [gemma_runner] = _runner_pids(srv)
+        [gemma_runner] = srv.runner_pids()
         assert gemma_runner != smollm2_runner and not Path(f"/proc/{smollm2_runner}/cmdline").exists()
         r = c.post("/api/generate", json={"model": "smollm2", **body})
         assert r.status_code == 200 and _loaded(c) == ["smollm2:latest"]

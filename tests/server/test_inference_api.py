@@ -221,7 +221,7 @@ def test_errors(smollm2_server: ServerProcess) -> None:
 def test_runner_killed_mid_stream(smollm2_server: ServerProcess) -> None:
     with smollm2_server.client() as c:
         generate(c, prompt="hi", options={"num_predict": 1})
-        pids = _runner_pids(smollm2_server)
+        pids = smollm2_server.runner_pids()
         assert pids
         lines = []
         body = {
@@ -295,23 +295,6 @@ def test_queue_overflow_is_503(start_server: object, smollm2_gguf: Path) -> None
         t.join()
     assert 503 in statuses and 200 in statuses
     assert {"error": "server busy, please try again.  maximum pending requests exceeded"} in bodies
-
-
-def _runner_pids(server: ServerProcess) -> list[int]:
-    """The runner processes started by ``server`` (its children running ``pollama.runner``)."""
-    assert server.process is not None
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        if b"pollama.runner" in cmdline and parent == server.process.pid:
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.parametrize("inputs", ["hello world", ["hello world", "goodbye moon"]])
