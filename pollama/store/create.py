@@ -22,6 +22,7 @@ from pollama.gguf import (
     file_type_name,
     human_number,
     is_gguf,
+    is_projector,
     read_gguf,
 )
 from pollama.names import ModelName, parse_name
@@ -191,7 +192,8 @@ def _layers_from_files(
             "importing safetensors models is not supported yet: convert the model "
             "to GGUF first (llama.cpp's convert_hf_to_gguf.py)"
         )
-    for name, digest in files.items():
+    for name in sorted(files):  # Ollama's order: by file name
+        digest = files[name]
         path = store.blobs.path(digest)
         if not reserved.add(digest):
             raise BlobNotFound(f'blob "{parse_digest(digest)}" not found')
@@ -201,11 +203,7 @@ def _layers_from_files(
         gguf = read_gguf(path)
         if adapter or gguf.kind == "adapter":
             media_type = MEDIA_ADAPTER
-        elif (
-            gguf.kind in ("projector", "mmproj")
-            or (not gguf.arch_value("block_count") and gguf.arch_value("vision.block_count"))
-            or gguf.architecture == "clip"
-        ):
+        elif is_projector(gguf):  # an mmproj file: its own layer, loaded next to the model
             media_type = MEDIA_PROJECTOR
         else:
             media_type = MEDIA_MODEL
@@ -228,10 +226,10 @@ def _config_for(base: list[_BaseLayer], inherited: ModelConfig, request: CreateR
         gguf = item.gguf
         if gguf is None:
             continue
+        if item.layer.media_type != MEDIA_MODEL:
+            continue  # a projector's (``clip``) or an adapter's architecture is not a family
         config.model_format = config.model_format or "gguf"
         families.append(gguf.architecture)
-        if item.layer.media_type != MEDIA_MODEL:
-            continue
         config.model_family = config.model_family or gguf.architecture
         config.model_type = config.model_type or human_number(gguf.parameter_count)
         config.file_type = config.file_type or file_type_name(gguf)
