@@ -107,6 +107,8 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     with store.reserve() as reserved:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
+            if request.files:  # e.g. FROM an installed model plus FROM ./mmproj.gguf
+                yield from _projectors_onto(store, request.files, base, reserved)
         elif request.files:
             base, inherited = [], ModelConfig()
             yield from _layers_from_files(store, request.files, base, reserved, adapter=False)
@@ -210,6 +212,18 @@ def _layers_from_files(
         canonical = parse_digest(digest)
         layer = Layer(media_type, canonical, path.stat().st_size, from_=str(path))
         base.append(_BaseLayer(layer, gguf, f"using existing layer {canonical}"))
+
+
+def _projectors_onto(
+    store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation
+) -> Iterator[Progress]:
+    """Put the projectors among ``files`` in place of the base model's own (Ollama ignores ``files``
+    when ``from`` is set, which would drop a projector named next to an installed model)."""
+    uploaded: list[_BaseLayer] = []
+    yield from _layers_from_files(store, files, uploaded, reserved, adapter=False)
+    projectors = [item for item in uploaded if item.layer.media_type == MEDIA_PROJECTOR]
+    if projectors:
+        base[:] = [item for item in base if item.layer.media_type != MEDIA_PROJECTOR] + projectors
 
 
 def _config_for(base: list[_BaseLayer], inherited: ModelConfig, request: CreateRequest) -> ModelConfig:

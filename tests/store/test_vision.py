@@ -141,3 +141,28 @@ def test_projector_info_keeps_every_key_and_counts_parameters(vision_files: Visi
     assert info["clip.has_vision_encoder"] is True
     assert (info["clip.vision.embedding_length"], info["clip.vision.projection_dim"]) == (32, 64)
     assert info["clip.vision.image_mean"] == [0.5, 0.5, 0.5]
+
+
+def test_a_projector_file_next_to_an_installed_model_is_added(store: ModelStore, vision_files: VisionFiles) -> None:
+    """``FROM textmodel`` + ``FROM ./mmproj.gguf``: the CLI sends ``from`` and ``files``; the
+    projector joins the installed model's layers instead of being dropped."""
+    model_files = {vision_files.model.name: _upload(store, vision_files.model)}
+    list(create_model(store, CreateRequest(name=parse_name("text"), files=model_files)))
+    assert store.load(parse_name("text")).projectors == []
+    projector_files = {vision_files.projector.name: _upload(store, vision_files.projector)}
+    statuses = [
+        p.status
+        for p in create_model(store, CreateRequest(name=parse_name("seeing"), from_="text", files=projector_files))
+    ]
+    assert statuses == [
+        "parsing GGUF",
+        f"using existing layer {MODEL_SHA}",
+        f"using existing layer {PROJECTOR_SHA}",
+        "writing manifest",
+        "success",
+    ]
+    seeing = store.load(parse_name("seeing"))
+    assert [layer.media_type for layer in seeing.manifest.layers] == [MEDIA_MODEL, MEDIA_PROJECTOR]
+    assert seeing.projectors == [store.blobs.path(PROJECTOR_SHA)]
+    assert model_capabilities(seeing, read_model_gguf(seeing)) == ["completion", "vision"]
+    assert seeing.config.model_families == ["gemma3"]
