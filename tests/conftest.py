@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -252,3 +253,29 @@ def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
             with package_file(distribution, relative).open("rb") as part:
                 shutil.copyfileobj(part, out, 4 << 20)
     return path
+
+
+VISION_FILES = ("tiny-gemma3-vision-f16.gguf", "mmproj-tiny-gemma3-vision-f16.gguf", "shapes.png", "stripes.png")
+
+
+@dataclass(frozen=True)
+class VisionFiles:
+    """The tiny random-weight Gemma 3 vision model (``../shared/testdata/vision/README.md``)."""
+
+    model: Path  # text GGUF, general.architecture gemma3
+    projector: Path  # mmproj GGUF, general.architecture clip, clip.projector_type gemma3
+    shapes: Path  # 64x64 PNG
+    stripes: Path  # 48x32 PNG
+
+
+@pytest.fixture(scope="session")
+def vision_files() -> VisionFiles:
+    """The vision test assets, found like the conformance corpora: ``$POLLAMA_VISION_DIR``, then
+    ``../shared/testdata/vision`` next to the checkout, then the copy in ``tests/data/vision``."""
+    repo = Path(__file__).resolve().parents[1]
+    places = [Path(p) for p in [os.environ.get("POLLAMA_VISION_DIR", "")] if p]
+    places += [repo.parent / "shared" / "testdata" / "vision", repo / "tests" / "data" / "vision"]
+    for place in places:
+        if all((place / name).is_file() for name in VISION_FILES):
+            return VisionFiles(*(place / name for name in VISION_FILES))
+    raise FileNotFoundError(f"vision test files not found in {', '.join(map(str, places))}")

@@ -32,7 +32,12 @@ from pollama.errors import PollamaError
 
 THINK_LEVELS = ("high", "medium", "low", "max")
 _MAX_ATTACHMENT = 100 * 1024 * 1024
-ATTACHMENT_PATTERN = re.compile(r"(?:[a-zA-Z]:)?(?:\./|/|\\)[\S\\ ]+?\.(?i:jpg|jpeg|png|webp|wav)\b")
+_MEDIA_EXT = r"\.(?i:jpg|jpeg|png|webp|wav)\b"
+# Ollama's pattern (file:// URLs; paths from /, ./, .\, \ or a drive letter, spaces allowed), plus
+# ../ and ~/ (or ~user/), which Ollama's would cut short or miss.
+ATTACHMENT_PATTERN = re.compile(
+    rf"(?:file://\S+?{_MEDIA_EXT})|(?:(?:[a-zA-Z]:)?(?:~[^\s/\\'\"]*/|\.\./|\./|\.\\|/|\\)[\S\\ ]+?{_MEDIA_EXT})"
+)
 _UNESCAPES = (
     ("\\ ", " "),
     ("\\(", "("),
@@ -316,6 +321,22 @@ def _unescape(path: str) -> str:
     return path
 
 
+def _normalize(typed: str) -> str:
+    """Ollama's ``NormalizePath``: quotes trimmed, shell escapes undone, ``file://`` URLs made paths."""
+    path = _unescape(typed.strip('"'))
+    if path[:7].lower() == "file://":
+        from urllib.parse import unquote, urlsplit
+
+        url = urlsplit(path)
+        if url.netloc in ("", "localhost"):
+            return unquote(url.path)
+    return path
+
+
+def _open_path(path: str) -> Path:
+    return Path(path).expanduser()
+
+
 def _sniff(head: bytes) -> str:
     """The few answers of Go's ``http.DetectContentType`` that matter here."""
     if head.startswith(b"\xff\xd8\xff"):
@@ -333,34 +354,83 @@ def _sniff(head: bytes) -> str:
     return "text/plain; charset=utf-8"
 
 
+def _looks_typed(text: str, start: int) -> bool:
+    """Whether a match starts a word (not the middle of ``https://host/a.png``): then a missing
+    file is an error rather than text."""
+    return start == 0 or text[start - 1].isspace() or text[start - 1] in "'\"("
+
+
+def _find(text: str) -> tuple[list[tuple[str, str, Path]], list[str]]:
+    """The attachments named in ``text`` as ``(typed, normalized, path)``, and the missing paths.
+
+    A match that is not a file may have swallowed words before the real path (``the file /x and
+    ./a.png``: the pattern allows spaces), so later starts inside it are tried before giving up.
+    """
+    found: list[tuple[str, str, Path]] = []
+    missing: list[str] = []
+    pos = 0
+    while (match := ATTACHMENT_PATTERN.search(text, pos)) is not None:
+        start = match.start()
+        hit = None
+        while (candidate := ATTACHMENT_PATTERN.search(text, start)) is not None and candidate.start() < match.end():
+            if _open_path(_normalize(candidate.group(0))).is_file():
+                hit = candidate
+                break
+            start = candidate.start() + 1
+        if hit is not None:
+            typed = hit.group(0)
+            normalized = _normalize(typed)
+            found.append((typed, normalized, _open_path(normalized)))
+            pos = hit.end()
+        else:
+            if _looks_typed(text, match.start()):
+                missing.append(_normalize(match.group(0)))
+            pos = match.end()
+    return found, missing
+
+
 def attachment_paths(text: str) -> list[tuple[str, Path]]:
-    """Paths of existing files named in ``text`` (as typed, and unescaped)."""
-    found = []
-    for typed in ATTACHMENT_PATTERN.findall(text):
-        path = Path(_unescape(typed)).expanduser()
-        if path.is_file():
-            found.append((typed, path))
-    return found
+    """Paths of existing files named in ``text`` (as typed, and where they are)."""
+    return [(typed, path) for typed, _, path in _find(text)[0]]
+
+
+def _file_error(path: str, reason: str) -> RunError:
+    from pollama.template.gostrconv import quote
+
+    return RunError(f"couldn't process file {quote(path)}: {reason}")
 
 
 def extract_attachments(text: str) -> tuple[str, list[str]]:
-    """Take image/audio file paths out of ``text``: returns the remaining text and the files as base64."""
-    data: list[str] = []
-    for typed, path in attachment_paths(text):
-        with path.open("rb") as fh:
-            head = fh.read(512)
-        kind = _sniff(head)
-        if kind not in ("image/jpeg", "image/png", "image/webp", "audio/wave"):
-            raise RunError(f"invalid file type: {kind}")
-        if path.stat().st_size > _MAX_ATTACHMENT:
-            raise RunError("file size exceeds maximum limit (100MB)")
-        label = "audio" if kind.startswith("audio/") else "image"
-        plain = _unescape(typed)
-        print(f"Added {label} '{plain}'", file=sys.stderr)
-        for form in (f"'{plain}'", f"'{typed}'", typed):
+    """Take image/audio file paths out of ``text``: returns the remaining text and the files as base64.
+
+    Prints ``Added image '<path>'`` (or ``audio``) on stderr for each, as Ollama does. A path that
+    names no file, a file that is not JPEG/PNG/WebP/WAV, or one over 100 MB is a ``RunError``
+    (``couldn't process file "<path>": ...``), raised before anything is printed or sent.
+    """
+    found, missing = _find(text)
+    if missing:
+        raise _file_error(missing[0], f"open {missing[0]}: no such file or directory")
+    loaded: list[tuple[str, str, str, bytes]] = []
+    for typed, normalized, path in found:
+        try:
+            with path.open("rb") as fh:
+                kind = _sniff(fh.read(512))
+                if kind not in ("image/jpeg", "image/png", "image/webp", "audio/wave"):
+                    raise _file_error(normalized, f"invalid file type: {kind}")
+                if path.stat().st_size > _MAX_ATTACHMENT:
+                    raise _file_error(normalized, "file size exceeds maximum limit (100MB)")
+                fh.seek(0)
+                data = fh.read()
+        except OSError as exc:
+            raise _file_error(normalized, f"open {normalized}: {(exc.strerror or str(exc)).lower()}") from None
+        loaded.append((typed, normalized, "audio" if kind.startswith("audio/") else "image", data))
+    images: list[str] = []
+    for typed, normalized, label, data in loaded:
+        print(f"Added {label} '{normalized}'", file=sys.stderr)
+        for form in (f"'{normalized}'", f"'{typed}'", f'"{normalized}"', f'"{typed}"', typed):
             text = text.replace(form, "")
-        data.append(base64.b64encode(path.read_bytes()).decode("ascii"))
-    return text.strip(), data
+        images.append(base64.b64encode(data).decode("ascii"))
+    return text.strip(), images
 
 
 def check_attachments(opts: RunOptions, text: str) -> None:

@@ -22,6 +22,24 @@ def _head(text: str, n: int) -> list[list[str]]:
     return rows
 
 
+def _projector_rows(projector: dict[str, Any]) -> list[list[str]]:
+    """Ollama's Projector rows: architecture, parameters, then the vision (else audio) encoder's
+    embedding length and projection dimensions, each only when the projector's metadata has it."""
+    arch = str(projector.get("general.architecture", ""))
+    rows: list[list[str]] = []
+    if arch:
+        rows.append(["architecture", arch])
+    if isinstance(projector.get("general.parameter_count"), int | float):
+        rows.append(["parameters", human_number(int(projector["general.parameter_count"]))])
+    for key, label in (("embedding_length", "embedding length"), ("projection_dim", "dimensions")):
+        for modality in ("vision", "audio"):
+            value = projector.get(f"{arch}.{modality}.{key}")
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                rows.append([label, _number(value)])
+                break
+    return rows
+
+
 def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
     """The text Ollama's ``show`` prints for an ``/api/show`` response."""
     details = resp.get("details") or {}
@@ -49,14 +67,7 @@ def render_show(resp: dict[str, Any], *, verbose: bool = False) -> str:
         out += section("Capabilities", [[c] for c in resp["capabilities"]])
     projector = resp.get("projector_info")
     if projector:
-        arch = str(projector.get("general.architecture", ""))
-        prow = [["architecture", arch]]
-        if "general.parameter_count" in projector:
-            prow.append(["parameters", human_number(int(projector["general.parameter_count"]))])
-        for key, label in (("vision.embedding_length", "embedding length"), ("vision.projection_dim", "dimensions")):
-            if f"{arch}.{key}" in projector:
-                prow.append([label, _number(projector[f"{arch}.{key}"])])
-        out += section("Projector", prow)
+        out += section("Projector", _projector_rows(projector))
     if resp.get("parameters"):
         prows = [line.split() for line in str(resp["parameters"]).splitlines() if line.strip()]
         out += section("Parameters", prows)

@@ -54,15 +54,52 @@ def gguf_capabilities(gguf: GGUFFile) -> set[str]:
     return caps
 
 
+def is_projector(gguf: GGUFFile) -> bool:
+    """Whether a GGUF file is a multimodal projector (an ``mmproj``), by Ollama's rules at create time.
+
+    ``general.type`` says so (``projector``/``mmproj``); or the file has vision layers but no text
+    layers (``<arch>.vision.block_count`` without ``<arch>.block_count``); or it is a ``clip`` file
+    without text layers that declares a vision or audio encoder (``clip.has_vision_encoder``).
+    """
+    if gguf.kind in ("projector", "mmproj"):
+        return True
+    if _uint(gguf.arch_value("block_count")) == 0 and _uint(gguf.arch_value("vision.block_count")) > 0:
+        return True
+    return (
+        gguf.architecture == "clip"
+        and _uint(gguf.arch_value("block_count")) == 0
+        and (gguf.arch_value("has_vision_encoder") is True or gguf.arch_value("has_audio_encoder") is True)
+    )
+
+
+def _uint(value: Any) -> int:
+    """A metadata value read as Go's ``KV.Uint``: an integer, else 0."""
+    return int(value) if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
 def model_info(gguf: GGUFFile, *, verbose: bool = False) -> dict[str, Any]:
     """The ``model_info`` object of ``/api/show``: every key but the name and chat template.
 
     Arrays longer than 5 elements become ``[]`` unless ``verbose`` (then ``gguf`` must have been
     read with ``arrays="all"``). ``general.parameter_count`` is added.
     """
+    return _info(gguf, verbose=verbose, drop=("general.name", "tokenizer.chat_template"))
+
+
+def projector_info(gguf: GGUFFile, *, verbose: bool = False) -> dict[str, Any]:
+    """The ``projector_info`` object of ``/api/show`` for a projector GGUF.
+
+    Like ``model_info`` but nothing is dropped (Ollama removes ``general.name`` only from the
+    model's own info): ``general.architecture`` (``clip``), ``clip.vision.*``, ``clip.projector_type``
+    and the computed ``general.parameter_count``.
+    """
+    return _info(gguf, verbose=verbose, drop=())
+
+
+def _info(gguf: GGUFFile, *, verbose: bool, drop: tuple[str, ...]) -> dict[str, Any]:
     info: dict[str, Any] = {}
     for key, value in gguf.metadata.items():
-        if key in ("general.name", "tokenizer.chat_template"):
+        if key in drop:
             continue
         if isinstance(value, SkippedArray) or (isinstance(value, list) and len(value) > 5 and not verbose):
             value = []

@@ -22,6 +22,7 @@ from pollama.gguf import (
     file_type_name,
     human_number,
     is_gguf,
+    is_projector,
     read_gguf,
 )
 from pollama.names import ModelName, parse_name
@@ -106,6 +107,8 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     with store.reserve() as reserved:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
+            if request.files:  # e.g. FROM an installed model plus FROM ./mmproj.gguf
+                yield from _projectors_onto(store, request.files, base, reserved)
         elif request.files:
             base, inherited = [], ModelConfig()
             yield from _layers_from_files(store, request.files, base, reserved, adapter=False)
@@ -191,7 +194,8 @@ def _layers_from_files(
             "importing safetensors models is not supported yet: convert the model "
             "to GGUF first (llama.cpp's convert_hf_to_gguf.py)"
         )
-    for name, digest in files.items():
+    for name in sorted(files):  # Ollama's order: by file name
+        digest = files[name]
         path = store.blobs.path(digest)
         if not reserved.add(digest):
             raise BlobNotFound(f'blob "{parse_digest(digest)}" not found')
@@ -201,17 +205,25 @@ def _layers_from_files(
         gguf = read_gguf(path)
         if adapter or gguf.kind == "adapter":
             media_type = MEDIA_ADAPTER
-        elif (
-            gguf.kind in ("projector", "mmproj")
-            or (not gguf.arch_value("block_count") and gguf.arch_value("vision.block_count"))
-            or gguf.architecture == "clip"
-        ):
+        elif is_projector(gguf):  # an mmproj file: its own layer, loaded next to the model
             media_type = MEDIA_PROJECTOR
         else:
             media_type = MEDIA_MODEL
         canonical = parse_digest(digest)
         layer = Layer(media_type, canonical, path.stat().st_size, from_=str(path))
         base.append(_BaseLayer(layer, gguf, f"using existing layer {canonical}"))
+
+
+def _projectors_onto(
+    store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation
+) -> Iterator[Progress]:
+    """Put the projectors among ``files`` in place of the base model's own (Ollama ignores ``files``
+    when ``from`` is set, which would drop a projector named next to an installed model)."""
+    uploaded: list[_BaseLayer] = []
+    yield from _layers_from_files(store, files, uploaded, reserved, adapter=False)
+    projectors = [item for item in uploaded if item.layer.media_type == MEDIA_PROJECTOR]
+    if projectors:
+        base[:] = [item for item in base if item.layer.media_type != MEDIA_PROJECTOR] + projectors
 
 
 def _config_for(base: list[_BaseLayer], inherited: ModelConfig, request: CreateRequest) -> ModelConfig:
@@ -228,10 +240,10 @@ def _config_for(base: list[_BaseLayer], inherited: ModelConfig, request: CreateR
         gguf = item.gguf
         if gguf is None:
             continue
+        if item.layer.media_type != MEDIA_MODEL:
+            continue  # a projector's (``clip``) or an adapter's architecture is not a family
         config.model_format = config.model_format or "gguf"
         families.append(gguf.architecture)
-        if item.layer.media_type != MEDIA_MODEL:
-            continue
         config.model_family = config.model_family or gguf.architecture
         config.model_type = config.model_type or human_number(gguf.parameter_count)
         config.file_type = config.file_type or file_type_name(gguf)

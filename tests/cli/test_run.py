@@ -465,49 +465,35 @@ def test_ctrl_c_stops_a_one_shot_answer(smollm2_server: ServerProcess) -> None:
     assert not (child.before or "").endswith("\r\n\r\n")  # cut short: no closing blank line
 
 
-def test_images_go_to_a_vision_model(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
-) -> None:
-    """No vision GGUF ships with the test packages, so the server side is faked at the HTTP seam."""
-    import base64
-
-    from pollama.cli._run import run_command
-
-    image = _png(tmp_path / "a dot.png")
-    seen: list[dict[str, object]] = []
-
-    def handler(request: httpx.Request) -> httpx.Response:
-        if request.url.path == "/api/show":
-            return httpx.Response(200, json={"capabilities": ["completion", "vision"], "details": {}})
-        seen.append(json.loads(request.content))
-        return httpx.Response(200, content=b'{"response":"A red dot.","done":false}\n{"response":"","done":true}\n')
-
-    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
-    escaped = str(image).replace(" ", "\\ ")
-    assert run_command(_fake_client(handler), _run_args("v", f"What is in {escaped} ?")) == 0  # type: ignore[arg-type]
-    captured = capsys.readouterr()
-    assert captured.out == "A red dot.\n\n"
-    assert captured.err == f"Added image '{image}'\n"
-    # the path is cut out of the prompt (Ollama leaves the surrounding spaces as they were)
-    assert seen == [
-        {
-            "model": "v",
-            "prompt": "What is in  ?",
-            "stream": True,
-            "images": [base64.b64encode(image.read_bytes()).decode()],
-        }
-    ]
-
-
 def test_attachments_are_checked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Unit rules of the extraction (the real CLI path is in ``test_vision.py``)."""
     from pollama.cli._run import RunError, extract_attachments
 
     text = tmp_path / "notes.png"
     text.write_text("not an image")
-    with pytest.raises(RunError, match="^invalid file type: text/plain; charset=utf-8$"):
+    with pytest.raises(
+        RunError, match=r'^couldn\'t process file ".*notes.png": invalid file type: text/plain; charset=utf-8$'
+    ):
         extract_attachments(f"look at {text}")
     image = _png(tmp_path / "x.png")
-    prompt, images = extract_attachments(f"'{image}' and /no/such/file.png please")
-    assert prompt == "and /no/such/file.png please"
+    with pytest.raises(
+        RunError,
+        match=r'^couldn\'t process file "/no/such/file.png": open /no/such/file.png: no such file or directory$',
+    ):
+        extract_attachments(f"'{image}' and /no/such/file.png please")
+    assert capsys.readouterr().err == ""  # nothing is added when one of the files fails
+    # part of a URL is not a path: left as text
+    prompt, images = extract_attachments(f"'{image}' like https://example.com/logo.png please")
+    assert prompt == "like https://example.com/logo.png please"
     assert len(images) == 1
     assert capsys.readouterr().err == f"Added image '{image}'\n"
+    # words swallowed before the real path (the pattern allows spaces) do not hide it
+    prompt, images = extract_attachments(f"the file /etc/nothing and {image} now")
+    assert prompt == "the file /etc/nothing and  now"
+    assert len(images) == 1
+    # ../ and shell escapes
+    (tmp_path / "sub").mkdir()
+    spaced = _png(tmp_path / "a b(1).png")
+    prompt, images = extract_attachments(f"{tmp_path}/sub/../a\\ b\\(1\\).png ok")
+    assert (prompt, len(images)) == ("ok", 1)
+    assert capsys.readouterr().err.endswith(f"Added image '{tmp_path}/sub/../{spaced.name}'\n")

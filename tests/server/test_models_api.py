@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, VisionFiles
 
 
 def file_digest(path: Path) -> str:
@@ -450,3 +450,68 @@ def test_upload_abandoned_by_the_client_leaves_nothing(server: ServerProcess) ->
     with server.client() as c:
         assert c.head(f"/api/blobs/{digest}").status_code == 404
         assert c.get("/api/tags").status_code == 200
+
+
+def test_create_a_vision_model_from_two_files_and_show_it(server: ServerProcess, vision_files: VisionFiles) -> None:
+    """``files`` with the model GGUF and its mmproj: a projector layer, ``vision``, ``projector_info``."""
+    with server.client() as c:
+        files = {p.name: upload(c, p) for p in (vision_files.model, vision_files.projector)}
+        r = c.post("/api/create", json={"model": "tinyvision", "files": files, "stream": False})
+        assert r.status_code == 200, r.text
+        assert r.json() == {"status": "success"}
+        manifest = json.loads((server.models / "manifests/registry.ollama.ai/library/tinyvision/latest").read_text())
+        assert [(layer["mediaType"], layer["digest"]) for layer in manifest["layers"]] == [
+            ("application/vnd.ollama.image.projector", files[vision_files.projector.name]),
+            ("application/vnd.ollama.image.model", files[vision_files.model.name]),
+        ]
+
+        show = c.post("/api/show", json={"model": "tinyvision"}).json()
+        assert show["capabilities"] == ["completion", "vision"]
+        assert show["details"]["family"] == "gemma3"
+        assert show["details"]["families"] == ["gemma3"]
+        assert show["details"]["parameter_size"] == "256K"
+        assert "general.name" not in show["model_info"]
+        info = show["projector_info"]
+        assert info == {
+            "general.architecture": "clip",
+            "general.type": "mmproj",
+            "general.name": "tiny-gemma3-vision",
+            "general.size_label": "46K",
+            "general.file_type": 1,
+            "clip.has_vision_encoder": True,
+            "clip.vision.projection_dim": 64,
+            "clip.vision.image_size": 224,
+            "clip.vision.patch_size": 14,
+            "clip.vision.embedding_length": 32,
+            "clip.vision.feed_forward_length": 64,
+            "clip.vision.block_count": 2,
+            "clip.vision.attention.head_count": 2,
+            "clip.vision.image_mean": [0.5, 0.5, 0.5],
+            "clip.vision.image_std": [0.5, 0.5, 0.5],
+            "clip.projector_type": "gemma3",
+            "clip.vision.attention.layer_norm_epsilon": 1e-06,
+            "clip.use_gelu": True,
+            "general.quantization_version": 2,
+            "general.parameter_count": 46272,
+        }
+        blobs = server.models / "blobs"
+        model_blob = blobs / files[vision_files.model.name].replace(":", "-")
+        projector_blob = blobs / files[vision_files.projector.name].replace(":", "-")
+        assert f"\nFROM {model_blob}\nFROM {projector_blob}\n" in show["modelfile"]
+
+        # a model made from it keeps the projector
+        r = c.post("/api/create", json={"model": "derived", "from": "tinyvision", "stream": False})
+        assert r.status_code == 200, r.text
+        derived = c.post("/api/show", json={"model": "derived"}).json()
+        assert derived["capabilities"] == ["completion", "vision"]
+        assert derived["projector_info"] == info
+
+
+def test_a_model_file_alone_has_no_projector(server: ServerProcess, vision_files: VisionFiles) -> None:
+    with server.client() as c:
+        files = {vision_files.model.name: upload(c, vision_files.model)}
+        r = c.post("/api/create", json={"model": "textonly", "files": files, "stream": False})
+        assert r.status_code == 200, r.text
+        show = c.post("/api/show", json={"model": "textonly"}).json()
+        assert show["capabilities"] == ["completion"]
+        assert "projector_info" not in show

@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
 from pollama.errors import InvalidModelName, InvalidRequest, ModelNotFound
-from pollama.gguf import model_info, read_gguf, tensor_list
+from pollama.gguf import model_info, projector_info, read_gguf, tensor_list
 from pollama.names import parse_name
 from pollama.server.context import body_schema, context
 from pollama.server.ollama_types import CopyRequest, CreateRequest, DeleteRequest, ShowRequest
@@ -140,10 +140,10 @@ def describe_model(model: StoredModel, req: ShowRequest) -> dict[str, Any]:
         resp["requires"] = model.config.requires
     if model.messages:
         resp["messages"] = [{"role": m.get("role", ""), "content": m.get("content", "")} for m in model.messages]
-    if model.projectors:
+    if model.projectors:  # the first projector's metadata, as Ollama shows it (general.name kept)
         try:
             projector = read_gguf(model.projectors[0], arrays="all" if req.verbose else "small")
-            resp["projector_info"] = model_info(projector, verbose=req.verbose)
+            resp["projector_info"] = projector_info(projector, verbose=req.verbose)
         except (OSError, ValueError):
             pass
     if req.verbose and gguf is not None:
