@@ -236,3 +236,22 @@ def gemma3_gguf(tmp_path_factory: pytest.TempPathFactory) -> Path:
             with package_file(distribution, relative).open("rb") as part:
                 shutil.copyfileobj(part, out, 4 << 20)
     return path
+
+
+VISION_FILES = ("tiny-gemma3-vision-f16.gguf", "mmproj-tiny-gemma3-vision-f16.gguf", "shapes.png", "stripes.png")
+
+
+@pytest.fixture(scope="session")
+def vision_testdata() -> Path:
+    """The folder with the tiny Gemma 3 vision model, its projector and two PNGs (README.md there).
+
+    Looked up in ``$POLLAMA_VISION_TESTDATA``, then ``shared/testdata/vision`` next to the checkout or
+    next to its parent folder (a worktree); missing files fail the test instead of skipping it.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    places = [Path(p) for p in [os.environ.get("POLLAMA_VISION_TESTDATA", "")] if p]
+    places += [base / "shared" / "testdata" / "vision" for base in (repo.parent, repo.parent.parent)]
+    for place in places:
+        if all((place / name).is_file() for name in VISION_FILES):
+            return place
+    pytest.fail(f"vision test data not found in {', '.join(map(str, places))}")

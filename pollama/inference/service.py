@@ -17,6 +17,7 @@ from typing import cast
 from pollama.config import Settings
 from pollama.inference.embedding import finish_vectors, fit_input, input_limit
 from pollama.inference.generation import stream_chunks
+from pollama.inference.media import place_images
 from pollama.inference.model import (
     ModelCatalog,
     ModelInfo,
@@ -122,7 +123,8 @@ class InferenceService:
                 tool_tag=prompt.tool_tag,
                 tools=req.tools,
             )
-            params = completion_params(req, prompt.text, options)
+            text, images = place_images(prompt, vision="vision" in info.capabilities)
+            params = completion_params(req, text, options, images)
             chunks = stream_chunks(runner, params, parser, started=started, load_duration=load_duration)
             async with aclosing(chunks):
                 async for chunk in chunks:
