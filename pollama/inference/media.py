@@ -36,8 +36,9 @@ def image_kind(head: bytes) -> str | None:
 def check_images(images: Iterable[str]) -> None:
     """Refuse an image (standard base64) whose bytes are not a PNG, JPEG, GIF or WebP file."""
     for i, image in enumerate(images, start=1):
+        start = image[: _SNIFF_CHARS * 4].replace("\r", "").replace("\n", "")  # Go's decoder skips line breaks
         try:
-            head = base64.b64decode(image[:_SNIFF_CHARS])
+            head = base64.b64decode(start[:_SNIFF_CHARS])
         except (binascii.Error, ValueError):
             head = b""
         if image_kind(head) is None:
