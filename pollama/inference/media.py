@@ -5,7 +5,8 @@ involved, and the prompt with one media marker per image, in the order the runne
 an image get a fast 400 instead of a failure inside libmtmd. ``place_images`` turns a rendered
 prompt into the runner's ``prompt`` and ``images``: Ollama's ``[img-N]`` tags (Go templates, raw
 prompts) become ``MEDIA_MARKER`` and image N is sent where its tag stands (a tag may repeat); a
-Jinja chat template has already written the markers, in the order of its images.
+Jinja chat template has already written the markers, in the order of its images. ``runner_images``
+re-encodes WebP images as PNG, which libmtmd can read.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Iterable
 from pollama.errors import InvalidRequest
 from pollama.template.builder import IMAGE_TAG, MEDIA_MARKER, RenderedPrompt
 
+_NOT_AN_IMAGE = "unsupported or invalid image data (expected PNG, JPEG, GIF or WebP)"
 _SNIFF_CHARS = 16  # base64 characters enough for the 12 bytes every signature below needs
 
 
@@ -42,7 +44,34 @@ def check_images(images: Iterable[str]) -> None:
         except (binascii.Error, ValueError):
             head = b""
         if image_kind(head) is None:
-            raise InvalidRequest(f"image {i}: unsupported or invalid image data (expected PNG, JPEG, GIF or WebP)")
+            raise InvalidRequest(f"image {i}: {_NOT_AN_IMAGE}")
+
+
+MAX_PIXELS = 50_000_000
+"""The most pixels a WebP image may have to be re-encoded (a small file may claim a huge canvas)."""
+
+
+def runner_images(images: list[bytes]) -> list[bytes]:
+    """``images`` as the runner reads them: WebP re-encoded as PNG (as Ollama does: libmtmd's image
+    decoder reads PNG, JPEG and GIF but not WebP), the rest unchanged. Slow for a big image: call it
+    in a worker thread. Raises ``InvalidRequest`` for a WebP file that cannot be decoded."""
+    return [_webp_to_png(image, n) if image_kind(image[:12]) == "webp" else image for n, image in enumerate(images, 1)]
+
+
+def _webp_to_png(data: bytes, n: int) -> bytes:
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data), formats=["WEBP"]) as image:
+            if image.width * image.height > MAX_PIXELS:
+                raise InvalidRequest(f"image {n}: too large ({image.width}x{image.height} pixels)")
+            out = io.BytesIO()
+            image.save(out, format="PNG")
+            return out.getvalue()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
+        raise InvalidRequest(f"image {n}: {_NOT_AN_IMAGE}") from None
 
 
 def place_images(prompt: RenderedPrompt, *, vision: bool) -> tuple[str, list[bytes]]:

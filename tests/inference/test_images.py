@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -264,3 +266,28 @@ def test_generate_without_a_prompt_only_loads_and_ignores_images(
     (chunks,) = run(make_service, CompletionRequest(model="v", endpoint="generate", images=[PNG64]))
     assert [(c.done, c.done_reason) for c in chunks] == [(True, "load")]
     assert sent(runners) == []
+
+
+def test_webp_is_re_encoded_as_png_for_the_runner(
+    install: Install, make_service: MakeService, runners: Runners, vision_testdata: Path
+) -> None:
+    from PIL import Image
+
+    with Image.open(vision_testdata / "shapes.png") as png:
+        pixels = png.convert("RGB").tobytes()
+        out = io.BytesIO()
+        png.save(out, format="WEBP", lossless=True)
+    webp = out.getvalue()
+    broken = webp[:40]  # a WebP header with its image data cut off
+    install("v", template=CHATML, projector=True)
+    _, error = run(
+        make_service,
+        chat({"role": "user", "content": "x", "images": [base64.b64encode(webp).decode(), PNG64]}),
+        chat({"role": "user", "content": "x", "images": [PNG64, base64.b64encode(broken).decode()]}),
+    )
+    (params,) = sent(runners)
+    assert params.images[1] == PNG and params.images[0].startswith(b"\x89PNG\r\n\x1a\n")
+    with Image.open(io.BytesIO(params.images[0])) as sent_png:
+        assert sent_png.convert("RGB").tobytes() == pixels
+    assert isinstance(error, InvalidRequest)
+    assert str(error) == "image 2: unsupported or invalid image data (expected PNG, JPEG, GIF or WebP)"
