@@ -52,24 +52,31 @@ def parse_format(value: Any) -> Any:
 # --- images -------------------------------------------------------------------------------------
 
 IMAGE_FETCH_TIMEOUT = 10.0
-"""Seconds an image URL may take to answer in full."""
+"""Seconds the image URLs of one request may take to answer in full, all of them together."""
 MAX_IMAGE_BYTES = 20 << 20
 """The largest image a URL may send."""
 
 
-async def inline_image(url: str, *, limit: float = IMAGE_FETCH_TIMEOUT, max_bytes: int = MAX_IMAGE_BYTES) -> str:
-    """``url`` as a ``data:`` URI when it is an ``http(s)`` URL (its body, fetched within ``limit``
-    seconds and ``max_bytes``), else unchanged. A URL that cannot be fetched is a 400 naming it."""
+def image_fetch_deadline() -> float:
+    """The deadline (``anyio.current_time()`` clock) for the image URLs of a request starting now."""
+    return anyio.current_time() + IMAGE_FETCH_TIMEOUT
+
+
+async def inline_image(url: str, *, deadline: float | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> str:
+    """``url`` as a ``data:`` URI when it is an ``http(s)`` URL (its body, fetched by ``deadline`` —
+    default ``image_fetch_deadline()`` — and at most ``max_bytes``), else unchanged. A URL that cannot
+    be fetched is a 400 naming it."""
     if not url.startswith(("http://", "https://")):
         return url
     failed = f"invalid image input: failed to fetch image URL {url}"
-    try:
-        with anyio.fail_after(limit):
-            body = await _fetch(url, limit, max_bytes, failed)
-    except TimeoutError:
-        raise InvalidRequest(f"{failed}: timed out after {limit:g} s") from None
-    except httpx.HTTPError as exc:
-        raise InvalidRequest(f"{failed}: {str(exc) or type(exc).__name__}") from None
+    body = b""
+    with anyio.CancelScope(deadline=image_fetch_deadline() if deadline is None else deadline) as scope:
+        try:
+            body = await _fetch(url, IMAGE_FETCH_TIMEOUT, max_bytes, failed)
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(f"{failed}: {str(exc) or type(exc).__name__}") from None
+    if scope.cancelled_caught:
+        raise InvalidRequest(f"{failed}: timed out")
     return "data:;base64," + base64.b64encode(body).decode("ascii")
 
 

@@ -9,7 +9,9 @@ import asyncio
 import base64
 import http.server
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -277,6 +279,27 @@ def test_an_image_url_becomes_a_data_uri_when_it_can_be_fetched(image_host: str,
     assert str(info.value) == (
         f"invalid image input: failed to fetch image URL {image_host}/shapes.png: larger than 100 bytes"
     )
+
+
+def test_image_urls_share_one_deadline() -> None:
+    import anyio
+
+    from pollama.errors import InvalidRequest
+    from pollama.server.common import inline_image
+
+    with socket.socket() as silent:  # accepts connections (backlog) and never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(4)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}/x.png"
+
+        async def fetch() -> str:
+            return await inline_image(url, deadline=anyio.current_time() + 0.3)
+
+        started = time.monotonic()
+        with pytest.raises(InvalidRequest) as info:
+            asyncio.run(fetch())
+        assert time.monotonic() - started < 5
+    assert str(info.value) == f"invalid image input: failed to fetch image URL {url}: timed out"
 
 
 def test_openai_image_url_is_fetched_and_reaches_the_model(vision_server: ServerProcess, image_host: str) -> None:

@@ -27,6 +27,7 @@ from pollama.server.common import (
     converted,
     first_chunk,
     go_type,
+    image_fetch_deadline,
     inline_image,
     parse_format,
     service,
@@ -144,7 +145,8 @@ def _part(role: str, part: Any) -> dict[str, Any]:
 
 async def inline_image_urls(messages: list[ChatMessage]) -> None:
     """Replace each ``image_url`` part's ``http(s)`` URL by a ``data:`` URI of what it serves
-    (``inline_image``: bounded in time and size; a URL that cannot be fetched is a 400)."""
+    (``inline_image``: all within one deadline, each bounded in size; a URL that cannot be fetched is a 400)."""
+    deadline = image_fetch_deadline()
     for msg in messages:
         if not isinstance(msg.content, list):
             continue
@@ -154,7 +156,7 @@ async def inline_image_urls(messages: list[ChatMessage]) -> None:
             image = part.get("image_url")
             url = image.get("url") if isinstance(image, dict) else image
             if isinstance(url, str) and url.startswith(("http://", "https://")):
-                part["image_url"] = {"url": await inline_image(url)}
+                part["image_url"] = {"url": await inline_image(url, deadline=deadline)}
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:

@@ -25,6 +25,7 @@ from pollama.server.common import (
     collect,
     converted,
     first_chunk,
+    image_fetch_deadline,
     inline_image,
     parse_format,
     service,
@@ -107,13 +108,14 @@ def _arguments(i: int, text: Any) -> dict[str, Any]:
 
 async def inline_image_urls(body: ResponsesRequest) -> None:
     """Replace each ``input_image`` part's ``http(s)`` URL by a ``data:`` URI of what it serves."""
+    deadline = image_fetch_deadline()
     for item in body.input if isinstance(body.input, list) else []:
         content = item.get("content") if isinstance(item, dict) else None
         for part in content if isinstance(content, list) else []:
             if isinstance(part, dict) and part.get("type") == "input_image":
                 url = part.get("image_url")
                 if isinstance(url, str) and url.startswith(("http://", "https://")):
-                    part["image_url"] = await inline_image(url)
+                    part["image_url"] = await inline_image(url, deadline=deadline)
 
 
 def input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
