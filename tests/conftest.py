@@ -279,3 +279,9 @@ def vision_files() -> VisionFiles:
         if all((place / name).is_file() for name in VISION_FILES):
             return VisionFiles(*(place / name for name in VISION_FILES))
     raise FileNotFoundError(f"vision test files not found in {', '.join(map(str, places))}")
+
+
+@pytest.fixture(scope="session")
+def vision_testdata(vision_files: VisionFiles) -> Path:
+    """The folder holding the vision test assets (see ``vision_files``)."""
+    return vision_files.model.parent

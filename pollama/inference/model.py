@@ -19,6 +19,7 @@ from pollama.errors import InvalidRequest, ModelNotFound, ParameterError, Pollam
 from pollama.gguf import GGUFFile, read_gguf
 from pollama.gguf.info import context_length, estimate_memory
 from pollama.inference.grammar import JSON_GRAMMAR
+from pollama.inference.media import check_images
 from pollama.inference.request import CompletionRequest
 from pollama.names import parse_name
 from pollama.runner.client import CompletionParams
@@ -136,6 +137,7 @@ def check_request(req: CompletionRequest, model: StoredModel, info: ModelInfo) -
         raise UnsupportedCapability(f'"{req.model}" does not support thinking')
     if req.image_count and "vision" not in caps:
         raise InvalidRequest("this model is missing data required for image input")
+    check_images([*req.images, *(image for m in req.messages for image in m.get("images") or [])])
 
 
 def merged_options(model: StoredModel, requested: dict[str, Any]) -> dict[str, Any]:
@@ -198,9 +200,12 @@ def load_spec(
     return dataclasses.replace(spec, estimated_memory=estimate)
 
 
-def completion_params(req: CompletionRequest, prompt: str, options: dict[str, Any]) -> CompletionParams:
-    """The runner's generation request: the prompt, the sampling options (the load-time ones went
-    into the ``LoadSpec``) and the output constraint ``format`` asks for."""
+def completion_params(
+    req: CompletionRequest, prompt: str, options: dict[str, Any], images: list[bytes] | None = None
+) -> CompletionParams:
+    """The runner's generation request: the prompt and its images (one media marker each), the
+    sampling options (the load-time ones went into the ``LoadSpec``) and the output constraint
+    ``format`` asks for."""
     return CompletionParams(
         prompt=prompt,
         options={k: v for k, v in options.items() if k not in _LOAD_OPTIONS},
@@ -211,4 +216,5 @@ def completion_params(req: CompletionRequest, prompt: str, options: dict[str, An
         return_tokens=req.endpoint == "generate" and not req.raw,
         grammar=JSON_GRAMMAR if req.format == "json" else None,
         json_schema=req.format if isinstance(req.format, dict) else None,
+        images=list(images or []),
     )

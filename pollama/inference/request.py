@@ -40,10 +40,11 @@ class CompletionRequest:
 
     @property
     def is_empty(self) -> bool:
-        """A request with nothing to generate from: it only loads (or unloads) the model."""
+        """A request with nothing to generate from: it only loads (or unloads) the model (a generate
+        request without a prompt ignores its images, as Ollama does)."""
         if self.endpoint == "chat":
             return not self.messages
-        return not self.prompt and not self.suffix and not self.images
+        return not self.prompt and not self.suffix
 
     @property
     def image_count(self) -> int:

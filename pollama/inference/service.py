@@ -14,9 +14,12 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from typing import cast
 
+import anyio.to_thread
+
 from pollama.config import Settings
 from pollama.inference.embedding import finish_vectors, fit_input, input_limit
 from pollama.inference.generation import stream_chunks
+from pollama.inference.media import place_images, runner_images
 from pollama.inference.model import (
     ModelCatalog,
     ModelInfo,
@@ -122,7 +125,10 @@ class InferenceService:
                 tool_tag=prompt.tool_tag,
                 tools=req.tools,
             )
-            params = completion_params(req, prompt.text, options)
+            text, images = place_images(prompt, vision="vision" in info.capabilities)
+            if images:
+                images = await anyio.to_thread.run_sync(runner_images, images)
+            params = completion_params(req, text, options, images)
             chunks = stream_chunks(runner, params, parser, started=started, load_duration=load_duration)
             async with aclosing(chunks):
                 async for chunk in chunks:

@@ -15,6 +15,7 @@ error events become domain errors by their kind (``pollama.runner.protocol``).
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -54,6 +55,8 @@ class CompletionParams:
     return_tokens: bool = False  # send the prompt's tokens back (Ollama's ``context``)
     grammar: str | None = None
     json_schema: dict[str, Any] | None = None
+    # Raw image files, one per media marker in ``prompt`` and in the markers' order.
+    images: list[bytes] = field(default_factory=list)
 
     def wire(self) -> dict[str, Any]:
         """The request line sent to the runner."""
@@ -71,6 +74,8 @@ class CompletionParams:
             body["grammar"] = self.grammar
         if self.json_schema is not None:
             body["json_schema"] = self.json_schema
+        if self.images:
+            body["images"] = [base64.b64encode(image).decode("ascii") for image in self.images]
         return body
 
 

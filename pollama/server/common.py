@@ -4,17 +4,20 @@ The inference service handle (``service``), ``format`` parsing, folding a non-st
 (``collect``: the one fold every API uses), starting a stream so that early errors still get a
 status code (``first_chunk``, ``converted``, ``close``), Server-Sent Events framing (``sse``,
 ``sse_response``), the route class that renders a handler's errors in its API's shape
-(``ErrorShapedRoute``), and the Go-flavoured bits of Ollama's messages (``arguments_json``,
-``go_type``).
+(``ErrorShapedRoute``), an image URL fetched into a ``data:`` URI (``inline_image``), and the
+Go-flavoured bits of Ollama's messages (``arguments_json``, ``go_type``).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
+import anyio
+import httpx
 from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute
@@ -44,6 +47,52 @@ def parse_format(value: Any) -> Any:
         return value
     raw = json.dumps(value, separators=(",", ":"))
     raise InvalidRequest(f'invalid format: {raw}; expected "json" or a valid JSON Schema object')
+
+
+# --- images -------------------------------------------------------------------------------------
+
+IMAGE_FETCH_TIMEOUT = 10.0
+"""Seconds the image URLs of one request may take to answer in full, all of them together."""
+MAX_IMAGE_BYTES = 20 << 20
+"""The largest image a URL may send."""
+
+
+def image_fetch_deadline() -> float:
+    """The deadline (``anyio.current_time()`` clock) for the image URLs of a request starting now."""
+    return anyio.current_time() + IMAGE_FETCH_TIMEOUT
+
+
+async def inline_image(url: str, *, deadline: float | None = None, max_bytes: int = MAX_IMAGE_BYTES) -> str:
+    """``url`` as a ``data:`` URI when it is an ``http(s)`` URL (its body, fetched by ``deadline`` —
+    default ``image_fetch_deadline()`` — and at most ``max_bytes``), else unchanged. A URL that cannot
+    be fetched is a 400 naming it."""
+    if not url.startswith(("http://", "https://")):
+        return url
+    failed = f"invalid image input: failed to fetch image URL {url}"
+    body = b""
+    with anyio.CancelScope(deadline=image_fetch_deadline() if deadline is None else deadline) as scope:
+        try:
+            body = await _fetch(url, IMAGE_FETCH_TIMEOUT, max_bytes, failed)
+        except httpx.HTTPError as exc:
+            raise InvalidRequest(f"{failed}: {str(exc) or type(exc).__name__}") from None
+    if scope.cancelled_caught:
+        raise InvalidRequest(f"{failed}: timed out")
+    return "data:;base64," + base64.b64encode(body).decode("ascii")
+
+
+async def _fetch(url: str, limit: float, max_bytes: int, failed: str) -> bytes:
+    async with (
+        httpx.AsyncClient(timeout=limit, follow_redirects=True, max_redirects=3, trust_env=False) as client,
+        client.stream("GET", url) as response,
+    ):
+        if response.status_code != 200:
+            raise InvalidRequest(f"{failed}: status {response.status_code}")
+        data = bytearray()
+        async for piece in response.aiter_bytes():
+            data += piece
+            if len(data) > max_bytes:
+                raise InvalidRequest(f"{failed}: larger than {max_bytes} bytes")
+        return bytes(data)
 
 
 # --- answers ------------------------------------------------------------------------------------

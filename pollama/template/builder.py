@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio.from_thread
@@ -25,10 +26,18 @@ import anyio.to_thread
 
 from pollama.template.introspect import thinking_tags, tool_call_tag
 from pollama.template.jinja import ChatTemplate, jinja_thinking_tags
-from pollama.template.prompt import IMAGE_TOKENS, PromptRequest, build_prompt
+from pollama.template.ollama_types import decode_image
+from pollama.template.prompt import IMAGE_TOKENS, PromptRequest, build_prompt_with_images
 from pollama.template.template import Template, parse_template
 
 _PLAIN = "{{ .Prompt }}"
+MEDIA_MARKER = "<__media__>"
+"""libmtmd's default media marker: where the runner puts an image's embeddings."""
+IMAGE_TAG = re.compile(r"\[img-([0-9]+)\]")
+"""Ollama's image tag in a Go-template prompt: ``[img-N]`` refers to the request's image N."""
+# A chat template that tests content for a type or reads ``type`` keys renders content parts;
+# one that does not would print a list of parts as text, so it gets the parts joined into a string.
+_READS_PARTS = re.compile(r"""\[\s*['"]type['"]\s*\]|\.type\b|is\s+(?:not\s+)?(?:string|iterable|sequence|mapping)""")
 _CACHE_SIZE = 64
 # A tokenizer adds at most a BOS and an EOS token to a text, and every other token covers at least
 # one byte, so a text of N bytes never has more than N + 2 tokens.
@@ -54,6 +63,11 @@ class RenderedPrompt:
     text: str
     thinking_tags: tuple[str, str] | None = None  # the template's thinking tags, if it has them
     tool_tag: str | None = None  # where tool calls start in the output (only when the request has tools)
+    # The images the prompt refers to. With ``image_tags`` (Go templates, raw prompts) the text holds
+    # Ollama's ``[img-N]`` tags and tag N means ``images[N]``; otherwise (Jinja chat templates) the
+    # text holds one ``MEDIA_MARKER`` per image, in the order of ``images``.
+    images: list[bytes] = field(default_factory=list)
+    image_tags: bool = True
 
 
 @dataclass(frozen=True)
@@ -129,7 +143,7 @@ class PromptBuilder:
         ``num_ctx``. Raises the template errors of ``build_prompt`` and of the Jinja renderer.
         """
         if req.endpoint == "generate" and raw:
-            return RenderedPrompt(req.prompt)
+            return RenderedPrompt(req.prompt, images=[decode_image(i) for i in req.images])
         req = dataclasses.replace(
             req, model_system=model.system or None, model_messages=[] if continues else list(model.messages)
         )
@@ -138,13 +152,16 @@ class PromptBuilder:
         if not template and not use_go and chat_template is not None:
             return self._jinja_prompt(model, req, chat_template)
         if req.endpoint == "generate" and template:
-            return RenderedPrompt(build_prompt(parse_template(template), req))
+            text, images = build_prompt_with_images(parse_template(template), req)
+            return RenderedPrompt(text, images=images)
         go = self._go_template(model.template if model.template is not None else _PLAIN)
         fit = req.endpoint == "chat" and len(req.messages) > 1 and num_ctx is not None
-        text = build_prompt(
+        text, images = build_prompt_with_images(
             go.template, req, num_ctx=num_ctx if fit else None, count_tokens=count_tokens if fit else None
         )
-        return RenderedPrompt(text, thinking_tags=go.thinking_tags, tool_tag=go.tool_tag if req.tools else None)
+        return RenderedPrompt(
+            text, thinking_tags=go.thinking_tags, tool_tag=go.tool_tag if req.tools else None, images=images
+        )
 
     def _go_template(self, source: str) -> _GoTemplate:
         cached = self._go.get(source)
@@ -173,8 +190,9 @@ class PromptBuilder:
         else:
             system = req.system or model.system
             messages = ([{"role": "system", "content": system}] if system else []) + list(req.model_messages)
-            messages.append({"role": "user", "content": req.prompt})
+            messages.append({"role": "user", "content": req.prompt, "images": list(req.images)})
         messages = [{**m, "role": str(m.get("role", "")).lower()} for m in messages]
+        messages, images = _media_messages(messages, parts=bool(_READS_PARTS.search(source)))
         last_assistant = bool(messages) and messages[-1]["role"] == "assistant"
         think = req.think
         text = self._chat_template(source).render(
@@ -190,7 +208,55 @@ class PromptBuilder:
         tool_tag = None
         if req.tools:
             tool_tag = "<tool_call>" if "<tool_call>" in source else "{"
-        return RenderedPrompt(text, thinking_tags=tags, tool_tag=tool_tag)
+        return RenderedPrompt(text, thinking_tags=tags, tool_tag=tool_tag, images=images, image_tags=False)
+
+
+def _media_messages(messages: list[dict[str, Any]], *, parts: bool) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Messages for a Jinja chat template with every image as ``MEDIA_MARKER`` where it goes, and the
+    images in marker order.
+
+    As llama-server does, an image is a text part holding the marker (``parts``), or, for a template
+    that only renders string content, the marker inside the string. In a message, an image takes the
+    place of the next literal ``[img]`` or else goes in front of the text, as Ollama places its tags.
+    Consecutive messages of one role that include an image-only one (OpenAI's content parts arrive
+    split into one message per part) become one message, their parts in order.
+    """
+    out: list[dict[str, Any]] = []
+    images: list[bytes] = []
+    for run in _role_runs(messages):
+        if not any(m.get("images") for m in run):
+            out.extend(run)
+            continue
+        merge = len(run) > 1 and any(m.get("images") and not m.get("content") for m in run)
+        groups = [run] if merge else [[m] for m in run]
+        for group in groups:
+            pieces: list[str] = []
+            for m in group:
+                text = str(m.get("content") or "")
+                prefix = 0
+                for image in m.get("images") or []:
+                    images.append(decode_image(image))
+                    if "[img]" in text:
+                        text = text.replace("[img]", MEDIA_MARKER, 1)
+                    else:
+                        prefix += 1
+                pieces.extend([MEDIA_MARKER] * prefix)
+                if text:
+                    pieces.append(text)
+            merged = {k: v for k, v in group[-1].items() if k != "images"}
+            merged["content"] = [{"type": "text", "text": p} for p in pieces] if parts else "".join(pieces)
+            out.append(merged)
+    return out, images
+
+
+def _role_runs(messages: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    runs: list[list[dict[str, Any]]] = []
+    for m in messages:
+        if runs and runs[-1][-1]["role"] == m["role"]:
+            runs[-1].append(m)
+        else:
+            runs.append([m])
+    return runs
 
 
 def _bounded_counter(count_tokens: Counter, num_ctx: int, req: PromptRequest) -> Callable[[list[str]], list[int]]:

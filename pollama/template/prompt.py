@@ -306,7 +306,25 @@ def build_prompt(
     count_tokens: Callable[[list[str]], list[int]] | None = None,
     image_tokens: int = IMAGE_TOKENS,
 ) -> str:
-    """The prompt Ollama builds for ``req`` with ``template`` (parsed by ``parse_template``).
+    """The prompt Ollama builds for ``req`` with ``template`` (see ``build_prompt_with_images``)."""
+    text, _ = build_prompt_with_images(
+        template, req, now=now, num_ctx=num_ctx, count_tokens=count_tokens, image_tokens=image_tokens
+    )
+    return text
+
+
+def build_prompt_with_images(
+    template: Template,
+    req: PromptRequest,
+    *,
+    now: Clock = None,
+    num_ctx: int | None = None,
+    count_tokens: Callable[[list[str]], list[int]] | None = None,
+    image_tokens: int = IMAGE_TOKENS,
+) -> tuple[str, list[bytes]]:
+    """The prompt Ollama builds for ``req`` with ``template`` (parsed by ``parse_template``), and the
+    images its ``[img-N]`` tags refer to: image N is ``images[N]`` (the images of the messages kept
+    after truncation, in order).
 
     With ``num_ctx`` and ``count_tokens``, the oldest non-system messages are dropped until the
     rendered prompt's token count (plus ``image_tokens`` per image; pass 0 for a model without a
@@ -321,7 +339,7 @@ def build_prompt(
         if req.suffix:
             # Ollama's generate handler fills no tool list next to a suffix: ``.Tools`` is Go's nil.
             tools = Tools(None)
-            return _execute(prepared, [], tools, think, prompt=req.prompt, suffix=req.suffix, now=now)
+            return _execute(prepared, [], tools, think, prompt=req.prompt, suffix=req.suffix, now=now), []
         tools = Tools([])
     else:
         tools = Tools.from_api(req.tools)
@@ -331,9 +349,10 @@ def build_prompt(
     if num_ctx is not None and count_tokens is not None and len(msgs) > 1:
         start, rendered = _fit_start(prepared, msgs, tools, think, now, num_ctx, count_tokens, image_tokens)
         if rendered is not None and not any(m.images for m in msgs[start:]):
-            return rendered  # the candidate that fit is already the final prompt (no image tags to add)
+            return rendered, []  # the candidate that fit is already the final prompt (no image tags to add)
     kept = [m for m in msgs[:start] if m.role == "system"] + _tag_images(msgs[start:])
-    return _execute(prepared, kept, tools, think, now=now)
+    images = [image for m in msgs[start:] for image in m.images]
+    return _execute(prepared, kept, tools, think, now=now), images
 
 
 def _fit_start(

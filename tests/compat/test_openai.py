@@ -20,7 +20,7 @@ import zstandard
 from pydantic import BaseModel
 
 from tests.compat.conftest import native_chat, native_generate
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, free_port
 
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 GREEDY = {"temperature": 0, "max_tokens": 16, "seed": 1}
@@ -309,10 +309,12 @@ def test_content_parts_and_images(client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as err:  # decoded fine; smollm2 has no vision
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": [image]}], **GREEDY)
     assert _message(err.value) == "this model is missing data required for image input"
-    remote = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+    # An image URL is fetched by the server; one it cannot reach is a 400 that names it.
+    unreachable = f"http://127.0.0.1:{free_port()}/cat.png"
+    remote = {"type": "image_url", "image_url": {"url": unreachable}}
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(model="smollm2", messages=[{"role": "user", "content": [remote]}], **GREEDY)
-    assert _message(err.value) == "image URLs are not currently supported, please use base64 encoded data instead"
+    assert _message(err.value).startswith(f"invalid image input: failed to fetch image URL {unreachable}: ")
     with pytest.raises(openai.BadRequestError) as err:
         client.chat.completions.create(
             model="smollm2",

@@ -15,7 +15,7 @@ from pollama.inference.service import InferenceService
 from pollama.names import parse_name
 from pollama.store import ModelStore
 from pollama.store.create import CreateRequest, create_model
-from tests.inference.fake_runner import Runners, write_model_gguf
+from tests.inference.fake_runner import Runners, write_model_gguf, write_projector_gguf
 
 Install = Callable[..., None]
 
@@ -29,7 +29,8 @@ def store(tmp_path: Path) -> ModelStore:
 
 @pytest.fixture
 def install(store: ModelStore, tmp_path: Path) -> Install:
-    """``install(name, template=..., system=..., parameters=..., messages=..., chat_template=...)``."""
+    """``install(name, template=..., system=..., parameters=..., messages=..., chat_template=...,
+    projector=True)`` (a projector layer gives the model the ``vision`` capability)."""
 
     def install_model(
         name: str,
@@ -37,6 +38,7 @@ def install(store: ModelStore, tmp_path: Path) -> Install:
         chat_template: str | None = None,
         context_length: int = 4096,
         embedding: bool = False,
+        projector: bool = False,
         **fields: Any,
     ) -> None:
         path = write_model_gguf(
@@ -46,7 +48,11 @@ def install(store: ModelStore, tmp_path: Path) -> Install:
             embedding=embedding,
         )
         digest, _ = store.blobs.write_bytes(path.read_bytes())
-        for _ in create_model(store, CreateRequest(name=parse_name(name), files={"model.gguf": digest}, **fields)):
+        files = {"model.gguf": digest}
+        if projector:
+            mmproj = write_projector_gguf(tmp_path / f"mmproj-{name.replace(':', '_')}.gguf")
+            files["mmproj.gguf"] = store.blobs.write_bytes(mmproj.read_bytes())[0]
+        for _ in create_model(store, CreateRequest(name=parse_name(name), files=files, **fields)):
             pass
 
     return install_model

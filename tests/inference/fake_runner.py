@@ -136,3 +136,17 @@ def write_model_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return path
+
+
+def write_projector_gguf(path: Path) -> Path:
+    """A tiny but valid vision projector GGUF header (architecture ``clip``, as llama.cpp writes mmproj files)."""
+    writer = gguf.GGUFWriter(str(path), "clip")
+    writer.add_bool("clip.has_vision_encoder", True)
+    writer.add_string("clip.projector_type", "gemma3")
+    writer.add_uint32("clip.vision.block_count", 1)
+    writer.add_tensor("v.patch_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -4,12 +4,17 @@ fitting, and that rendering happens in a worker thread."""
 from __future__ import annotations
 
 import asyncio
+import base64
+from pathlib import Path
 
 import pytest
 
-from pollama.errors import TemplateExecError
+from pollama.errors import InvalidRequest, TemplateExecError
+from pollama.gguf import read_gguf
+from pollama.inference.media import place_images
 from pollama.template import PromptRequest
-from pollama.template.builder import ModelTemplates, PromptBuilder, RenderedPrompt
+from pollama.template.builder import MEDIA_MARKER, ModelTemplates, PromptBuilder, RenderedPrompt
+from pollama.template.jinja import template_tokens
 
 CHATML = "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}<|im_start|>assistant\n"
 JINJA = (
@@ -128,3 +133,126 @@ def test_template_errors_propagate_from_the_worker() -> None:
     model = ModelTemplates(template="{{ .Messages.Nope }}")
     with pytest.raises(TemplateExecError):
         asyncio.run(PromptBuilder().render(model, chat("Hi")))
+
+
+# --- images -------------------------------------------------------------------------------------
+
+PNG_A = base64.b64encode(b"\x89PNG\r\n\x1a\nA").decode()
+PNG_B = base64.b64encode(b"\x89PNG\r\n\x1a\nB").decode()
+RAW_A, RAW_B = base64.b64decode(PNG_A), base64.b64decode(PNG_B)
+MARK = MEDIA_MARKER
+
+
+def test_go_template_tags_images_and_the_runner_gets_them_in_tag_order() -> None:
+    req = PromptRequest(
+        messages=[
+            {"role": "user", "content": "first", "images": [PNG_A]},
+            {"role": "assistant", "content": "ok"},
+            {"role": "user", "content": "compare [img] with this", "images": [PNG_B, PNG_A]},
+        ]
+    )
+    prompt = PromptBuilder().build(ModelTemplates(template=CHATML), req)
+    assert prompt.text == (
+        "<|im_start|>user\n[img-0]first<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"
+        "<|im_start|>user\n[img-2]compare [img-1] with this<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert prompt.images == [RAW_A, RAW_B, RAW_A] and prompt.image_tags
+    text, images = place_images(prompt, vision=True)
+    assert text == (
+        f"<|im_start|>user\n{MARK}first<|im_end|>\n<|im_start|>assistant\nok<|im_end|>\n"
+        f"<|im_start|>user\n{MARK}compare {MARK} with this<|im_end|>\n<|im_start|>assistant\n"
+    )
+    # Markers in text order: [img-0], [img-2], [img-1].
+    assert images == [RAW_A, RAW_A, RAW_B]
+
+
+def test_raw_generate_images_are_referenced_by_their_tags() -> None:
+    req = PromptRequest(endpoint="generate", prompt="B: [img-1] A: [img-0] B again: [img-1]", images=[PNG_A, PNG_B])
+    prompt = PromptBuilder().build(ModelTemplates(template=CHATML), req, raw=True)
+    text, images = place_images(prompt, vision=True)
+    assert text == f"B: {MARK} A: {MARK} B again: {MARK}"
+    assert images == [RAW_B, RAW_A, RAW_B]
+    # An image no tag names is not sent; a model without vision gets the text untouched.
+    assert place_images(PromptBuilder().build(ModelTemplates(), req, raw=True), vision=False)[1] == []
+    unreferenced = PromptRequest(endpoint="generate", prompt="no tags", images=[PNG_A])
+    assert place_images(PromptBuilder().build(ModelTemplates(), unreferenced, raw=True), vision=True) == ("no tags", [])
+
+
+def test_a_tag_naming_no_image_is_ollamas_invalid_image_index() -> None:
+    req = PromptRequest(endpoint="generate", prompt="[img-0] [img-2]", images=[PNG_A])
+    prompt = PromptBuilder().build(ModelTemplates(), req, raw=True)
+    with pytest.raises(InvalidRequest) as info:
+        place_images(prompt, vision=True)
+    assert str(info.value) == "invalid image index: 2"
+    huge = PromptBuilder().build(
+        ModelTemplates(), PromptRequest(endpoint="generate", prompt="[img-" + "9" * 5000 + "]"), raw=True
+    )
+    with pytest.raises(InvalidRequest, match=r"^invalid image index: 9{5000}$"):
+        place_images(huge, vision=True)
+
+
+def test_generate_images_go_to_the_user_message_of_the_go_template() -> None:
+    req = PromptRequest(endpoint="generate", prompt="What is it?", images=[PNG_A])
+    prompt = PromptBuilder().build(ModelTemplates(template=CHATML), req)
+    assert prompt.text == "<|im_start|>user\n[img-0]What is it?<|im_end|>\n<|im_start|>assistant\n"
+    assert place_images(prompt, vision=True) == (
+        f"<|im_start|>user\n{MARK}What is it?<|im_end|>\n<|im_start|>assistant\n",
+        [RAW_A],
+    )
+
+
+@pytest.fixture(scope="module")
+def gemma_vision(vision_testdata: Path) -> ModelTemplates:
+    """The tiny vision model's own Jinja chat template and special tokens, read from its GGUF."""
+    gguf = read_gguf(vision_testdata / "tiny-gemma3-vision-f16.gguf", arrays="all")
+    bos, eos = template_tokens(gguf.metadata)
+    return ModelTemplates(chat_template=str(gguf.metadata["tokenizer.chat_template"]), bos_token=bos, eos_token=eos)
+
+
+def test_jinja_template_renders_the_media_marker_where_the_image_goes(gemma_vision: ModelTemplates) -> None:
+    req = PromptRequest(
+        messages=[
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "What is in this image?", "images": [PNG_A]},
+            {"role": "assistant", "content": "Shapes."},
+            {"role": "user", "content": "And here, [img] left of [img]?", "images": [PNG_B, PNG_A]},
+        ]
+    )
+    prompt = PromptBuilder().build(gemma_vision, req)
+    assert prompt.text == (
+        f"<bos><start_of_turn>user\nBe brief.\n\n{MARK}What is in this image?<end_of_turn>\n"
+        "<start_of_turn>model\nShapes.<end_of_turn>\n"
+        f"<start_of_turn>user\nAnd here, {MARK} left of {MARK}?<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert not prompt.image_tags
+    assert place_images(prompt, vision=True) == (prompt.text, [RAW_A, RAW_B, RAW_A])
+
+
+def test_jinja_generate_and_split_content_parts(gemma_vision: ModelTemplates) -> None:
+    gen = PromptBuilder().build(gemma_vision, PromptRequest(endpoint="generate", prompt="Describe.", images=[PNG_B]))
+    assert gen.text == f"<bos><start_of_turn>user\n{MARK}Describe.<end_of_turn>\n<start_of_turn>model\n"
+    assert gen.images == [RAW_B]
+    # OpenAI's content parts arrive as one message per part: they render as one turn, parts in order.
+    split = PromptRequest(
+        messages=[
+            {"role": "user", "content": "What is in this image?"},
+            {"role": "user", "content": "", "images": [PNG_A]},
+            {"role": "user", "content": "Be precise."},
+        ]
+    )
+    prompt = PromptBuilder().build(gemma_vision, split)
+    assert prompt.text == (
+        f"<bos><start_of_turn>user\nWhat is in this image?{MARK}Be precise.<end_of_turn>\n<start_of_turn>model\n"
+    )
+    assert prompt.images == [RAW_A]
+    # Consecutive text-only messages stay separate turns, as before.
+    two = PromptBuilder().build(gemma_vision, chat("a", "b", "c"))
+    assert two.text.count("<start_of_turn>") == 4
+
+
+def test_jinja_template_that_only_renders_strings_gets_the_marker_in_the_string() -> None:
+    plain = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
+    req = PromptRequest(messages=[{"role": "user", "content": "What?", "images": [PNG_A, PNG_B]}])
+    prompt = PromptBuilder().build(ModelTemplates(chat_template=plain), req)
+    assert prompt.text == f"<user>{MARK}{MARK}What?"
+    assert prompt.images == [RAW_A, RAW_B]

@@ -1,9 +1,10 @@
 """``POST /v1/chat/completions``: OpenAI's chat API over the internal completion model (spec §3.1).
 
 The body becomes a chat ``CompletionRequest`` (content parts split into messages, data-URI images
-decoded, ``temperature``/``top_p`` defaulting to 1.0, ``response_format`` → ``format``,
-``reasoning_effort`` → ``think``); the chunks come back as one ``chat.completion`` or as SSE
-``chat.completion.chunk`` events ending in a finish chunk, an optional usage chunk and ``[DONE]``.
+decoded, ``http(s)`` image URLs fetched first, ``temperature``/``top_p`` defaulting to 1.0,
+``response_format`` → ``format``, ``reasoning_effort`` → ``think``); the chunks come back as one
+``chat.completion`` or as SSE ``chat.completion.chunk`` events ending in a finish chunk, an optional
+usage chunk and ``[DONE]``.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ from pollama.server.common import (
     converted,
     first_chunk,
     go_type,
+    image_fetch_deadline,
+    inline_image,
     parse_format,
     service,
     sse,
@@ -138,6 +141,22 @@ def _part(role: str, part: Any) -> dict[str, Any]:
             raise InvalidRequest("invalid message format")
         return {"role": role, "content": "", "images": [_base64(data, "invalid audio input")]}
     raise InvalidRequest("invalid message format")
+
+
+async def inline_image_urls(messages: list[ChatMessage]) -> None:
+    """Replace each ``image_url`` part's ``http(s)`` URL by a ``data:`` URI of what it serves
+    (``inline_image``: all within one deadline, each bounded in size; a URL that cannot be fetched is a 400)."""
+    deadline = image_fetch_deadline()
+    for msg in messages:
+        if not isinstance(msg.content, list):
+            continue
+        for part in msg.content:
+            if not isinstance(part, dict) or part.get("type") != "image_url":
+                continue
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else image
+            if isinstance(url, str) and url.startswith(("http://", "https://")):
+                part["image_url"] = {"url": await inline_image(url, deadline=deadline)}
 
 
 def chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -290,6 +309,7 @@ def _logprobs(entries: list[dict[str, Any]]) -> dict[str, Any] | None:
 )
 async def chat_completions(request: Request) -> Response:
     body = await read_json(request, ChatCompletionRequest)
+    await inline_image_urls(body.messages or [])
     req = completion_request(body)
     chunks = service(request).complete(req)
     completion_id = f"chatcmpl-{random.randrange(999)}"

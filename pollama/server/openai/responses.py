@@ -21,7 +21,17 @@ from fastapi.responses import JSONResponse, Response
 
 from pollama.errors import InvalidRequest
 from pollama.inference import Chunk, CompletionRequest, Stats
-from pollama.server.common import collect, converted, first_chunk, parse_format, service, sse, sse_response
+from pollama.server.common import (
+    collect,
+    converted,
+    first_chunk,
+    image_fetch_deadline,
+    inline_image,
+    parse_format,
+    service,
+    sse,
+    sse_response,
+)
 from pollama.server.context import body_schema
 from pollama.server.errors import status_for
 from pollama.server.openai.chat import decode_image, think_from_effort, tool_calls_out
@@ -94,6 +104,18 @@ def _arguments(i: int, text: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidRequest("failed to parse function call arguments: not a JSON object")
     return value
+
+
+async def inline_image_urls(body: ResponsesRequest) -> None:
+    """Replace each ``input_image`` part's ``http(s)`` URL by a ``data:`` URI of what it serves."""
+    deadline = image_fetch_deadline()
+    for item in body.input if isinstance(body.input, list) else []:
+        content = item.get("content") if isinstance(item, dict) else None
+        for part in content if isinstance(content, list) else []:
+            if isinstance(part, dict) and part.get("type") == "input_image":
+                url = part.get("image_url")
+                if isinstance(url, str) and url.startswith(("http://", "https://")):
+                    part["image_url"] = await inline_image(url, deadline=deadline)
 
 
 def input_messages(body: ResponsesRequest) -> list[dict[str, Any]]:
@@ -314,6 +336,7 @@ def response_object(
 async def responses(request: Request) -> Response:
     await _decompress(request)
     body = await read_json(request, ResponsesRequest)
+    await inline_image_urls(body)
     req = completion_request(body)
     chunks = service(request).complete(req)
     response_id = f"resp_{random.randrange(999999)}"

@@ -57,7 +57,8 @@ class ToolCall(_Body):
 
 
 class ChatMessage(_Body):
-    """A message: ``content`` is a string or a list of parts (text, data-URI images, base64 audio)."""
+    """A message: ``content`` is a string or a list of parts (text, images as data URIs or http(s) URLs
+    the server fetches, base64 audio)."""
 
     role: str = ""
     content: Annotated[Any, WithJsonSchema(_MESSAGE_CONTENT)] = None
