@@ -43,6 +43,7 @@ class ModelInfo:
     chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""
+    add_bos: bool = False
 
 
 class ModelCatalog:
@@ -99,6 +100,7 @@ def read_info(model: StoredModel) -> ModelInfo:
         chat_template=chat_template if isinstance(chat_template, str) and chat_template else None,
         bos_token=bos,
         eos_token=eos,
+        add_bos=gguf.metadata.get("tokenizer.ggml.add_bos_token") is True,
     )
 
 
@@ -111,6 +113,7 @@ def model_templates(model: StoredModel, info: ModelInfo) -> ModelTemplates:
         chat_template=info.chat_template,
         bos_token=info.bos_token,
         eos_token=info.eos_token,
+        add_bos=info.add_bos,
     )
 
 

@@ -54,6 +54,7 @@ class ModelTemplates:
     chat_template: str | None = None
     bos_token: str = ""
     eos_token: str = ""
+    add_bos: bool = False  # the tokenizer puts BOS in front by itself (``tokenizer.ggml.add_bos_token``)
 
 
 @dataclass
@@ -204,6 +205,10 @@ class PromptBuilder:
             enable_thinking=None if think is None else bool(think),
             reasoning_effort=think if isinstance(think, str) else None,
         )
+        if model.add_bos and model.bos_token and text.startswith(model.bos_token):
+            # The runner's tokenizer adds BOS itself; a template that writes it too would give two.
+            # llama-server drops the template's one in the same case.
+            text = text[len(model.bos_token) :]
         tags = jinja_thinking_tags(source) if think not in (None, False) else None
         tool_tag = None
         if req.tools:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -226,6 +227,14 @@ def test_jinja_template_renders_the_media_marker_where_the_image_goes(gemma_visi
     )
     assert not prompt.image_tags
     assert place_images(prompt, vision=True) == (prompt.text, [RAW_A, RAW_B, RAW_A])
+
+
+def test_jinja_bos_is_left_to_a_tokenizer_that_adds_it(gemma_vision: ModelTemplates) -> None:
+    req = PromptRequest(endpoint="generate", prompt="Describe.")
+    written = PromptBuilder().build(gemma_vision, req).text
+    adding = PromptBuilder().build(dataclasses.replace(gemma_vision, add_bos=True), req).text
+    assert written == "<bos>" + adding
+    assert adding == "<start_of_turn>user\nDescribe.<end_of_turn>\n<start_of_turn>model\n"
 
 
 def test_jinja_generate_and_split_content_parts(gemma_vision: ModelTemplates) -> None:
