@@ -9,9 +9,10 @@ request in the KV cache, so a request whose prompt shares a prefix with them eva
 Images (with a projector loaded, ``MtmdContext``) come as a ``MediaPrompt``: the prompt's token list
 holds a run of pseudo-tokens per image, derived from the image bytes' hash, so prefix reuse treats an
 image like any other tokens (the same image at the same place is reused, never re-encoded; another
-image never matches). An image is encoded and decoded on its own (its batch holds embeddings, and
-may need non-causal attention) between the text steps, at most one image per step, so the other
-slots keep generating while a prompt with images is evaluated.
+image never matches). ``prepare`` runs the vision encoder on the caller's thread for each image no
+slot has cached, so the slow part never stalls the decode loop; the engine thread then decodes an
+image's embeddings on their own (an embedding batch, non-causal when the projector wants it) between
+text steps, at most one image per step, so the other slots keep generating meanwhile.
 
 The engine runs on one thread (``run``); ``prepare``, ``submit`` and ``cancel`` may be called from
 any thread. ``prepare`` does a job's expensive, client-controlled setup (checking token ids against
@@ -255,6 +256,7 @@ class Engine:
                 raise InvalidRequest(MISSING_PROJECTOR)
             job.tokens = job.media.tokens
             check_tokens([t for t in job.tokens if t >= 0], self.model.n_vocab)
+            self._encode_ahead(job.media)
         else:
             check_tokens(job.tokens, self.model.n_vocab)
         limit = PREDICT_LIMIT_FACTOR * self.num_ctx
@@ -263,6 +265,22 @@ class Engine:
         if job.tokens:
             job.chain = SamplerChain(self.model, job.sampling, job.tokens, num_ctx=self.num_ctx)
         job.prepared = True
+
+    def _encode_ahead(self, media: MediaPrompt) -> None:
+        """Encode the images of a prompt that no slot holds in its KV cache (caller's thread).
+
+        Which slot the job gets is decided later, so this is a guess from the caches as they are
+        now: an image encoded here that turns out cached costs one encode, one not encoded here is
+        encoded by the engine when its turn comes.
+        """
+        assert self.mtmd is not None
+        if len(media.tokens) > self.num_ctx - 1:
+            return  # refused by ``_start``: no point in encoding
+        caches = [list(slot.cache) for slot in self._slots]  # a snapshot: the engine thread may change them
+        reusable = max((common_prefix(cache, media.tokens) for cache in caches), default=0)
+        for chunk in media.images:
+            if chunk.start + chunk.n_tokens > reusable:
+                media.embeddings[chunk.start] = self.mtmd.encode(chunk)
 
     def submit(self, job: CompletionJob | EmbedJob) -> None:
         """Queue a job (preparing it first if the caller did not); it joins a slot at the next step.
@@ -481,7 +499,9 @@ class Engine:
         chunk = media.image_at(start)
         if chunk is None or len(slot.pending) < chunk.n_tokens:
             raise RunnerError(f"no image starts at prompt position {start}")
-        embd = self.mtmd.encode(chunk)
+        embd = media.embeddings.pop(start, None)
+        if embd is None:
+            embd = self.mtmd.encode(chunk)
         causal = not self.mtmd.non_causal(chunk)
         last = len(slot.pending) == chunk.n_tokens  # the prompt ends with this image: its last output samples
         batch = self._embd_batch

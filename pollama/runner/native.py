@@ -40,6 +40,7 @@ def init_backend(*, quiet: bool = True) -> None:
 
 
 _aborting = threading.Event()  # set while a decode is being aborted on purpose: its errors are expected
+_expected = threading.local()  # ``failing`` is set on a thread whose llama.cpp errors are the client's (bad input)
 
 
 @C.llama_log_callback  # type: ignore[untyped-decorator]
@@ -48,6 +49,8 @@ def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         message = text.decode("utf-8", "replace").rstrip()
         if _aborting.is_set():
             log.debug("llama.cpp (aborted decode): %s", message)
+        elif getattr(_expected, "failing", False):
+            log.debug("llama.cpp (bad input): %s", message)
         else:
             log.error("llama.cpp: %s", message)
 
@@ -611,6 +614,7 @@ class MediaPrompt:
         self.tokens = tokens
         self.images = images
         self._by_start = {chunk.start: chunk for chunk in images}
+        self.embeddings: dict[int, Any] = {}  # image start -> its embeddings, when encoded ahead of time
 
     def image_at(self, start: int) -> MediaChunk | None:
         """The image whose embeddings start at prompt index ``start``."""
@@ -622,6 +626,7 @@ class MediaPrompt:
             _mtmd().mtmd_input_chunks_free(self._handle)
             self._handle = None
             self._by_start = {}
+            self.embeddings = {}
 
 
 def _mtmd() -> Any:
@@ -634,8 +639,9 @@ class MtmdContext:
     """A multimodal projector (an ``mmproj`` GGUF) loaded by libmtmd against a text model.
 
     ``bitmap`` and ``tokenize`` only read the projector's settings (llama-server calls them on its
-    HTTP threads too) and may run on any thread, one at a time (a lock here); ``encode`` runs the
-    vision tower and belongs on the engine thread.
+    HTTP threads too); they and ``encode`` (the vision tower, which has its own compute buffers and
+    never touches a llama context) may run on any thread, one at a time (a lock here), also while
+    the engine thread decodes.
     """
 
     def __init__(self, model: Model, path: Path, *, n_threads: int = 0, use_gpu: bool = True) -> None:
@@ -688,7 +694,11 @@ class MtmdContext:
         opt = mtmd.mtmd_helper_init_opt_default()
         opt.video_params.ffmpeg_bin_dir = _NO_FFMPEG
         with self._lock:
-            wrapped = mtmd.mtmd_helper_bitmap_init_from_buf_wrapper(self.handle, buf, len(data), False, opt)
+            _expected.failing = True  # bytes that are not an image are the client's error, not the runner's
+            try:
+                wrapped = mtmd.mtmd_helper_bitmap_init_from_buf_wrapper(self.handle, buf, len(data), False, opt)
+            finally:
+                _expected.failing = False
         if wrapped.video_ctx:
             mtmd.mtmd_helper_video_free(wrapped.video_ctx)
             if wrapped.bitmap:
@@ -723,7 +733,11 @@ class MtmdContext:
             raise RunnerError("unable to allocate input chunks")
         try:
             with self._lock:
-                rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(inp), arr, len(bitmaps))
+                _expected.failing = True
+                try:
+                    rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(inp), arr, len(bitmaps))
+                finally:
+                    _expected.failing = False
             if rc == 2:
                 raise InvalidRequest(f"the prompt's image markers ({self.marker}) do not match the images sent")
             if rc != 0:
@@ -762,13 +776,14 @@ class MtmdContext:
     def encode(self, chunk: MediaChunk) -> Any:
         """Run the vision tower on an image chunk: a ctypes array of ``n_tokens × n_embd`` floats (a copy)."""
         mtmd = _mtmd()
-        rc = mtmd.mtmd_encode_chunk(self.handle, chunk.handle)
-        if rc != 0:
-            raise RunnerError(f"failed to encode image (libmtmd status {rc})")
-        ptr = mtmd.mtmd_get_output_embd(self.handle)
         size = chunk.n_tokens * self.model.n_embd
         out = (ctypes.c_float * size)()
-        ctypes.memmove(out, ptr, size * ctypes.sizeof(ctypes.c_float))
+        with self._lock:  # the output buffer is the context's: encode and copy before anyone else encodes
+            rc = mtmd.mtmd_encode_chunk(self.handle, chunk.handle)
+            if rc != 0:
+                raise RunnerError(f"failed to encode image (libmtmd status {rc})")
+            ptr = mtmd.mtmd_get_output_embd(self.handle)
+            ctypes.memmove(out, ptr, size * ctypes.sizeof(ctypes.c_float))
         return out
 
 

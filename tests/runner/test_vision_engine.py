@@ -40,10 +40,14 @@ IMAGES = sample_images()
 class CountingMtmd(MtmdContext):
     """The real projector, counting how many images it encodes (to see reuse skip the encoder)."""
 
-    encoded = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.encoded = 0
+        self.threads: list[str] = []
 
     def encode(self, chunk: MediaChunk) -> Any:
         self.encoded += 1
+        self.threads.append(threading.current_thread().name)
         return super().encode(chunk)
 
 
@@ -207,6 +211,12 @@ def test_four_concurrent_images_equal_their_solo_answers(make_engine: EngineFact
         assert final["prompt_eval_count"] == 37
     assert text_done.wait(60)
     assert text_final["tokens"] == text_solo
+
+
+def test_the_vision_encoder_runs_on_the_submitting_thread(make_engine: EngineFactory, mtmd: CountingMtmd) -> None:
+    mtmd.threads.clear()
+    run(make_engine(), prompt("Describe", images=2), [IMAGES["gradient"], IMAGES["checker"]])
+    assert mtmd.threads == [threading.current_thread().name] * 2  # not "pollama-engine": decoding goes on
 
 
 def test_images_that_do_not_fit_the_context_are_refused(make_engine: EngineFactory) -> None:
