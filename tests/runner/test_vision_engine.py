@@ -227,6 +227,18 @@ def test_images_that_do_not_fit_the_context_are_refused(make_engine: EngineFacto
     assert run(engine, prompt(images=0), [], 4)["prompt_eval_count"] == 19
 
 
+def test_a_context_shift_past_an_image_keeps_generating(make_engine: EngineFactory) -> None:
+    engine = make_engine(num_ctx=48)  # 37 prompt tokens: the shift drops the image whole, never half of it
+    final = run(engine, prompt(), [IMAGES["shapes"]], num_predict=20)  # one shift, after 11 tokens
+    assert (final["done_reason"], final["eval_count"], final["prompt_eval_count"]) == ("length", 20, 37)
+    images_left = [t for t in engine._slots[0].cache if t < 0]
+    assert len(images_left) in (0, IMAGE_EMBEDDINGS)  # here 0: keep=5 and the cut would have ended mid-image
+    assert (
+        run(engine, prompt(), [IMAGES["shapes"]], num_predict=8)["tokens"]
+        == run(make_engine(), prompt(), [IMAGES["shapes"]], num_predict=8)["tokens"]
+    )
+
+
 def test_marker_and_image_counts_must_agree(mtmd: CountingMtmd) -> None:
     bitmap = mtmd.bitmap(IMAGES["shapes"])
     try:

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pollama.errors import InvalidRequest
+from pollama.errors import InvalidRequest, RunnerError
 from pollama.runner.client import RunnerProcess, runner_command
 from pollama.runner.engine import PROMPT_TOO_LONG
 from pollama.scheduler import LoadSpec
@@ -134,6 +134,20 @@ def test_images_that_overflow_the_context_get_ollamas_error() -> None:
             assert (await complete(runner, prompt(images=0), []))[-1]["prompt_eval_count"] == 19
         finally:
             await runner.stop()
+
+    asyncio.run(main())
+
+
+def test_a_projector_that_does_not_load_fails_the_start(smollm2_gguf: Path) -> None:
+    # The tiny projector's embeddings (64) do not fit SmolLM2 (576): libmtmd refuses the pair.
+    mismatched = LoadSpec(name="smollm2", model_path=smollm2_gguf, projectors=(vision_dir() / PROJECTOR_FILE,))
+
+    async def main() -> None:
+        with pytest.raises(RunnerError) as caught:
+            await RunnerProcess.start(mismatched)
+        message = str(caught.value)
+        assert message.startswith("llama runner process has terminated: exit status 1")
+        assert f"unable to load projector: {vision_dir() / PROJECTOR_FILE}" in message
 
     asyncio.run(main())
 
