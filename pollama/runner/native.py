@@ -575,6 +575,32 @@ def _looks_like_image(data: bytes) -> bool:
     return data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
 
 
+MAX_IMAGE_PIXELS = 1 << 26
+"""Largest image decoded (64 Mpixel, 192 MiB of RGB): a small file can claim a huge size, and libmtmd
+decodes the whole of it before scaling it down."""
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the header of a PNG, GIF, BMP or JPEG file (None for other formats or
+    a header that does not say)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data.startswith(b"BM") and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(
+            int.from_bytes(data[22:26], "little", signed=True)
+        )
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            i += 2 + length
+    return None
+
+
 class Bitmap:
     """A decoded image (RGB pixels) ready for ``MtmdContext.tokenize``; identified by its bytes' hash."""
 
@@ -690,6 +716,12 @@ class MtmdContext:
         failed = InvalidRequest(f"failed to decode image {number}: the data is not a supported image (PNG, JPEG, ...)")
         if not _looks_like_image(data):
             raise failed
+        size = image_size(data)
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise InvalidRequest(
+                f"failed to decode image {number}: the image is too large ({size[0]}x{size[1]} pixels, "
+                f"at most {MAX_IMAGE_PIXELS} pixels)"
+            )
         buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         opt = mtmd.mtmd_helper_init_opt_default()
         opt.video_params.ffmpeg_bin_dir = _NO_FFMPEG

@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(args.mmproj) > 1:
         log.warning("only the first projector is used (%d given)", len(args.mmproj))
     mtmd = None
-    if args.mmproj:
+    if args.mmproj and not args.embedding:
         mtmd = MtmdContext(model, args.mmproj[0], n_threads=args.threads, use_gpu=args.n_gpu_layers != 0)
     parallel = 1 if args.embedding else max(1, args.parallel)
     num_ctx = max(4, args.ctx_size)

@@ -20,6 +20,7 @@ from pollama.runner.native import (
     ModelParams,
     MtmdContext,
     SamplingParams,
+    image_size,
     image_token_parts,
 )
 from tests.runner.vision import (
@@ -27,6 +28,7 @@ from tests.runner.vision import (
     IMAGE_PROMPT_TOKENS,
     MODEL_FILE,
     PROJECTOR_FILE,
+    png,
     prompt,
     reference_tokens,
     sample_images,
@@ -250,6 +252,26 @@ def test_marker_and_image_counts_must_agree(mtmd: CountingMtmd) -> None:
         assert str(two.value) == "the prompt has 2 image markers (<__media__>) but 1 image was sent"
     finally:
         bitmap.close()
+
+
+def test_image_sizes_come_from_the_headers() -> None:
+    assert image_size(IMAGES["shapes"]) == (64, 64)
+    assert image_size(IMAGES["stripes"]) == (48, 32)
+    assert image_size(png(7, 3, lambda x, y: (0, 0, 0))) == (7, 3)
+    jpeg = b"\xff\xd8\xff\xe0\x00\x10" + bytes(14) + b"\xff\xc0\x00\x11\x08\x01\x2c\x00\xc8\x03" + bytes(9)
+    assert image_size(jpeg) == (200, 300)
+    assert image_size(b"GIF89a\x10\x00\x20\x00") == (16, 32)
+    assert image_size(b"not an image") is None
+
+
+def test_an_image_too_large_to_decode_is_refused(mtmd: CountingMtmd) -> None:
+    # A valid 100000×100000 PNG header: 30 GB of pixels if decoded, so it never reaches libmtmd.
+    huge = png(1, 1, lambda x, y: (0, 0, 0)).replace((1).to_bytes(4, "big") * 2, (100000).to_bytes(4, "big") * 2, 1)
+    with pytest.raises(InvalidRequest) as caught:
+        mtmd.bitmap(huge, 3)
+    assert str(caught.value) == (
+        "failed to decode image 3: the image is too large (100000x100000 pixels, at most 67108864 pixels)"
+    )
 
 
 @pytest.mark.parametrize("data", [b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, b""])
