@@ -98,7 +98,7 @@ def test_decode_failure_message_is_exact() -> None:
         runner = await RunnerProcess.start(spec(parallel=1))
         try:
             with pytest.raises(InvalidRequest) as caught:
-                await complete(runner, prompt(), [b64(b"GIF89a but broken")])
+                await complete(runner, prompt(), [b64(b"GIF89a\x01\x00\x01\x00 but broken")])
             assert str(caught.value) == "failed to decode image 1: the data is not a supported image (PNG, JPEG, ...)"
         finally:
             await runner.stop()
