@@ -185,6 +185,8 @@ def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> 
         cmd.append("--mlock")
     for adapter in spec.adapters:
         cmd += ["--lora", str(adapter)]
+    for projector in spec.projectors:
+        cmd += ["--mmproj", str(projector)]
     if spec.embedding:
         cmd.append("--embedding")
     if spec.flash_attention is not None:

@@ -6,6 +6,14 @@ generating slot plus as many pending prompt tokens as fit in ``num_batch``, deco
 each slot from its own output with its own sampler chain. A slot keeps the tokens of its last
 request in the KV cache, so a request whose prompt shares a prefix with them evaluates only the rest.
 
+Images (with a projector loaded, ``MtmdContext``) come as a ``MediaPrompt``: the prompt's token list
+holds a run of pseudo-tokens per image, derived from the image bytes' hash, so prefix reuse treats an
+image like any other tokens (the same image at the same place is reused, never re-encoded; another
+image never matches). ``prepare`` runs the vision encoder on the caller's thread for each image no
+slot has cached, so the slow part never stalls the decode loop; the engine thread then decodes an
+image's embeddings on their own (an embedding batch, non-causal when the projector wants it) between
+text steps, at most one image per step, so the other slots keep generating meanwhile.
+
 The engine runs on one thread (``run``); ``prepare``, ``submit`` and ``cancel`` may be called from
 any thread. ``prepare`` does a job's expensive, client-controlled setup (checking token ids against
 the vocabulary, compiling its grammar into a sampler chain) on the caller's thread, outside the
@@ -28,7 +36,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollama.errors import InvalidRequest, RunnerError
-from pollama.runner.native import Batch, Context, Model, SamplerChain, SamplingParams
+from pollama.runner.native import (
+    Batch,
+    Context,
+    EmbeddingBatch,
+    MediaPrompt,
+    Model,
+    MtmdContext,
+    SamplerChain,
+    SamplingParams,
+    image_token_parts,
+)
 from pollama.runner.protocol import error_event
 
 log = logging.getLogger(__name__)
@@ -37,6 +55,9 @@ PROMPT_TOO_LONG = (
     "the prompt is longer than the context length currently available to the model; shorten the prompt, "
     "adjust the context length in settings, or use a model with a longer context length"
 )
+
+MISSING_PROJECTOR = "this model is missing data required for image input"
+"""Ollama's error for images sent to a model loaded without a projector."""
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -72,6 +93,7 @@ class CompletionJob:
     cancelled: bool = False
     chain: SamplerChain | None = None
     prepared: bool = False
+    media: MediaPrompt | None = None  # the prompt's images (then ``tokens`` is ``media.tokens``)
 
 
 @dataclass(eq=False)
@@ -100,6 +122,13 @@ class _Slot:
     started: float = 0.0
     prompt_done: float = 0.0
     last_used: float = 0.0
+    media: MediaPrompt | None = None
+
+
+def _mid_image(tokens: list[int], i: int) -> bool:
+    """Whether ``tokens[i]`` is an image's embedding other than its first (an image is never split)."""
+    parts = image_token_parts(tokens[i]) if 0 <= i < len(tokens) else None
+    return parts is not None and parts[1] != 0
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -139,13 +168,25 @@ def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:
 class Engine:
     """The batching loop for one loaded model."""
 
-    def __init__(self, model: Model, ctx: Context, *, num_ctx: int, num_parallel: int, num_batch: int) -> None:
+    def __init__(
+        self,
+        model: Model,
+        ctx: Context,
+        *,
+        num_ctx: int,
+        num_parallel: int,
+        num_batch: int,
+        mtmd: MtmdContext | None = None,
+    ) -> None:
         self.model = model
         self.ctx = ctx
+        self.mtmd = mtmd
         self.num_ctx = num_ctx
         self.num_batch = max(1, min(num_batch, ctx.n_batch))
         self._slots = [_Slot(seq=i) for i in range(max(1, num_parallel))]
         self._batch = Batch(self.num_batch)
+        self._embd_batch = EmbeddingBatch(self.num_batch, model.n_embd) if mtmd is not None else None
+        self._next_image = 0  # the slot whose image goes first next step (round robin)
         self._queue: deque[CompletionJob | EmbedJob] = deque()
         self._cond = threading.Condition()
         self._stopping = False
@@ -185,10 +226,15 @@ class Engine:
         for job in queued:
             self._drop(job, "runner is shutting down")
         self._batch.close()
+        if self._embd_batch is not None:
+            self._embd_batch.close()
         for slot in self._slots:
             if slot.chain is not None:
                 slot.chain.close()
                 slot.chain = None
+            if slot.media is not None:
+                slot.media.close()
+                slot.media = None
         return True
 
     def prepare(self, job: CompletionJob | EmbedJob) -> None:
@@ -205,13 +251,36 @@ class Engine:
                 check_tokens(tokens, self.model.n_vocab)
             job.prepared = True
             return
-        check_tokens(job.tokens, self.model.n_vocab)
+        if job.media is not None:
+            if self.mtmd is None:
+                raise InvalidRequest(MISSING_PROJECTOR)
+            job.tokens = job.media.tokens
+            check_tokens([t for t in job.tokens if t >= 0], self.model.n_vocab)
+            self._encode_ahead(job.media)
+        else:
+            check_tokens(job.tokens, self.model.n_vocab)
         limit = PREDICT_LIMIT_FACTOR * self.num_ctx
         if job.num_predict < 0 or job.num_predict > limit:
             job.num_predict = limit
         if job.tokens:
             job.chain = SamplerChain(self.model, job.sampling, job.tokens, num_ctx=self.num_ctx)
         job.prepared = True
+
+    def _encode_ahead(self, media: MediaPrompt) -> None:
+        """Encode the images of a prompt that no slot holds in its KV cache (caller's thread).
+
+        Which slot the job gets is decided later, so this is a guess from the caches as they are
+        now: an image encoded here that turns out cached costs one encode, one not encoded here is
+        encoded by the engine when its turn comes.
+        """
+        assert self.mtmd is not None
+        if len(media.tokens) > self.num_ctx - 1:
+            return  # refused by ``_start``: no point in encoding
+        caches = [list(slot.cache) for slot in self._slots]  # a snapshot: the engine thread may change them
+        reusable = max((common_prefix(cache, media.tokens) for cache in caches), default=0)
+        for chunk in media.images:
+            if chunk.start + chunk.n_tokens > reusable:
+                media.embeddings[chunk.start] = self.mtmd.encode(chunk)
 
     def submit(self, job: CompletionJob | EmbedJob) -> None:
         """Queue a job (preparing it first if the caller did not); it joins a slot at the next step.
@@ -303,8 +372,8 @@ class Engine:
         if not tokens:
             raise InvalidRequest("empty prompt")
         if len(tokens) > self.num_ctx - 1:
-            if not job.shift or not job.truncate:
-                raise InvalidRequest(PROMPT_TOO_LONG)
+            if not job.shift or not job.truncate or job.media is not None:
+                raise InvalidRequest(PROMPT_TOO_LONG)  # an image is never cut: no truncation with images
             keep = min(job.num_keep + (1 if tokens[0] == self.model.bos else 0), self.num_ctx // 2)
             target = self.num_ctx - max((self.num_ctx - keep) // 2, 1)
             tokens = tokens[:keep] + tokens[len(tokens) - (target - keep) :]
@@ -312,6 +381,8 @@ class Engine:
         reuse = common_prefix(slot.cache, tokens)
         if reuse >= len(tokens):
             reuse = len(tokens) - 1  # the last prompt token must be evaluated to get logits
+        while reuse > 0 and _mid_image(tokens, reuse):
+            reuse -= 1  # an image is evaluated whole (say the cache kept only part of it after a shift)
         if not self.ctx.seq_remove(slot.seq, reuse, -1):
             self.ctx.seq_remove(slot.seq)
             reuse = 0
@@ -320,6 +391,7 @@ class Engine:
         if job.chain is None:  # not prepared through ``submit`` (cannot happen for a non-empty prompt)
             job.chain = SamplerChain(self.model, job.sampling, tokens, num_ctx=self.num_ctx)
         slot.chain, job.chain = job.chain, None
+        slot.media, job.media = job.media, None
         slot.job = job
         slot.next_token = None
         slot.decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -362,6 +434,12 @@ class Engine:
             if room <= 0:
                 break
             take = slot.pending[:room]
+            if slot.media is not None:
+                image = next((k for k, t in enumerate(take) if t < 0), -1)
+                if image >= 0:
+                    take = take[:image]  # the image goes alone, after this batch (``_step_image``)
+                if not take:
+                    continue
             before.setdefault(slot.seq, len(slot.cache))
             for k, token in enumerate(take):
                 last = k == len(take) - 1 and len(take) == len(slot.pending)
@@ -370,9 +448,14 @@ class Engine:
                 if last:
                     sampling.append((slot, index))
             slot.pending = slot.pending[len(take) :]
-        if batch.n == 0:
-            return
-        if not self._decode_abortably(batch, [s for s in self._slots if s.seq in before]):
+        if batch.n > 0:
+            self._decode_text(batch, before, sampling)
+        if self.mtmd is not None:
+            self._step_image()
+
+    def _decode_text(self, batch: Batch, before: dict[int, int], sampling: list[tuple[_Slot, int]]) -> None:
+        """Decode the step's text batch and sample each slot that has an output in it."""
+        if not self._decode_abortably(lambda: self.ctx.decode(batch), [s for s in self._slots if s.seq in before]):
             for slot in self._slots:
                 if slot.seq in before:  # the aborted batch is not in the KV cache: forget it here too
                     self.ctx.seq_remove(slot.seq, before[slot.seq], -1)
@@ -390,8 +473,58 @@ class Engine:
             probs = self._logprobs(index, token, slot.job.top_logprobs) if slot.job.logprobs else None
             self._accept(slot, slot.job, token, probs)
 
-    def _decode_abortably(self, batch: Batch, slots: list[_Slot]) -> bool:
-        """Decode ``batch`` unless every job in it is cancelled meanwhile (then ``cancel`` aborts the
+    def _step_image(self) -> None:
+        """Evaluate the next image of one slot whose pending prompt starts with one (round robin)."""
+        count = len(self._slots)
+        for offset in range(count):
+            slot = self._slots[(self._next_image + offset) % count]
+            if slot.job is None or slot.job.cancelled or slot.media is None or not slot.pending:
+                continue
+            if slot.pending[0] >= 0:
+                continue
+            self._next_image = (slot.seq + 1) % count
+            try:
+                self._eval_image(slot, slot.job, slot.media)
+            except Exception as exc:  # this slot fails, the others go on
+                log.exception("image evaluation failed")
+                self._fail(slot, str(exc), kind="internal")
+                self.ctx.seq_remove(slot.seq)
+                slot.cache = []
+            return
+
+    def _eval_image(self, slot: _Slot, job: CompletionJob, media: MediaPrompt) -> None:
+        """Encode an image with the projector and decode its embeddings into the slot's sequence."""
+        assert self.mtmd is not None and self._embd_batch is not None
+        start = len(slot.cache)
+        chunk = media.image_at(start)
+        if chunk is None or len(slot.pending) < chunk.n_tokens:
+            raise RunnerError(f"no image starts at prompt position {start}")
+        embd = media.embeddings.pop(start, None)
+        if embd is None:
+            embd = self.mtmd.encode(chunk)
+        causal = not self.mtmd.non_causal(chunk)
+        last = len(slot.pending) == chunk.n_tokens  # the prompt ends with this image: its last output samples
+        batch = self._embd_batch
+        n = chunk.n_tokens
+        for first in range(0, n, batch.capacity):
+            size = min(batch.capacity, n - first)
+            batch.fill(embd, first, size, start + first, slot.seq, logits_last=last and first + size == n)
+            if not self._decode_abortably(lambda: self.ctx.decode_embeddings(batch, causal=causal), [slot]):
+                self.ctx.seq_remove(slot.seq, start, -1)
+                del slot.cache[start:]
+                if slot.job is not None and slot.job.cancelled:
+                    self._finish(slot, None)
+                return
+            slot.cache.extend(slot.pending[first : first + size])
+        slot.pending = slot.pending[n:]
+        if last and slot.chain is not None:
+            slot.prompt_done = time.perf_counter()
+            token = slot.chain.sample(self.ctx, batch.n - 1)
+            probs = self._logprobs(batch.n - 1, token, job.top_logprobs) if job.logprobs else None
+            self._accept(slot, job, token, probs)
+
+    def _decode_abortably(self, decode: Callable[[], bool], slots: list[_Slot]) -> bool:
+        """Run ``decode`` unless every job in it is cancelled meanwhile (then ``cancel`` aborts the
         decode mid-graph, so a client that leaves during a long prompt frees the engine at once)."""
         jobs = [slot.job for slot in slots if slot.job is not None]
         with self._cond:
@@ -400,7 +533,7 @@ class Engine:
             self.ctx.clear_abort()
             self._batch_jobs = jobs
         try:
-            return self.ctx.decode(batch)
+            return decode()
         finally:
             with self._cond:
                 self._batch_jobs = []
@@ -409,7 +542,12 @@ class Engine:
         """Make room: keep ``num_keep`` tokens, drop half of the rest (Ollama's context shift)."""
         keep = min(job.num_keep + (1 if slot.cache and slot.cache[0] == self.model.bos else 0), len(slot.cache) - 2)
         keep = max(keep, 0)
-        discard = (len(slot.cache) - keep) // 2
+        while keep > 0 and _mid_image(slot.cache, keep):
+            keep -= 1  # keep a whole image or none of it
+        end = keep + (len(slot.cache) - keep) // 2
+        while end < len(slot.cache) and _mid_image(slot.cache, end):
+            end += 1  # and drop a whole image or none of it
+        discard = end - keep
         self.ctx.seq_remove(slot.seq, keep, keep + discard)
         self.ctx.seq_shift(slot.seq, keep + discard, len(slot.cache), -discard)
         del slot.cache[keep : keep + discard]
@@ -491,6 +629,9 @@ class Engine:
         if slot.chain is not None:
             slot.chain.close()
             slot.chain = None
+        if slot.media is not None:  # the cache keeps the images' pseudo-tokens; the pixels can go
+            slot.media.close()
+            slot.media = None
         slot.job = None
         slot.next_token = None
         slot.last_used = time.monotonic()
@@ -537,7 +678,11 @@ class Engine:
 
 
 def _close_chain(job: CompletionJob | EmbedJob) -> None:
-    """Free a job's prepared sampler chain if it never reached a slot."""
-    if isinstance(job, CompletionJob) and job.chain is not None:
-        job.chain.close()
-        job.chain = None
+    """Free a job's prepared sampler chain and images if it never reached a slot."""
+    if isinstance(job, CompletionJob):
+        if job.chain is not None:
+            job.chain.close()
+            job.chain = None
+        if job.media is not None:
+            job.media.close()
+            job.media = None

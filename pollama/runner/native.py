@@ -1,4 +1,5 @@
-"""Owners of llama.cpp's native handles: model, context, batch, sampler chain and LoRA adapter.
+"""Owners of llama.cpp's native handles: model, context, batch, sampler chain, LoRA adapter, and the
+multimodal projector (libmtmd: ``MtmdContext``, ``Bitmap``, ``MediaPrompt``, ``EmbeddingBatch``).
 
 Each class wraps one C handle from ``llama_cpp.llama_cpp`` (llama-cpp-python's ctypes binding),
 frees it exactly once in ``close()`` (also as a context manager), and exposes only what the engine
@@ -8,10 +9,11 @@ needs. Everything here runs inside the runner subprocess; nothing knows about HT
 from __future__ import annotations
 
 import ctypes
+import hashlib
 import logging
 import os
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ def init_backend(*, quiet: bool = True) -> None:
 
 
 _aborting = threading.Event()  # set while a decode is being aborted on purpose: its errors are expected
+_expected = threading.local()  # ``failing`` is set on a thread whose llama.cpp errors are the client's (bad input)
 
 
 @C.llama_log_callback  # type: ignore[untyped-decorator]
@@ -46,6 +49,8 @@ def _silent_log(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
         message = text.decode("utf-8", "replace").rstrip()
         if _aborting.is_set():
             log.debug("llama.cpp (aborted decode): %s", message)
+        elif getattr(_expected, "failing", False):
+            log.debug("llama.cpp (bad input): %s", message)
         else:
             log.error("llama.cpp: %s", message)
 
@@ -344,6 +349,22 @@ class Context:
         ptr = C.llama_get_logits_ith(self.handle, i)
         return np.ctypeslib.as_array(ptr, shape=(self.model.n_vocab,))
 
+    def decode_embeddings(self, batch: EmbeddingBatch, *, causal: bool = True) -> bool:
+        """Evaluate a batch of embeddings (an image's), with causal attention or, as some projectors
+        want (Gemma 3), without; the same return and errors as ``decode``."""
+        if not causal:
+            C.llama_set_causal_attn(self.handle, False)
+        try:
+            rc = C.llama_decode(self.handle, batch.struct)
+        finally:
+            if not causal:
+                C.llama_set_causal_attn(self.handle, True)
+        if rc == 2 and self._abort_flag.raw[0]:
+            return False
+        if rc != 0:
+            raise RunnerError(f"llama_decode failed with status {rc}" + (" (KV cache full)" if rc == 1 else ""))
+        return True
+
     def embedding_ith(self, i: int) -> list[float] | None:
         """The embedding of the i-th output of the last batch (for unpooled models)."""
         ptr = C.llama_get_embeddings_ith(self.handle, i)
@@ -384,6 +405,39 @@ class Batch:
         self.n = i + 1
         b.n_tokens = self.n
         return i
+
+
+class EmbeddingBatch:
+    """A ``llama_batch`` of up to ``capacity`` embedding vectors of ``n_embd`` floats, all in one sequence."""
+
+    def __init__(self, capacity: int, n_embd: int) -> None:
+        self.capacity = capacity
+        self.n_embd = n_embd
+        self._batch: Any = C.llama_batch_init(capacity, n_embd, 1)
+        self.struct = self._batch
+        self.n = 0
+
+    def close(self) -> None:
+        """Free the batch."""
+        if self._batch is not None:
+            C.llama_batch_free(self._batch)
+            self._batch = None
+
+    def fill(self, embd: Any, first: int, count: int, pos: int, seq: int, *, logits_last: bool) -> None:
+        """Load vectors ``first .. first+count`` of ``embd`` (a ctypes float array) at positions from
+        ``pos`` in sequence ``seq``; the last one gives logits when ``logits_last``."""
+        if count > self.capacity:
+            raise RunnerError("batch overflow")
+        b = self._batch
+        size = ctypes.sizeof(ctypes.c_float)
+        ctypes.memmove(b.embd, ctypes.addressof(embd) + first * self.n_embd * size, count * self.n_embd * size)
+        for i in range(count):
+            b.pos[i] = pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = seq
+            b.logits[i] = logits_last and i == count - 1
+        self.n = count
+        b.n_tokens = count
 
 
 @dataclass(frozen=True)
@@ -440,7 +494,8 @@ class SamplerChain:
                     model.n_vocab, last_n, params.repeat_penalty, params.frequency_penalty, params.presence_penalty
                 )
                 self._add(self._penalties)
-                for token in list(context_tokens)[-last_n:]:
+                # Image pseudo-tokens (negative, see ``image_token``) are not vocabulary ids.
+                for token in [t for t in context_tokens if t >= 0][-last_n:]:
                     C.llama_sampler_accept(self._penalties, token)
             if params.temperature <= 0:
                 self._add(C.llama_sampler_init_greedy())
@@ -479,3 +534,292 @@ class SamplerChain:
         if self._chain is not None:
             C.llama_sampler_free(self._chain)
             self._chain = None
+
+
+# --- multimodal projector (libmtmd) -----------------------------------------------------------------
+
+IMAGE_TOKEN_LIMIT = 1 << 16
+"""Most embeddings one image may become (the pseudo-token scheme below numbers them in 16 bits)."""
+
+
+def image_token(digest: int, k: int) -> int:
+    """The pseudo-token standing for embedding ``k`` of the image whose content hash is ``digest``.
+
+    A slot's token cache holds these (always negative, so never a vocabulary id) where an image sits
+    in the prompt: the same bytes at the same place compare equal and are reused from the KV cache,
+    any other image differs from its first embedding on.
+    """
+    return -1 - ((digest << 16) | k)
+
+
+def image_token_parts(token: int) -> tuple[int, int] | None:
+    """``(digest, k)`` of a pseudo-token from ``image_token``, or None for an ordinary token."""
+    if token >= 0:
+        return None
+    value = -1 - token
+    return value >> 16, value & 0xFFFF
+
+
+def image_digest(data: bytes) -> int:
+    """A 48-bit identity of an image's bytes (from their sha256)."""
+    return int.from_bytes(hashlib.sha256(data).digest()[:6], "big")
+
+
+# stb_image (what libmtmd decodes with) reads these; other bytes are refused before libmtmd sees them,
+# so that it never hands them to ffprobe as a possible video.
+_IMAGE_SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"P5", b"P6", b"8BPS")
+_NO_FFMPEG = b"/nonexistent/pollama-no-ffmpeg"
+
+
+def _looks_like_image(data: bytes) -> bool:
+    return data.startswith(_IMAGE_SIGNATURES) or (data[:4] == b"RIFF" and data[8:12] == b"WEBP")
+
+
+MAX_IMAGE_PIXELS = 1 << 26
+"""Largest image decoded (64 Mpixel, 192 MiB of RGB): a small file can claim a huge size, and libmtmd
+decodes the whole of it before scaling it down."""
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """Width and height from the header of a PNG, GIF, BMP or JPEG file (None for other formats or
+    a header that does not say)."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:6] in (b"GIF87a", b"GIF89a") and len(data) >= 10:
+        return int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    if data.startswith(b"BM") and len(data) >= 26:
+        return abs(int.from_bytes(data[18:22], "little", signed=True)), abs(
+            int.from_bytes(data[22:26], "little", signed=True)
+        )
+    if data.startswith(b"\xff\xd8"):
+        i = 2
+        while i + 9 <= len(data) and data[i] == 0xFF:
+            marker, length = data[i + 1], int.from_bytes(data[i + 2 : i + 4], "big")
+            if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a start-of-frame segment
+                return int.from_bytes(data[i + 7 : i + 9], "big"), int.from_bytes(data[i + 5 : i + 7], "big")
+            i += 2 + length
+    return None
+
+
+class Bitmap:
+    """A decoded image (RGB pixels) ready for ``MtmdContext.tokenize``; identified by its bytes' hash."""
+
+    def __init__(self, handle: Any, digest: int) -> None:
+        self._handle: Any = handle
+        self.digest = digest
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise RunnerError("bitmap is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the pixels."""
+        if self._handle is not None:
+            _mtmd().mtmd_bitmap_free(self._handle)
+            self._handle = None
+
+
+@dataclass(frozen=True)
+class MediaChunk:
+    """One image of a prompt: where its embeddings start in the prompt's token list, and how many."""
+
+    start: int
+    n_tokens: int
+    digest: int
+    handle: Any  # the mtmd_input_chunk, owned by the MediaPrompt
+
+
+class MediaPrompt:
+    """A prompt tokenized with its images (``mtmd_tokenize``): the token list, with a run of
+    ``image_token`` pseudo-tokens for each image, and the image chunks to evaluate (owned here)."""
+
+    def __init__(self, handle: Any, tokens: list[int], images: list[MediaChunk]) -> None:
+        self._handle: Any = handle
+        self.tokens = tokens
+        self.images = images
+        self._by_start = {chunk.start: chunk for chunk in images}
+        self.embeddings: dict[int, Any] = {}  # image start -> its embeddings, when encoded ahead of time
+
+    def image_at(self, start: int) -> MediaChunk | None:
+        """The image whose embeddings start at prompt index ``start``."""
+        return self._by_start.get(start)
+
+    def close(self) -> None:
+        """Free the chunks (the images' preprocessed pixels)."""
+        if self._handle is not None:
+            _mtmd().mtmd_input_chunks_free(self._handle)
+            self._handle = None
+            self._by_start = {}
+            self.embeddings = {}
+
+
+def _mtmd() -> Any:
+    from llama_cpp import mtmd_cpp
+
+    return mtmd_cpp
+
+
+class MtmdContext:
+    """A multimodal projector (an ``mmproj`` GGUF) loaded by libmtmd against a text model.
+
+    ``bitmap`` and ``tokenize`` only read the projector's settings (llama-server calls them on its
+    HTTP threads too); they and ``encode`` (the vision tower, which has its own compute buffers and
+    never touches a llama context) may run on any thread, one at a time (a lock here), also while
+    the engine thread decodes.
+    """
+
+    def __init__(self, model: Model, path: Path, *, n_threads: int = 0, use_gpu: bool = True) -> None:
+        mtmd = _mtmd()
+        init_backend()
+        if not log.isEnabledFor(logging.DEBUG):
+            mtmd.mtmd_helper_log_set(_SILENT_LOG, ctypes.c_void_p(0))
+        params = mtmd.mtmd_context_params_default()
+        params.use_gpu = use_gpu
+        params.n_threads = n_threads if n_threads > 0 else physical_cores()
+        params.print_timings = False
+        params.warmup = False
+        handle = mtmd.mtmd_init_from_file(str(path).encode(), model.handle, params)
+        if not handle:
+            raise RunnerError(f"unable to load projector: {path}")
+        self._handle: Any = handle
+        self.model = model
+        self.marker = mtmd.mtmd_default_marker().decode()
+        self.vision = bool(mtmd.mtmd_support_vision(handle))
+        self.audio = bool(mtmd.mtmd_support_audio(handle))
+        self.mrope = bool(mtmd.mtmd_decode_use_mrope(handle))
+        self._lock = threading.Lock()
+
+    @property
+    def handle(self) -> Any:
+        if self._handle is None:
+            raise RunnerError("projector is closed")
+        return self._handle
+
+    def close(self) -> None:
+        """Free the projector (before the model it was loaded against)."""
+        if self._handle is not None:
+            _mtmd().mtmd_free(self._handle)
+            self._handle = None
+
+    def __enter__(self) -> MtmdContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def bitmap(self, data: bytes, number: int = 1) -> Bitmap:
+        """Decode image file bytes (PNG, JPEG, ...); ``InvalidRequest`` naming image ``number`` if they
+        are not an image libmtmd can read."""
+        mtmd = _mtmd()
+        failed = InvalidRequest(f"failed to decode image {number}: the data is not a supported image (PNG, JPEG, ...)")
+        if not _looks_like_image(data):
+            raise failed
+        size = image_size(data)
+        if size is not None and size[0] * size[1] > MAX_IMAGE_PIXELS:
+            raise InvalidRequest(
+                f"failed to decode image {number}: the image is too large ({size[0]}x{size[1]} pixels, "
+                f"at most {MAX_IMAGE_PIXELS} pixels)"
+            )
+        buf = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        opt = mtmd.mtmd_helper_init_opt_default()
+        opt.video_params.ffmpeg_bin_dir = _NO_FFMPEG
+        with self._lock:
+            _expected.failing = True  # bytes that are not an image are the client's error, not the runner's
+            try:
+                wrapped = mtmd.mtmd_helper_bitmap_init_from_buf_wrapper(self.handle, buf, len(data), False, opt)
+            finally:
+                _expected.failing = False
+        if wrapped.video_ctx:
+            mtmd.mtmd_helper_video_free(wrapped.video_ctx)
+            if wrapped.bitmap:
+                mtmd.mtmd_bitmap_free(wrapped.bitmap)
+            raise failed
+        if not wrapped.bitmap:
+            raise failed
+        digest = image_digest(data)
+        bitmap = Bitmap(wrapped.bitmap, digest)
+        mtmd.mtmd_bitmap_set_id(wrapped.bitmap, f"{digest:012x}".encode())
+        return bitmap
+
+    def tokenize(self, text: str, bitmaps: Sequence[Bitmap]) -> MediaPrompt:
+        """Split ``text`` at its markers (one per bitmap, in order) into text tokens (BOS added as the
+        model wants) and image chunks; ``InvalidRequest`` if the counts differ."""
+        mtmd = _mtmd()
+        markers = text.count(self.marker)
+        if markers != len(bitmaps):
+            raise InvalidRequest(
+                f"the prompt has {markers} image marker{'s' if markers != 1 else ''} ({self.marker}) "
+                f"but {len(bitmaps)} image{'s were' if len(bitmaps) != 1 else ' was'} sent"
+            )
+        data = text.encode("utf-8")
+        inp = mtmd.mtmd_input_text()
+        inp.text = data
+        inp.text_len = len(data)
+        inp.add_special = True
+        inp.parse_special = True
+        arr = (mtmd.mtmd_bitmap_p_ctypes * max(1, len(bitmaps)))(*(b.handle for b in bitmaps))
+        chunks = mtmd.mtmd_input_chunks_init()
+        if not chunks:
+            raise RunnerError("unable to allocate input chunks")
+        try:
+            with self._lock:
+                _expected.failing = True
+                try:
+                    rc = mtmd.mtmd_tokenize(self.handle, chunks, ctypes.byref(inp), arr, len(bitmaps))
+                finally:
+                    _expected.failing = False
+            if rc == 2:
+                raise InvalidRequest(f"the prompt's image markers ({self.marker}) do not match the images sent")
+            if rc != 0:
+                raise InvalidRequest(f"failed to process the images (libmtmd status {rc})")
+            tokens, images = self._layout(chunks, [b.digest for b in bitmaps])
+        except BaseException:
+            mtmd.mtmd_input_chunks_free(chunks)
+            raise
+        return MediaPrompt(chunks, tokens, images)
+
+    def _layout(self, chunks: Any, digests: list[int]) -> tuple[list[int], list[MediaChunk]]:
+        mtmd = _mtmd()
+        tokens: list[int] = []
+        images: list[MediaChunk] = []
+        for chunk in _chunks(chunks):
+            kind = mtmd.mtmd_input_chunk_get_type(chunk)
+            if kind == mtmd.MTMD_INPUT_CHUNK_TYPE_TEXT:
+                n = ctypes.c_size_t(0)
+                ptr = mtmd.mtmd_input_chunk_get_tokens_text(chunk, ctypes.byref(n))
+                tokens.extend(ptr[: n.value] if n.value else [])
+                continue
+            if kind != mtmd.MTMD_INPUT_CHUNK_TYPE_IMAGE or len(images) >= len(digests):
+                raise InvalidRequest("only images are supported as media input")
+            count = int(mtmd.mtmd_input_chunk_get_n_tokens(chunk))
+            if not 0 < count < IMAGE_TOKEN_LIMIT:
+                raise InvalidRequest(f"an image of {count} embeddings is not supported")
+            digest = digests[len(images)]
+            images.append(MediaChunk(start=len(tokens), n_tokens=count, digest=digest, handle=chunk))
+            tokens.extend(image_token(digest, k) for k in range(count))
+        return tokens, images
+
+    def non_causal(self, chunk: MediaChunk) -> bool:
+        """Whether the chunk's embeddings attend to each other both ways (Gemma 3) when decoded."""
+        return bool(_mtmd().mtmd_decode_use_non_causal(self.handle, chunk.handle))
+
+    def encode(self, chunk: MediaChunk) -> Any:
+        """Run the vision tower on an image chunk: a ctypes array of ``n_tokens × n_embd`` floats (a copy)."""
+        mtmd = _mtmd()
+        size = chunk.n_tokens * self.model.n_embd
+        out = (ctypes.c_float * size)()
+        with self._lock:  # the output buffer is the context's: encode and copy before anyone else encodes
+            rc = mtmd.mtmd_encode_chunk(self.handle, chunk.handle)
+            if rc != 0:
+                raise RunnerError(f"failed to encode image (libmtmd status {rc})")
+            ptr = mtmd.mtmd_get_output_embd(self.handle)
+            ctypes.memmove(out, ptr, size * ctypes.sizeof(ctypes.c_float))
+        return out
+
+
+def _chunks(chunks: Any) -> Iterator[Any]:
+    mtmd = _mtmd()
+    for i in range(mtmd.mtmd_input_chunks_size(chunks)):
+        yield mtmd.mtmd_input_chunks_get(chunks, i)

@@ -1,12 +1,15 @@
 """The runner subprocess: loads one model, runs the engine, answers requests on a Unix socket.
 
-Started by the server as ``python -m pollama.runner --model PATH --socket PATH ...``. Once the model
-is loaded it prints one JSON line on stdout (``{"status": "ready", ...}``) and serves connections.
+Started by the server as ``python -m pollama.runner --model PATH --socket PATH ...`` (plus
+``--mmproj PATH`` for a model with a vision projector). Once the model is loaded it prints one JSON
+line on stdout (``{"status": "ready", "vision": bool, ...}``) and serves connections.
 Each connection carries one request as a JSON line and gets JSON lines back:
 
 * ``{"op": "completion", "prompt" | "tokens", "options": {...}, "stop": [...], ...}`` → ``{"content"}``
   lines, then ``{"done": true, "done_reason", counts and durations, "tokens"}``; closing the connection
-  cancels the generation and frees its slot.
+  cancels the generation and frees its slot. ``"images": [base64, ...]`` sends images (the raw file
+  bytes): the prompt then holds the projector's marker (``<__media__>``) once per image, in order, and
+  the counts include each image's embeddings.
 * ``{"op": "tokenize", "content", "add_special"}`` → ``{"tokens"}``; ``{"op": "detokenize", "tokens"}``
   → ``{"content"}``; ``{"op": "embed", "inputs": [[tokens], ...]}`` → ``{"embeddings", ...}``;
   ``{"op": "count", "texts": [...], "add_special"}`` → ``{"counts": [...]}`` (the token counts of
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
 import logging
@@ -33,8 +38,18 @@ from pathlib import Path
 from typing import Any
 
 from pollama.errors import InvalidRequest
-from pollama.runner.engine import CompletionJob, EmbedJob, Emit, Engine, check_tokens
-from pollama.runner.native import Context, ContextParams, LoraAdapter, Model, ModelParams, SamplingParams
+from pollama.runner.engine import MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
+from pollama.runner.native import (
+    Bitmap,
+    Context,
+    ContextParams,
+    LoraAdapter,
+    MediaPrompt,
+    Model,
+    ModelParams,
+    MtmdContext,
+    SamplingParams,
+)
 from pollama.runner.protocol import error_event
 
 log = logging.getLogger("pollama.runner")
@@ -59,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-mmap", action="store_true")
     p.add_argument("--mlock", action="store_true")
     p.add_argument("--lora", action="append", type=Path, default=[])
+    p.add_argument("--mmproj", action="append", type=Path, default=[], help="multimodal projector GGUF")
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--flash-attn", choices=("on", "off", "auto"), default="auto")
     p.add_argument("--kv-cache-type", default="f16")
@@ -87,6 +103,7 @@ class RunnerServer:
     def __init__(self, model: Model, engine: Engine) -> None:
         self.model = model
         self.engine = engine
+        self.mtmd = engine.mtmd
         # Events from the engine thread wait here and are handed to the event loop in one wake-up
         # per decode step rather than one per token per request (each wake-up is a syscall).
         self._outbox: list[tuple[asyncio.Queue[dict[str, Any]], dict[str, Any]]] = []
@@ -176,8 +193,45 @@ class RunnerServer:
         return self.model.detokenize(ids, special=True)
 
     def _build_completion(self, request: dict[str, Any], emit: Emit) -> tuple[CompletionJob, bytes]:
-        """Worker thread: tokens, grammar and sampler chain for a completion, plus its first reply line."""
+        """Worker thread: tokens, images, grammar and sampler chain for a completion, plus its first reply line."""
+        media = self._media_prompt(request)
+        try:
+            return self._build_job(request, emit, media)
+        except BaseException:
+            if media is not None:
+                media.close()
+            raise
+
+    def _media_prompt(self, request: dict[str, Any]) -> MediaPrompt | None:
+        """The prompt split into text and image chunks when the request has images (else None)."""
+        images = request.get("images")
+        if not images:
+            return None
+        if self.mtmd is None or not self.mtmd.vision:
+            raise InvalidRequest(MISSING_PROJECTOR)
+        if not isinstance(images, list):
+            raise InvalidRequest("images must be a list of base64 strings")
         if request.get("tokens") is not None:
+            raise InvalidRequest("images need a text prompt, not tokens")
+        if self.mtmd.mrope:
+            raise InvalidRequest("image input is not supported yet for this model's projector (M-RoPE positions)")
+        bitmaps: list[Bitmap] = []
+        try:
+            for number, item in enumerate(images, 1):
+                try:
+                    data = base64.b64decode(str(item), validate=True) if isinstance(item, str) else b""
+                except (binascii.Error, ValueError):
+                    raise InvalidRequest(f"failed to decode image {number}: invalid base64 data") from None
+                bitmaps.append(self.mtmd.bitmap(data, number))
+            return self.mtmd.tokenize(str(request.get("prompt", "")), bitmaps)
+        finally:
+            for bitmap in bitmaps:
+                bitmap.close()
+
+    def _build_job(self, request: dict[str, Any], emit: Emit, media: MediaPrompt | None) -> tuple[CompletionJob, bytes]:
+        if media is not None:
+            tokens = media.tokens
+        elif request.get("tokens") is not None:
             tokens = _token_list(request["tokens"], "tokens")
         else:
             tokens = self.model.tokenize(str(request.get("prompt", "")), add_special=True, parse_special=True)
@@ -204,13 +258,16 @@ class RunnerServer:
                 truncate=bool(request.get("truncate", True)),
                 logprobs=bool(request.get("logprobs")),
                 top_logprobs=int(request.get("top_logprobs") or 0),
+                media=media,
             )
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"invalid completion request: {exc}") from None
         self.engine.prepare(job)
         first: dict[str, Any] = {"prompt_tokens": len(tokens)}
         if request.get("return_tokens"):
-            first["tokens"] = tokens  # the caller wants them (Ollama's ``context``): no second tokenization
+            # The caller wants them (Ollama's ``context``): no second tokenization. Images' pseudo-tokens
+            # are not vocabulary ids and stay here.
+            first["tokens"] = [t for t in tokens if t >= 0] if media is not None else tokens
         return job, _line(first)
 
     async def _completion(
@@ -350,6 +407,11 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     adapters = [LoraAdapter(model, path) for path in args.lora]
+    if len(args.mmproj) > 1:
+        log.warning("only the first projector is used (%d given)", len(args.mmproj))
+    mtmd = None
+    if args.mmproj and not args.embedding:
+        mtmd = MtmdContext(model, args.mmproj[0], n_threads=args.threads, use_gpu=args.n_gpu_layers != 0)
     parallel = 1 if args.embedding else max(1, args.parallel)
     num_ctx = max(4, args.ctx_size)
     batch = min(2048, num_ctx) if args.embedding else min(max(1, args.batch_size), num_ctx)
@@ -367,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         ),
         adapters,
     )
-    engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch)
+    engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch, mtmd=mtmd)
     engine.start()
     ready = {
         "status": "ready",
@@ -376,11 +438,14 @@ def main(argv: list[str] | None = None) -> int:
         "parallel": parallel,
         "model_size": model.size,
         "n_ctx_train": model.n_ctx_train,
+        "vision": bool(mtmd is not None and mtmd.vision),
     }
     try:
         asyncio.run(_serve(args, model, engine, ready))
     finally:
         if engine.stop():  # only once no decode can still be using them
+            if mtmd is not None:
+                mtmd.close()  # before the model it was loaded against
             ctx.close()
             for adapter in adapters:
                 adapter.close()
