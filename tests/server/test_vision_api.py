@@ -309,3 +309,74 @@ def test_openai_image_url_is_fetched_and_reaches_the_model(vision_server: Server
     for path, make in (("/v1/chat/completions", _openai), ("/v1/responses", _responses)):
         r = post(vision_server, path, make("tiny-vision", f"{image_host}/shapes.png"))
         assert r.status_code == 200, r.text
+
+
+# --- generation with images, end to end ---------------------------------------------------------------
+
+GREEDY = {"temperature": 0, "num_predict": 8}
+
+
+def _chat(server: ServerProcess, *images: str, model: str = "tiny-vision") -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "user", "content": "What is this?"}
+    if images:
+        message["images"] = list(images)
+    r = post(server, "/api/chat", {"model": model, "messages": [message], "options": GREEDY})
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+def test_the_image_reaches_the_model(vision_server: ServerProcess, shapes: str, stripes: str) -> None:
+    plain = _chat(vision_server)
+    first, second, other = _chat(vision_server, shapes), _chat(vision_server, shapes), _chat(vision_server, stripes)
+    # Each image is 16 embeddings between <start_of_image> and <end_of_image>: 18 more prompt tokens.
+    assert first["prompt_eval_count"] == plain["prompt_eval_count"] + 18
+    assert other["prompt_eval_count"] == plain["prompt_eval_count"] + 18
+    assert _chat(vision_server, shapes, stripes)["prompt_eval_count"] == plain["prompt_eval_count"] + 36
+    # The answer depends on the image: the same one gives the same greedy text, another one does not.
+    assert first["message"]["content"] == second["message"]["content"]
+    assert first["message"]["content"] != other["message"]["content"]
+    assert first["message"]["content"] != plain["message"]["content"]
+
+
+def test_openai_and_anthropic_images_answer_like_the_native_api(vision_server: ServerProcess, shapes: str) -> None:
+    native = _chat(vision_server, shapes)["message"]["content"]
+    with vision_server.client(timeout=60) as c:
+        openai = c.post(
+            "/v1/chat/completions",
+            json={
+                "model": "tiny-vision",
+                "temperature": 0,
+                "max_tokens": 8,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{shapes}"}},
+                            {"type": "text", "text": "What is this?"},
+                        ],
+                    }
+                ],
+            },
+        )
+        anthropic = c.post(
+            "/v1/messages",
+            json={
+                "model": "tiny-vision",
+                "temperature": 0,
+                "max_tokens": 8,
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [
+                            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": shapes}},
+                            {"type": "text", "text": "What is this?"},
+                        ],
+                    }
+                ],
+            },
+        )
+    assert openai.status_code == 200, openai.text
+    assert openai.json()["choices"][0]["message"]["content"] == native
+    assert anthropic.status_code == 200, anthropic.text
+    assert anthropic.json()["content"][0]["text"] == native
