@@ -7,12 +7,18 @@ an ``error`` line. If the server cannot be reached, ``ConnectError`` says so.
 With ``sign_with`` (``OLLAMA_AUTH``, or a server at ollama.com) every request is signed as Ollama's
 client signs it: ``?ts=<unix seconds>`` is added to the URL and ``Authorization: <key>:<signature>``
 carries the signature of ``<METHOD>,<path>?ts=<unix seconds>`` by ``~/.ollama/id_ed25519`` (spec §1.1).
+
+With an API key (``api_key``, default ``$POLLAMA_API_KEY``) every request carries
+``Authorization: Bearer KEY`` (a signed request's signature takes that header instead). HTTPS servers
+are verified against ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` when set (a private CA), else certifi's roots.
 """
 
 from __future__ import annotations
 
 import builtins
 import json
+import os
+import ssl
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,16 +51,27 @@ class Client:
     """Talks to one server at ``base_url`` (``http://127.0.0.1:11434`` by default)."""
 
     def __init__(
-        self, base_url: str = "http://127.0.0.1:11434", *, timeout: float | None = None, sign_with: Path | None = None
+        self,
+        base_url: str = "http://127.0.0.1:11434",
+        *,
+        timeout: float | None = None,
+        sign_with: Path | None = None,
+        api_key: str | None = None,
+        verify: ssl.SSLContext | bool | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._key_home = sign_with  # folder of id_ed25519 when requests are signed
         self._key: KeyPair | None = None
+        key = os.environ.get("POLLAMA_API_KEY", "").strip() if api_key is None else api_key.strip()
+        headers = {"User-Agent": f"pollama/{__version__}"}
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
         self._http = httpx.Client(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=5.0),
-            headers={"User-Agent": f"pollama/{__version__}"},
-            trust_env=False,
+            headers=headers,
+            trust_env=False,  # no proxies from the environment; SSL_CERT_FILE is honoured by _verify_from_env
+            verify=_verify_from_env() if verify is None else verify,
         )
 
     def close(self) -> None:
@@ -95,7 +112,7 @@ class Client:
         try:
             response = self._http.request(method, path, params=params, **kwargs)
         except httpx.ConnectError as exc:
-            raise ConnectError(f"could not connect to pollama server at {self.base_url}: {exc}") from None
+            raise _connect_error(self.base_url, exc) from None
         except httpx.TransportError as exc:
             raise ClientError(str(exc) or exc.__class__.__name__) from None
         if response.status_code >= 400:
@@ -123,7 +140,7 @@ class Client:
                         raise ClientError(str(item["error"]), response.status_code)
                     yield item
         except httpx.ConnectError as exc:
-            raise ConnectError(f"could not connect to pollama server at {self.base_url}: {exc}") from None
+            raise _connect_error(self.base_url, exc) from None
         except httpx.TransportError as exc:
             raise ClientError(str(exc) or exc.__class__.__name__) from None
 
@@ -210,6 +227,30 @@ class Client:
     def embed(self, request: dict[str, Any]) -> dict[str, Any]:
         """``/api/embed``."""
         return dict(self._json("POST", "/api/embed", request))
+
+
+def _verify_from_env() -> ssl.SSLContext | bool:
+    """How to check an HTTPS server: a context trusting ``$SSL_CERT_FILE`` / ``$SSL_CERT_DIR`` when set."""
+    cafile = os.environ.get("SSL_CERT_FILE") or None
+    capath = os.environ.get("SSL_CERT_DIR") or None
+    if cafile is None and capath is None:
+        return True
+    try:
+        return ssl.create_default_context(cafile=cafile, capath=capath)
+    except (OSError, ssl.SSLError) as exc:
+        raise ClientError(f"SSL_CERT_FILE/SSL_CERT_DIR: cannot load CA certificates: {exc}") from None
+
+
+def _connect_error(base_url: str, exc: httpx.ConnectError) -> ClientError:
+    """``ConnectError`` when nothing answered; a plain ``ClientError`` when TLS failed (a server is there,
+    so the CLI must not try to start one)."""
+    message = f"could not connect to pollama server at {base_url}: {exc}"
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ssl.SSLError):
+            return ClientError(message)
+        cause = cause.__cause__ or cause.__context__
+    return ConnectError(message)
 
 
 def _error_message(response: httpx.Response) -> str:

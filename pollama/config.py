@@ -44,6 +44,10 @@ SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OLLAMA_SCHED_SPREAD", "false", "Spread models over all GPUs (llama.cpp always does)"),
     ("OLLAMA_GPU_OVERHEAD", "0", "Only 0: pollama keeps no per-GPU memory budget"),
     ("OLLAMA_NO_CLOUD", "false", "Disable cloud models (pollama has none)"),
+    ("POLLAMA_API_KEYS", "", "API keys a client must send (Bearer or x-api-key), comma separated"),
+    ("POLLAMA_API_KEYS_FILE", "", "File of API keys, one a line (re-read on change or SIGHUP)"),
+    ("POLLAMA_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with; needs POLLAMA_TLS_KEY"),
+    ("POLLAMA_TLS_KEY", "", "PEM private key of POLLAMA_TLS_CERT"),
 )
 
 
@@ -107,6 +111,21 @@ class Settings:
     auth: bool = False
     no_cloud: bool = False
     llm_library: str = ""
+    api_keys: tuple[str, ...] = ()
+    api_keys_file: Path | None = None
+    api_key: str = ""
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @property
+    def auth_required(self) -> bool:
+        """True when ``POLLAMA_API_KEYS`` or ``POLLAMA_API_KEYS_FILE`` is set: requests need a key."""
+        return bool(self.api_keys) or self.api_keys_file is not None
+
+    @property
+    def tls(self) -> bool:
+        """True when the server serves HTTPS (``POLLAMA_TLS_CERT`` and ``POLLAMA_TLS_KEY``)."""
+        return self.tls_cert is not None
 
     @property
     def force_cpu(self) -> bool:
@@ -136,6 +155,7 @@ class Settings:
         home = home_dir / ".ollama"
         models_raw = _var(env, "OLLAMA_MODELS")
         models = Path(models_raw).expanduser() if models_raw else home / "models"
+        tls_cert, tls_key = _tls(env)
         return cls(
             host=parse_host(_var(env, "OLLAMA_HOST")),
             home=home,
@@ -159,6 +179,11 @@ class Settings:
             auth=_bool(env, "OLLAMA_AUTH", False),
             no_cloud=_bool(env, "OLLAMA_NO_CLOUD", False),
             llm_library=_llm_library(env),
+            api_keys=_api_keys(env),
+            api_keys_file=_api_keys_file(env),
+            api_key=_var(env, "POLLAMA_API_KEY"),
+            tls_cert=tls_cert,
+            tls_key=tls_key,
         )
 
     def describe(self) -> dict[str, str]:
@@ -181,6 +206,10 @@ class Settings:
             "OLLAMA_NO_CLOUD": str(self.no_cloud).lower(),
             "OLLAMA_LLM_LIBRARY": self.llm_library,
             "OLLAMA_GO_TEMPLATE": str(self.go_template).lower(),
+            # Never a key itself: only how many there are and where the file is.
+            "POLLAMA_API_KEYS": f"{len(self.api_keys)} keys" if self.api_keys else "",
+            "POLLAMA_API_KEYS_FILE": str(self.api_keys_file or ""),
+            "POLLAMA_TLS_CERT": str(self.tls_cert or ""),
         }
 
 
@@ -333,3 +362,54 @@ def _llm_library(env: Mapping[str, str]) -> str:
         f"OLLAMA_LLM_LIBRARY: pollama cannot switch to the {raw!r} library (its backend is the one "
         f"llama-cpp-python was built with, see docs/gpu.md); use cpu or unset it"
     )
+
+
+def _api_keys(env: Mapping[str, str]) -> tuple[str, ...]:
+    """``POLLAMA_API_KEYS``: comma-separated keys; set but holding no key is an error."""
+    raw = _var(env, "POLLAMA_API_KEYS")
+    if not raw:
+        return ()
+    keys = tuple(key.strip() for key in raw.split(",") if key.strip())
+    if not keys:
+        raise ConfigError("POLLAMA_API_KEYS: no key in the value (use key1,key2)")
+    return keys
+
+
+def read_api_keys_file(path: Path) -> tuple[str, ...]:
+    """The keys of an API keys file: one a line, blank lines and ``#`` comments ignored.
+
+    Raises ``ConfigError`` naming ``POLLAMA_API_KEYS_FILE`` when the file cannot be read.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"POLLAMA_API_KEYS_FILE: cannot read {path}: {reason}") from None
+    keys = (line.strip() for line in text.splitlines())
+    return tuple(key for key in keys if key and not key.startswith("#"))
+
+
+def _api_keys_file(env: Mapping[str, str]) -> Path | None:
+    """``POLLAMA_API_KEYS_FILE``: checked readable now, so a bad path stops the start."""
+    raw = _var(env, "POLLAMA_API_KEYS_FILE")
+    if not raw:
+        return None
+    path = Path(raw).expanduser()
+    read_api_keys_file(path)
+    return path
+
+
+def _tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
+    """``POLLAMA_TLS_CERT`` and ``POLLAMA_TLS_KEY``: both (readable files) or neither."""
+    cert_raw, key_raw = _var(env, "POLLAMA_TLS_CERT"), _var(env, "POLLAMA_TLS_KEY")
+    cert = Path(cert_raw).expanduser() if cert_raw else None
+    key = Path(key_raw).expanduser() if key_raw else None
+    if (cert is None) != (key is None):
+        missing, present = (
+            ("POLLAMA_TLS_KEY", "POLLAMA_TLS_CERT") if key is None else ("POLLAMA_TLS_CERT", "POLLAMA_TLS_KEY")
+        )
+        raise ConfigError(f"{missing}: not set, but {present} is (HTTPS needs both a certificate and its key)")
+    for path, var in ((cert, "POLLAMA_TLS_CERT"), (key, "POLLAMA_TLS_KEY")):
+        if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
+            raise ConfigError(f"{var}: cannot read {path}")
+    return cert, key

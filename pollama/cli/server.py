@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -39,17 +40,27 @@ def run_server(settings: Settings) -> None:
     _check_folders(settings)
     host = settings.host.host or "0.0.0.0"
     listener = _listen(host, settings.host.port)
+    _check_tls(settings)
+    if not settings.auth_required and not settings.host.is_loopback:
+        print(
+            f"Warning: listening on {host}:{settings.host.port} beyond this machine with no API key: anyone who can "
+            "reach it can use it (set POLLAMA_API_KEYS or POLLAMA_API_KEYS_FILE)",
+            file=sys.stderr,
+            flush=True,
+        )
     ensure_server_key(settings)
     level = logging.DEBUG if settings.debug > 0 else logging.INFO
     logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
     log.info("server config %s", settings.describe())
     app = create_app(settings)
-    log.info("Listening on %s:%d", host, settings.host.port)
+    log.info("Listening on %s:%d%s", host, settings.host.port, " (HTTPS)" if settings.tls else "")
     config = uvicorn.Config(
         app,
         log_level="warning" if settings.debug <= 0 else "debug",
         access_log=settings.debug > 0,
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
+        ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
     uvicorn.Server(config).run(sockets=[listener])
 
@@ -66,6 +77,19 @@ def _check_folders(settings: Settings) -> None:
             raise ConfigError(f"{what}: cannot create {exc.filename or path}: {exc.strerror}") from None
         if not os.access(path, os.W_OK | os.X_OK):
             raise ConfigError(f"{what}: {path} is not writable")
+
+
+def _check_tls(settings: Settings) -> None:
+    """Load the certificate and key once before serving, so a bad pair stops the start with its cause."""
+    if settings.tls_cert is None or settings.tls_key is None:
+        return
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(
+            f"POLLAMA_TLS_CERT/POLLAMA_TLS_KEY: cannot use {settings.tls_cert} with {settings.tls_key}: {exc}"
+        ) from None
 
 
 def _listen(host: str, port: int) -> socket.socket:
@@ -92,10 +116,10 @@ def ensure_server_key(settings: Settings) -> None:
 
 
 def client_for(settings: Settings) -> Client:
-    """A client for ``OLLAMA_HOST`` that signs its requests when ``OLLAMA_AUTH`` is set or the host is
-    ollama.com, as Ollama's client does."""
+    """A client for ``OLLAMA_HOST`` that sends ``POLLAMA_API_KEY`` as a Bearer key when set, and signs its
+    requests when ``OLLAMA_AUTH`` is set or the host is ollama.com, as Ollama's client does."""
     signs = settings.auth or settings.host.host == "ollama.com"
-    return Client(settings.host.url, sign_with=settings.home if signs else None)
+    return Client(settings.host.url, sign_with=settings.home if signs else None, api_key=settings.api_key)
 
 
 def connect(settings: Settings, *, start: bool = True) -> Client:

@@ -13,6 +13,7 @@ from pollama import __version__
 from pollama.config import Settings
 from pollama.inference.service import InferenceService
 from pollama.server import anthropic, openai
+from pollama.server.auth import ApiKeyGuard, KeyRing
 from pollama.server.context import ServerContext, document_errors
 from pollama.server.errors import install_error_handlers
 from pollama.server.middleware import HostGuard, add_cors
@@ -28,20 +29,26 @@ def create_app(settings: Settings) -> FastAPI:
     ctx = ServerContext(settings=settings, store=ModelStore(settings.models, noprune=settings.noprune))
     inference_service = InferenceService(settings, ctx.store)
     ctx.services["inference"] = inference_service
+    api_keys = KeyRing.from_settings(settings)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(ctx.store.prepare)
         inference_service.start()
+        if api_keys is not None:
+            api_keys.start()
         try:
             yield
         finally:
+            if api_keys is not None:
+                api_keys.close()
             await inference_service.close()
 
     app = FastAPI(
         title="pollama", version=__version__, lifespan=lifespan, description="Ollama's API, served by pollama."
     )
     app.state.ctx = ctx
+    app.state.api_keys = api_keys
     install_error_handlers(app)
     document_errors(app)
     app.include_router(misc.router)
@@ -50,6 +57,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(openai.router)
     app.include_router(anthropic.router)
+    app.add_middleware(ApiKeyGuard, keys=api_keys)  # inside CORS: preflights answer, 401s carry CORS headers
     add_cors(app, settings.origins)
     app.add_middleware(HostGuard, enabled=settings.host.is_loopback)
     return app
