@@ -49,6 +49,10 @@ def run_server(settings: Settings) -> None:
             flush=True,
         )
     ensure_server_key(settings)
+    # Worker threads render templates, hash uploads and parse big bodies while the event loop serves
+    # everyone else: hand the GIL over every millisecond (Python's default is 5 ms) so the loop's
+    # turn comes round promptly.
+    sys.setswitchinterval(0.001)
     level = logging.DEBUG if settings.debug > 0 else logging.INFO
     logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
     log.info("server config %s", settings.describe())

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -42,29 +44,61 @@ class Outcome:
     body: str = ""
 
 
+# The prober runs in a process of its own: in this one, the threads that build and send the 20 MB and
+# 200 MB bodies hold the GIL for long stretches, which would be counted as the server's latency.
+_PROBER = """
+import sys, threading, time, httpx
+url, every = sys.argv[1], float(sys.argv[2])
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
+with httpx.Client(base_url=url, timeout=5) as c:
+    while not stop.is_set():
+        started = time.monotonic()
+        try:
+            status = str(c.get("/api/tags").status_code)
+        except httpx.HTTPError as exc:
+            status = repr(exc).replace(" ", "_")
+        print(f"{time.monotonic() - started:.6f} {status}", flush=True)
+        stop.wait(every)
+"""
+
+
 @dataclass
 class Probe:
-    """``/api/tags`` latencies measured while the abuse runs."""
+    """``/api/tags`` latencies measured, from another process, while the abuse runs."""
 
     latencies: list[float] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    warm: threading.Event = field(default_factory=threading.Event)
+    process: subprocess.Popen[str] | None = None
 
-    def run(self, url: str) -> None:
-        with httpx.Client(base_url=url, timeout=5) as c:
-            while not self.stop.is_set():
-                started = time.monotonic()
-                try:
-                    r = c.get("/api/tags")
-                    if r.status_code != 200:
-                        self.failures.append(f"status {r.status_code}")
-                except httpx.HTTPError as exc:
-                    self.failures.append(repr(exc))
-                self.latencies.append(time.monotonic() - started)
-                if len(self.latencies) >= 5:
-                    self.warm.set()
-                self.stop.wait(PROBE_EVERY)
+    def start(self, url: str) -> None:
+        """Start probing; return once the first five probes have been answered."""
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", _PROBER, url, str(PROBE_EVERY)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.process.stdout is not None
+        for _ in range(5):
+            self._record(self.process.stdout.readline())
+        assert len(self.latencies) == 5, "the server did not answer /api/tags before the abuse started"
+        self.latencies.clear()  # the warm-up probes are not part of the measurement
+
+    def finish(self) -> None:
+        """Stop probing and collect what was measured."""
+        assert self.process is not None
+        out, _ = self.process.communicate("", timeout=15)
+        for line in out.splitlines():
+            self._record(line)
+
+    def _record(self, line: str) -> None:
+        if not line.strip():
+            return
+        seconds, status = line.split()
+        self.latencies.append(float(seconds))
+        if status != "200":
+            self.failures.append(f"status {status}")
 
     def p99(self) -> float:
         ordered = sorted(self.latencies)
@@ -122,9 +156,7 @@ def _send(url: str, name: str, what: httpx.Request | tuple[str, str, dict[str, o
 def run_abuse(url: str, names: tuple[str, ...] | None = None) -> tuple[Probe, dict[str, Outcome]]:
     """Send the abusive requests (``names`` of them, default all) at once while probing ``/api/tags``."""
     probe = Probe()
-    prober = threading.Thread(target=probe.run, args=(url,), daemon=True)
-    prober.start()
-    assert probe.warm.wait(10), "the server did not answer /api/tags before the abuse started"
+    probe.start(url)
     outcomes: dict[str, Outcome] = {}
     threads = []
     for name, what in _abuse(url).items():
@@ -136,8 +168,7 @@ def run_abuse(url: str, names: tuple[str, ...] | None = None) -> tuple[Probe, di
     deadline = time.monotonic() + BUDGET + 10
     for t in threads:
         t.join(max(0.0, deadline - time.monotonic()))
-    probe.stop.set()
-    prober.join(10)
+    probe.finish()
     return probe, outcomes
 
 
