@@ -44,6 +44,9 @@ SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("OLLAMA_SCHED_SPREAD", "false", "Spread models over all GPUs (llama.cpp always does)"),
     ("OLLAMA_GPU_OVERHEAD", "0", "Only 0: pollama keeps no per-GPU memory budget"),
     ("OLLAMA_NO_CLOUD", "false", "Disable cloud models (pollama has none)"),
+    # Operating pollama: logs and shutdown.
+    ("POLLAMA_LOG_FORMAT", "text", "Request and server log lines: text (key=value) or json"),
+    ("POLLAMA_SHUTDOWN_GRACE", "10s", "How long streams in flight may finish after SIGTERM"),
 )
 
 
@@ -107,6 +110,9 @@ class Settings:
     auth: bool = False
     no_cloud: bool = False
     llm_library: str = ""
+    # Operating pollama: logs and shutdown.
+    log_format: str = "text"
+    shutdown_grace: float = 10.0
 
     @property
     def force_cpu(self) -> bool:
@@ -159,6 +165,9 @@ class Settings:
             auth=_bool(env, "OLLAMA_AUTH", False),
             no_cloud=_bool(env, "OLLAMA_NO_CLOUD", False),
             llm_library=_llm_library(env),
+            # Operating pollama: logs and shutdown.
+            log_format=_log_format(env),
+            shutdown_grace=_shutdown_grace(env),
         )
 
     def describe(self) -> dict[str, str]:
@@ -178,6 +187,8 @@ class Settings:
             "OLLAMA_FLASH_ATTENTION": "auto" if self.flash_attention is None else str(self.flash_attention).lower(),
             "OLLAMA_KV_CACHE_TYPE": self.kv_cache_type,
             "OLLAMA_SCHED_SPREAD": str(self.sched_spread).lower(),
+            "POLLAMA_LOG_FORMAT": self.log_format,
+            "POLLAMA_SHUTDOWN_GRACE": f"{self.shutdown_grace:g}s",
             "OLLAMA_NO_CLOUD": str(self.no_cloud).lower(),
             "OLLAMA_LLM_LIBRARY": self.llm_library,
             "OLLAMA_GO_TEMPLATE": str(self.go_template).lower(),
@@ -333,3 +344,23 @@ def _llm_library(env: Mapping[str, str]) -> str:
         f"OLLAMA_LLM_LIBRARY: pollama cannot switch to the {raw!r} library (its backend is the one "
         f"llama-cpp-python was built with, see docs/gpu.md); use cpu or unset it"
     )
+
+
+# --- operating pollama: logs and shutdown -------------------------------------------------------
+
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    """``POLLAMA_LOG_FORMAT``: ``text`` (key=value lines, the default) or ``json`` (one object a line)."""
+    raw = _var(env, "POLLAMA_LOG_FORMAT").lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"POLLAMA_LOG_FORMAT: invalid format {raw!r} (use text or json)")
+    return raw
+
+
+def _shutdown_grace(env: Mapping[str, str]) -> float:
+    """``POLLAMA_SHUTDOWN_GRACE``: a Go duration or seconds (default 10 s); negative is refused."""
+    if _var(env, "POLLAMA_SHUTDOWN_GRACE").strip().startswith("-"):
+        raise ConfigError("POLLAMA_SHUTDOWN_GRACE: must not be negative")
+    return _duration(env, "POLLAMA_SHUTDOWN_GRACE", 10.0)
