@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -110,7 +111,9 @@ class RequestObserver:
             finish()
             current_request.reset(token)
 
-    async def _cut_short(self, record: RequestRecord, content_type: str, send: Send, finish: Any) -> None:
+    async def _cut_short(
+        self, record: RequestRecord, content_type: str, send: Send, finish: Callable[[], None]
+    ) -> None:
         """End a request the shutdown interrupted: a last error event in its stream's framing, or a
         503 when nothing was sent yet."""
         if record.status is None:
