@@ -97,3 +97,27 @@ def test_a_stream_longer_than_the_grace_ends_with_an_error_line(model_server: An
     assert not any(line.get("done") for line in lines)
     assert len(lines) > 2
     assert exited_after < 1 + 6
+
+
+def test_an_openai_stream_ends_with_an_sse_error_event(model_server: Any) -> None:
+    server = model_server("1s")
+    assert server.process is not None
+    body = {
+        "model": "smollm2",
+        "messages": [{"role": "user", "content": "Count from 1 to 1000, one number a line."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": True,
+    }
+    events: list[str] = []
+    with server.client() as c, c.stream("POST", "/v1/chat/completions", json=body) as s:
+        for raw in s.iter_lines():
+            if raw.startswith("data: "):
+                events.append(raw[len("data: ") :])
+                if len(events) == 1:
+                    os.kill(server.process.pid, signal.SIGTERM)
+    server.process.wait(timeout=30)
+    assert json.loads(events[-1]) == {
+        "error": {"message": "server shutting down", "type": "api_error", "param": None, "code": None}
+    }
+    assert "[DONE]" not in events
