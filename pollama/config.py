@@ -48,6 +48,9 @@ SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
     ("POLLAMA_API_KEYS_FILE", "", "File of API keys, one a line (re-read on change or SIGHUP)"),
     ("POLLAMA_TLS_CERT", "", "PEM certificate (chain) to serve HTTPS with; needs POLLAMA_TLS_KEY"),
     ("POLLAMA_TLS_KEY", "", "PEM private key of POLLAMA_TLS_CERT"),
+    # Operating pollama: logs and shutdown.
+    ("POLLAMA_LOG_FORMAT", "text", "Request and server log lines: text (key=value) or json"),
+    ("POLLAMA_SHUTDOWN_GRACE", "10s", "How long streams in flight may finish after SIGTERM"),
 )
 
 
@@ -127,6 +130,10 @@ class Settings:
         """True when the server serves HTTPS (``POLLAMA_TLS_CERT`` and ``POLLAMA_TLS_KEY``)."""
         return self.tls_cert is not None
 
+    # Operating pollama: logs and shutdown.
+    log_format: str = "text"
+    shutdown_grace: float = 10.0
+
     @property
     def force_cpu(self) -> bool:
         """``OLLAMA_LLM_LIBRARY=cpu``: every model runs with ``num_gpu 0``, whatever a request asks."""
@@ -184,6 +191,9 @@ class Settings:
             api_key=_var(env, "POLLAMA_API_KEY"),
             tls_cert=tls_cert,
             tls_key=tls_key,
+            # Operating pollama: logs and shutdown.
+            log_format=_log_format(env),
+            shutdown_grace=_shutdown_grace(env),
         )
 
     def describe(self) -> dict[str, str]:
@@ -203,6 +213,8 @@ class Settings:
             "OLLAMA_FLASH_ATTENTION": "auto" if self.flash_attention is None else str(self.flash_attention).lower(),
             "OLLAMA_KV_CACHE_TYPE": self.kv_cache_type,
             "OLLAMA_SCHED_SPREAD": str(self.sched_spread).lower(),
+            "POLLAMA_LOG_FORMAT": self.log_format,
+            "POLLAMA_SHUTDOWN_GRACE": f"{self.shutdown_grace:g}s",
             "OLLAMA_NO_CLOUD": str(self.no_cloud).lower(),
             "OLLAMA_LLM_LIBRARY": self.llm_library,
             "OLLAMA_GO_TEMPLATE": str(self.go_template).lower(),
@@ -413,3 +425,23 @@ def _tls(env: Mapping[str, str]) -> tuple[Path | None, Path | None]:
         if path is not None and not (path.is_file() and os.access(path, os.R_OK)):
             raise ConfigError(f"{var}: cannot read {path}")
     return cert, key
+
+
+# --- operating pollama: logs and shutdown -------------------------------------------------------
+
+LOG_FORMATS = ("text", "json")
+
+
+def _log_format(env: Mapping[str, str]) -> str:
+    """``POLLAMA_LOG_FORMAT``: ``text`` (key=value lines, the default) or ``json`` (one object a line)."""
+    raw = _var(env, "POLLAMA_LOG_FORMAT").lower() or "text"
+    if raw not in LOG_FORMATS:
+        raise ConfigError(f"POLLAMA_LOG_FORMAT: invalid format {raw!r} (use text or json)")
+    return raw
+
+
+def _shutdown_grace(env: Mapping[str, str]) -> float:
+    """``POLLAMA_SHUTDOWN_GRACE``: a Go duration or seconds (default 10 s); negative is refused."""
+    if _var(env, "POLLAMA_SHUTDOWN_GRACE").strip().startswith("-"):
+        raise ConfigError("POLLAMA_SHUTDOWN_GRACE: must not be negative")
+    return _duration(env, "POLLAMA_SHUTDOWN_GRACE", 10.0)

@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import socket
 import ssl
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 from pollama.client import Client, ConnectError
 from pollama.config import Settings
@@ -24,6 +28,7 @@ from pollama.errors import ConfigError
 log = logging.getLogger(__name__)
 
 _START_TIMEOUT = 60.0
+_SHUTDOWN_MARGIN = 3.0
 
 
 def run_server(settings: Settings) -> None:
@@ -53,20 +58,37 @@ def run_server(settings: Settings) -> None:
     # everyone else: hand the GIL over every millisecond (Python's default is 5 ms) so the loop's
     # turn comes round promptly.
     sys.setswitchinterval(0.001)
-    level = logging.DEBUG if settings.debug > 0 else logging.INFO
-    logging.basicConfig(level=level, format="time=%(asctime)s level=%(levelname)s source=%(name)s msg=%(message)s")
+    from pollama.server.accesslog import configure_logging
+
+    configure_logging(logging.DEBUG if settings.debug > 0 else logging.INFO, settings.log_format)
     log.info("server config %s", settings.describe())
     app = create_app(settings)
     log.info("Listening on %s:%d%s", host, settings.host.port, " (HTTPS)" if settings.tls else "")
     config = uvicorn.Config(
         app,
         log_level="warning" if settings.debug <= 0 else "debug",
-        access_log=settings.debug > 0,
-        timeout_graceful_shutdown=5,
+        log_config=None,  # keep the handlers configure_logging set up
+        access_log=False,  # pollama.access logs each request once
+        # The app ends its own requests after the grace (with an error line); uvicorn's timeout only
+        # backs that up, for a connection that would still hang on.
+        timeout_graceful_shutdown=math.ceil(settings.shutdown_grace + _SHUTDOWN_MARGIN),
         ssl_certfile=str(settings.tls_cert) if settings.tls_cert else None,
         ssl_keyfile=str(settings.tls_key) if settings.tls_key else None,
     )
-    uvicorn.Server(config).run(sockets=[listener])
+    _server(config, app.state.shutdown.begin).run(sockets=[listener])
+
+
+def _server(config: Any, on_exit: Callable[[], None]) -> Any:
+    """A ``uvicorn.Server`` that tells the app a shutdown began (``/health`` 503, the grace timer)
+    as soon as SIGTERM or SIGINT arrives; uvicorn then stops accepting and waits for requests."""
+    import uvicorn
+
+    class _GracefulServer(uvicorn.Server):
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            on_exit()
+            super().handle_exit(sig, frame)
+
+    return _GracefulServer(config)
 
 
 def _check_folders(settings: Settings) -> None:

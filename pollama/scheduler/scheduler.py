@@ -25,6 +25,7 @@ from typing import Any, Protocol
 
 from pollama.errors import RequestCanceled, RunnerError, ServerBusy
 from pollama.scheduler.memory import MemoryInfo, system_memory
+from pollama.scheduler.observer import NoObserver, SchedulerObserver
 from pollama.scheduler.spec import LoadSpec, RunningModel
 
 log = logging.getLogger(__name__)
@@ -144,6 +145,7 @@ class Scheduler:
         max_queue: int,
         memory_probe: Callable[[], MemoryInfo] = system_memory,
         clock: Clock | None = None,
+        observer: SchedulerObserver | None = None,
     ) -> None:
         self._launch = launcher
         self.default_keep_alive = default_keep_alive
@@ -151,6 +153,8 @@ class Scheduler:
         self.max_queue = max_queue
         self._memory_probe = memory_probe
         self._clock: Clock = clock or LoopClock()
+        self.observer: SchedulerObserver = observer or NoObserver()
+        """Told about queue waits, loads and runner exits; may be replaced before ``start``."""
         self._loaded: dict[str, Loaded] = {}
         self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
         self._loop_task: asyncio.Task[None] | None = None
@@ -200,6 +204,7 @@ class Scheduler:
         entry = self._loaded.get(spec.key)
         if entry is not None and not entry.expiring and entry.runner.alive and not entry.spec.needs_reload(spec):
             self._attach_or_refuse(entry, keep_alive)
+            self.observer.queue_waited(spec.name, 0.0)
             return Lease(self, entry, 0.0)
         if self._closed:
             raise RunnerError("server is shutting down")
@@ -209,11 +214,13 @@ class Scheduler:
         pending = _Pending(spec, keep_alive, future)
         self._queue.put_nowait(pending)
         try:
-            return await future
+            lease = await future
         except asyncio.CancelledError:
             if future.done() and not future.cancelled() and future.exception() is None:
                 future.result().release()
             raise RequestCanceled() from None
+        self.observer.queue_waited(spec.name, time.monotonic() - pending.enqueued)
+        return lease
 
     def _attach_or_refuse(self, entry: Loaded, keep_alive: float | None) -> None:
         """Attach a request to a loaded runner unless its slots and its waiting line are all taken."""
@@ -359,19 +366,26 @@ class Scheduler:
         spec = pending.spec
         started = self._clock.monotonic()
         log.info("loading %s (ctx %d × %d)", spec.name, spec.num_ctx, spec.num_parallel)
-        runner = await self._launch(spec)
+        try:
+            runner = await self._launch(spec)
+        except Exception:
+            self.observer.load_failed(spec.name)
+            raise
         keep_alive = self.default_keep_alive if pending.keep_alive is None else pending.keep_alive
         entry = Loaded(spec, runner, keep_alive, last_used=self._clock.monotonic())
         self._loaded[spec.key] = entry
         entry.watcher = self._spawn(self._watch(entry))
         self._attach(entry, None)
-        return Lease(self, entry, self._clock.monotonic() - started)
+        load_duration = self._clock.monotonic() - started
+        self.observer.model_loaded(spec.name, load_duration)
+        return Lease(self, entry, load_duration)
 
     async def _watch(self, entry: Loaded) -> None:
         """Notice a runner that exits on its own and forget it, so the next request reloads."""
         await entry.runner.wait_exit()
         if not entry.unloaded.is_set():
             log.warning("runner for %s exited unexpectedly", entry.spec.name)
+            self.observer.runner_exited(entry.spec.name)
             self._forget(entry)
             try:
                 await entry.runner.stop()  # a dead runner still has things to clean up (its socket folder)

@@ -62,6 +62,7 @@ async def pull(request: Request) -> Response:
     name = await run_in_threadpool(ctx.store.canonical, name)  # reads the manifests folder
     options = PullOptions(key_home=ctx.settings.home, insecure=req.insecure)
     work = pull_model(ctx.store, name, options, transfers=_transfers(ctx), offline=offline_source(ctx.store))
+    work = request.app.state.metrics.count_transfer(work, "pull")
     return await stream_or_collect(_lines(work), stream=req.stream is not False)
 
 
@@ -78,7 +79,8 @@ async def push(request: Request) -> Response:
         raise InvalidModelName("invalid model name") from None
     name = await run_in_threadpool(ctx.store.canonical, name)  # reads the manifests folder
     options = PushOptions(key_home=ctx.settings.home, insecure=req.insecure)
-    return await stream_or_collect(_lines(push_model(ctx.store, name, options)), stream=req.stream is not False)
+    work = request.app.state.metrics.count_transfer(push_model(ctx.store, name, options), "push")
+    return await stream_or_collect(_lines(work), stream=req.stream is not False)
 
 
 async def _lines(work: Iterator[Progress]) -> AsyncIterator[dict[str, Any]]:
