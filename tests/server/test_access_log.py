@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
+from tests.conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
 
 SECRET_PROMPT = "the-prompt-must-not-be-logged-4711"
 SECRET_KEY = "sk-very-secret-key-0815"

@@ -18,11 +18,11 @@ import httpx
 import ollama
 import openai
 import pytest
-from conftest import ServerProcess, free_port
 
 from pollama.config import Settings
 from pollama.errors import ConfigError
 from pollama.server.auth import KeyRing
+from tests.conftest import ServerProcess, free_port
 
 StartServer = Callable[..., ServerProcess]
 

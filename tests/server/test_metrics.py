@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from conftest import ServerProcess, free_port
 from prometheus_client.parser import text_string_to_metric_families
 
 from pollama.config import Settings
 from pollama.server.app import create_app
+from tests.conftest import ServerProcess, free_port
 
 MODEL = "smollm2:latest"
 QUICK = {"num_predict": 8, "temperature": 0}

@@ -13,11 +13,11 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
 
 from pollama.config import Settings
 from pollama.errors import ConfigError
 from pollama.server.app import create_app
+from tests.conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
 
 COUNTING = {"model": "smollm2", "raw": True, "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,"}
 

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import ServerProcess
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -24,6 +23,7 @@ from cryptography.x509.oid import NameOID
 from pollama.client import Client, ClientError
 from pollama.config import Settings
 from pollama.errors import ConfigError
+from tests.conftest import ServerProcess
 
 
 @dataclass(frozen=True)
