@@ -15,7 +15,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -268,16 +268,16 @@ async def stream_or_collect(
     items: AsyncIterator[dict[str, Any]],
     *,
     stream: bool,
-    collect: Callable[[list[dict[str, Any]]], dict[str, Any]] | None = None,
     request: Request | None = None,
 ) -> Response:
     """Answer with an NDJSON stream of ``items`` or, if not ``stream``, with one JSON object.
 
     An error raised before the first item becomes a normal error response with its status; after
-    that, a final ``{"error": ...}`` line (status stays 200). Without streaming, ``collect`` folds
-    the items into one object (default: the last item). With ``request``, everything read before the
-    response starts (the first item, or all of them without streaming) stops when the client
-    disconnects, and ``items`` is closed so that its runner slot is released at once.
+    that, a final ``{"error": ...}`` line (status stays 200). Without streaming, the answer is the
+    last item (a progress stream's final status; completions fold their chunks in
+    ``common.collect``). With ``request``, everything read before the response starts (the first
+    item, or all of them without streaming) stops when the client disconnects, and ``items`` is
+    closed so that its runner slot is released at once.
     """
     iterator = items.__aiter__()
 
@@ -294,8 +294,6 @@ async def stream_or_collect(
         head = await unless_disconnected(request, until_first(), iterator)
         if not stream:
             collected = head + await unless_disconnected(request, until_end(), iterator)
-            if collect is not None:
-                return JSONResponse(collect(collected))
             return JSONResponse(collected[-1] if collected else {})
     except Exception as exc:  # noqa: BLE001 - every failure becomes Ollama's error shape
         await _close(iterator)
