@@ -295,3 +295,200 @@ def vision_files() -> VisionFiles:
 def vision_testdata(vision_files: VisionFiles) -> Path:
     """The folder holding the vision test assets (see ``vision_files``)."""
     return vision_files.model.parent
+
+
+# --- Hugging Face folders for the converter ----------------------------------------------------
+
+
+def to_bf16_bits(values: object) -> object:
+    """F32 values rounded to nearest-even BF16, as ``uint16`` bits (how PyTorch rounds)."""
+    import numpy as np
+
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def from_bf16_bits(bits: object) -> object:
+    """BF16 ``uint16`` bits widened to F32."""
+    import numpy as np
+
+    return (np.asarray(bits).astype(np.uint32) << 16).view(np.float32)
+
+
+def save_safetensors(path: Path, tensors: dict[str, tuple[str, object]]) -> None:
+    """Write a safetensors file by its format's definition: ``{name: (dtype, array)}``, BF16 as uint16 bits."""
+    import json as _json
+
+    import numpy as np
+
+    header: dict[str, object] = {"__metadata__": {"format": "pt"}}
+    blobs = []
+    offset = 0
+    for name, (dtype, array) in tensors.items():
+        data = np.ascontiguousarray(array).tobytes()
+        header[name] = {"dtype": dtype, "shape": list(np.shape(array)), "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    raw = _json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    with path.open("wb") as fh:
+        fh.write(len(raw).to_bytes(8, "little"))
+        fh.write(raw)
+        for data in blobs:
+            fh.write(data)
+
+
+def save_sharded(folder: Path, tensors: dict[str, tuple[str, object]], shards: int) -> None:
+    """``save_safetensors`` split into ``shards`` files named as transformers does, with the index."""
+    import json as _json
+
+    import numpy as np
+
+    names = list(tensors)
+    per = -(-len(names) // shards)
+    weight_map = {}
+    total = 0
+    for i in range(shards):
+        file = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        part = {name: tensors[name] for name in names[i * per : (i + 1) * per]}
+        save_safetensors(folder / file, part)
+        for name, (_, array) in part.items():
+            weight_map[name] = file
+            total += np.asarray(array).nbytes
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (folder / "model.safetensors.index.json").write_text(_json.dumps(index, indent=2))
+
+
+_SMOLLM2_HF_NAMES = {
+    "attn_norm": "input_layernorm",
+    "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj",
+    "attn_k": "self_attn.k_proj",
+    "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj",
+    "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+@pytest.fixture(scope="session")
+def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+    """SmolLM2-135M-Instruct as a Hugging Face folder, rebuilt from the package's Q4_1 GGUF.
+
+    The weights are dequantized (``gguf.quants``), llama.cpp's Q/K row order is turned back into
+    Hugging Face's half-split rotary layout, and everything is stored as BF16 in two shards with
+    ``model.safetensors.index.json``; ``tokenizer.json`` is a byte-level BPE built from the GGUF's
+    vocabulary and merges, ``tokenizer_config.json`` carries the chat template.
+    """
+    import json as _json
+
+    import gguf
+    import numpy as np
+
+    folder = tmp_path_factory.mktemp("smollm2-hf")
+    reader = gguf.GGUFReader(str(smollm2_gguf))
+
+    def field(key: str) -> object:
+        return reader.fields[key].contents()
+
+    n_head = int(field("llama.attention.head_count"))  # type: ignore[call-overload]
+    n_head_kv = int(field("llama.attention.head_count_kv"))  # type: ignore[call-overload]
+    tensors: dict[str, tuple[str, object]] = {}
+    for tensor in reader.tensors:
+        values = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+        parts = tensor.name.split(".")
+        if tensor.name == "token_embd.weight":
+            name = "model.embed_tokens.weight"
+        elif tensor.name == "output_norm.weight":
+            name = "model.norm.weight"
+        else:
+            layer, kind = parts[1], parts[2]
+            name = f"model.layers.{layer}.{_SMOLLM2_HF_NAMES[kind]}.weight"
+            if kind in ("attn_q", "attn_k"):
+                heads = n_head if kind == "attn_q" else n_head_kv
+                rows, cols = values.shape
+                values = values.reshape(heads, rows // heads // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+        tensors[name] = ("BF16", to_bf16_bits(values))
+    save_sharded(folder, tensors, 2)
+
+    tokens = [str(t) for t in field("tokenizer.ggml.tokens")]  # type: ignore[attr-defined]
+    types = [int(t) for t in field("tokenizer.ggml.token_type")]  # type: ignore[attr-defined]
+    merges = [str(m) for m in field("tokenizer.ggml.merges")]  # type: ignore[attr-defined]
+    added = [
+        {
+            "id": i,
+            "content": t,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        for i, (t, kind) in enumerate(zip(tokens, types, strict=True))
+        if kind == 3
+    ]
+    tokenizer = {
+        "version": "1.0",
+        "truncation": None,
+        "padding": None,
+        "added_tokens": added,
+        "normalizer": None,
+        "pre_tokenizer": {
+            "type": "Sequence",
+            "pretokenizers": [
+                {"type": "Digits", "individual_digits": True},
+                {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True},
+            ],
+        },
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True, "use_regex": True},
+        "model": {
+            "type": "BPE",
+            "dropout": None,
+            "unk_token": None,
+            "continuing_subword_prefix": None,
+            "end_of_word_suffix": None,
+            "fuse_unk": False,
+            "byte_fallback": False,
+            "vocab": {t: i for i, t in enumerate(tokens)},
+            "merges": merges,
+        },
+    }
+    (folder / "tokenizer.json").write_text(_json.dumps(tokenizer, ensure_ascii=False))
+    (folder / "tokenizer_config.json").write_text(
+        _json.dumps(
+            {
+                "add_prefix_space": False,
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|im_end|>",
+                "unk_token": "<|endoftext|>",
+                "chat_template": str(field("tokenizer.chat_template")),
+                "model_max_length": 8192,
+                "tokenizer_class": "GPT2Tokenizer",
+            }
+        )
+    )
+    (folder / "generation_config.json").write_text(_json.dumps({"bos_token_id": 1, "eos_token_id": 2}))
+    config = {
+        "_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": int(field("llama.embedding_length")),  # type: ignore[call-overload]
+        "intermediate_size": int(field("llama.feed_forward_length")),  # type: ignore[call-overload]
+        "num_hidden_layers": int(field("llama.block_count")),  # type: ignore[call-overload]
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_head_kv,
+        "max_position_embeddings": int(field("llama.context_length")),  # type: ignore[call-overload]
+        "rms_norm_eps": float(field("llama.attention.layer_norm_rms_epsilon")),  # type: ignore[arg-type]
+        "rope_theta": float(field("llama.rope.freq_base")),  # type: ignore[arg-type]
+        "hidden_act": "silu",
+        "tie_word_embeddings": True,
+        "vocab_size": len(tokens),
+        "torch_dtype": "bfloat16",
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+    }
+    (folder / "config.json").write_text(_json.dumps(config, indent=2))
+    return folder

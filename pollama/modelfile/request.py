@@ -26,6 +26,8 @@ _WEIGHT_PATTERNS = (
     ("*.gguf",),
     ("*.bin",),
 )
+# A PEFT adapter folder: ``adapter_model.safetensors`` (MLX: ``adapters.safetensors``), else GGUF.
+_ADAPTER_PATTERNS = (("adapter_model.safetensors", "adapters.safetensors"), ("*.safetensors",), ("*.gguf",), ("*.bin",))
 
 
 @dataclass
@@ -55,25 +57,32 @@ def expand_path(path: str, relative_dir: Path) -> Path:
     return (relative_dir / path).resolve()
 
 
-def local_files(path: Path) -> dict[str, Path] | None:
+def local_files(path: Path, *, adapter: bool = False) -> dict[str, Path] | None:
     """The files a FROM/ADAPTER path stands for (``None`` if it does not exist).
 
-    A file is itself; a folder is scanned for weights by Ollama's rules plus its JSON/tokenizer files.
-    Names are relative to the folder (forward slashes), or the bare file name for a single file.
+    A file is itself, except a safetensors file (one shard of a Hugging Face folder), which stands
+    for its folder; a folder is scanned for weights by Ollama's rules plus its JSON/tokenizer files
+    (an adapter folder: its safetensors and ``adapter_config.json``). Names are relative to the
+    folder (forward slashes), or the bare file name for a single file.
     """
-    if path.is_file():
+    if path.is_file() and path.name.endswith(".safetensors"):
+        path = path.parent
+    elif path.is_file():
         return {path.name: path}
     if not path.is_dir():
         return None
     found: list[Path] = []
-    for patterns in _WEIGHT_PATTERNS:
+    for patterns in _ADAPTER_PATTERNS if adapter else _WEIGHT_PATTERNS:
         found = sorted(p for pattern in patterns for p in path.glob(pattern) if p.is_file())
         if found:
             break
     if not found:
         raise ModelfileError("no Modelfile or safetensors files found")
-    extras = [*path.glob("*.json"), *path.glob("*/*.json"), *path.glob("chat_template.jinja")]
-    tokenizer = list(path.glob("tokenizer.model")) or list(path.glob("*/tokenizer.model"))
+    if adapter and any(p.name.endswith(".safetensors") for p in found):
+        extras, tokenizer = list(path.glob("adapter_config.json")), []
+    else:
+        extras = [*path.glob("*.json"), *path.glob("*/*.json"), *path.glob("chat_template.jinja")]
+        tokenizer = list(path.glob("tokenizer.model")) or list(path.glob("*/tokenizer.model"))
     files: dict[str, Path] = {}
     root = path.resolve()
     for item in [*found, *extras, *tokenizer]:
@@ -112,7 +121,7 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
             else:
                 prepared.files.update(files)
         elif name == "adapter":
-            files = local_files(expand_path(args, relative_dir))
+            files = local_files(expand_path(args, relative_dir), adapter=True)
             if files is None:
                 raise ModelfileError(f"open {args}: no such file or directory")
             prepared.adapters = files

@@ -9,9 +9,14 @@ Progress is reported as the status lines Ollama's clients print (``parsing GGUF`
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import shutil
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, NotSupportedYet
@@ -26,8 +31,8 @@ from pollama.gguf import (
     read_gguf,
 )
 from pollama.names import ModelName, parse_name
-from pollama.store.blobs import BlobReservation, parse_digest
-from pollama.store.files import go_json
+from pollama.store.blobs import BlobReservation, digest_file, parse_digest
+from pollama.store.files import TEMP_PREFIX, go_json, temp_name
 from pollama.store.manifest import (
     CONFIG_V1,
     MEDIA_ADAPTER,
@@ -45,6 +50,9 @@ from pollama.store.manifest import (
 )
 from pollama.store.progress import Progress
 from pollama.store.store import ModelStore
+
+# Temporary names of a safetensors conversion in ``blobs/`` (a folder of links and the GGUF output).
+CONVERT_HINT = "convert-"
 
 
 @dataclass
@@ -188,12 +196,11 @@ def _layers_from_model(
 def _layers_from_files(
     store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation, *, adapter: bool
 ) -> Iterator[Progress]:
-    """Turn uploaded GGUF blobs into model/projector/adapter layers (reserved, appended to ``base``)."""
+    """Turn uploaded blobs into model/projector/adapter layers (reserved, appended to ``base``):
+    GGUF files as they are, a set with safetensors files converted to one GGUF first."""
     if any(name.endswith(".safetensors") for name in files):
-        raise NotSupportedYet(
-            "importing safetensors models is not supported yet: convert the model "
-            "to GGUF first (llama.cpp's convert_hf_to_gguf.py)"
-        )
+        yield from _layer_from_safetensors(store, files, base, reserved, adapter=adapter)
+        return
     for name in sorted(files):  # Ollama's order: by file name
         digest = files[name]
         path = store.blobs.path(digest)
@@ -212,6 +219,103 @@ def _layers_from_files(
         canonical = parse_digest(digest)
         layer = Layer(media_type, canonical, path.stat().st_size, from_=str(path))
         base.append(_BaseLayer(layer, gguf, f"using existing layer {canonical}"))
+
+
+def _layer_from_safetensors(
+    store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation, *, adapter: bool
+) -> Iterator[Progress]:
+    """Convert a Hugging Face folder (or a PEFT adapter for the model in ``base``) sent as blobs.
+
+    The blobs are linked under their file names into a temporary folder in ``blobs/``, the GGUF is
+    written to a temporary file beside them (both locked, so start-up cleanup in another process
+    leaves them alone while this runs, and removes them if it was killed), then hashed and installed
+    as a blob; the folder and any unfinished file are removed however the conversion ends. Runs in
+    the caller's thread (create runs in a worker thread, never on the event loop).
+    """
+    from pollama.convert import convert_adapter, convert_model
+
+    for digest in files.values():
+        if not reserved.add(digest):
+            raise BlobNotFound(f'blob "{parse_digest(digest)}" not found')
+    base_gguf = None
+    if adapter:
+        models = [item for item in base if item.layer.media_type == MEDIA_MODEL]
+        if not models:
+            raise InvalidRequest("no base model was specified for the adapter")
+        base_gguf = store.blobs.path(models[0].layer.digest)
+    yield Progress("converting adapter" if adapter else "converting model")
+    with _conversion_workspace(store, files) as (folder, staged):
+        if base_gguf is not None:
+            convert_adapter(folder, base_gguf, staged)
+        else:
+            convert_model(folder, staged)
+        digest = digest_file(staged)
+        written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
+    gguf = read_gguf(written.path)
+    media_type = MEDIA_ADAPTER if adapter else MEDIA_MODEL
+    layer = Layer(media_type, written.digest, written.size)
+    status = f"{'creating new' if written.created else 'using existing'} layer {written.digest}"
+    base.append(_BaseLayer(layer, gguf, status))
+
+
+@contextlib.contextmanager
+def _conversion_workspace(store: ModelStore, files: dict[str, str]) -> Iterator[tuple[Path, Path]]:
+    """A locked temporary folder of links named as ``files`` say, and a locked temporary output path."""
+    root = store.blobs.root
+    root.mkdir(parents=True, exist_ok=True)
+    folder = temp_name(root, CONVERT_HINT)
+    folder.mkdir()
+    staged = temp_name(root, CONVERT_HINT)
+    fds: list[int] = []
+    try:
+        fds.append(_locked(folder, os.O_RDONLY | os.O_DIRECTORY))
+        fds.append(_locked(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+        for name, digest in files.items():
+            link = folder / name
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(store.blobs.path(digest), link)
+        yield folder, staged
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+        for fd in fds:
+            os.close(fd)
+
+
+def _locked(path: Path, flags: int) -> int:
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_abandoned_conversions(root: Path) -> None:
+    """Remove conversion folders and outputs in ``root`` (``blobs/``) whose creator is gone (not locked)."""
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if not path.name.startswith(TEMP_PREFIX + CONVERT_HINT):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a conversion still running in some process
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+        finally:
+            os.close(fd)
 
 
 def _projectors_onto(
