@@ -2,16 +2,17 @@
 
 A folder holds ``model.safetensors``, or shards listed by ``model.safetensors.index.json`` (any other
 ``*.safetensors`` are read too when there is no index). A safetensors file is an 8-byte little-endian
-header length, a JSON header (``{name: {"dtype", "shape", "data_offsets"}}``) and the raw data; the
-data is memory-mapped, so reading a tensor touches only its own pages and the converter's peak memory
-stays near one tensor. BF16 has no numpy dtype: ``raw`` gives its bits as ``uint16`` (enough to copy or
-reorder it exactly), ``load`` widens it to F32.
+header length, a JSON header (``{name: {"dtype", "shape", "data_offsets"}}``) and the raw data. Only headers are read up
+front; a tensor is read from its file when asked for, into an array of its own that the caller drops
+before asking for the next one, so the converter's memory stays near one tensor whatever the model's
+size (a memory map would keep every page read so far resident). BF16 has no numpy dtype: ``raw`` gives
+its bits as ``uint16`` (enough to copy or reorder it exactly), ``load`` widens it to F32.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import mmap
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,14 +50,14 @@ class TensorSource:
     """The tensors of a folder's safetensors files, by their Hugging Face names.
 
     ``names()`` in file order, ``shape(name)``, ``dtype(name)`` (the safetensors type: ``BF16``,
-    ``F16``, ``F32``...), ``raw(name)`` (a read-only view in the stored type, BF16 as ``uint16``) and
-    ``load(name)`` (a fresh F32 array). ``close()`` (or ``with``) unmaps the files.
+    ``F16``, ``F32``...), ``raw(name)`` (a new array in the stored type, BF16 as ``uint16``) and
+    ``load(name)`` (a new F32 array). ``close()`` (or ``with``) closes the files.
     """
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self._entries: dict[str, _Entry] = {}
-        self._maps: dict[Path, mmap.mmap] = {}
+        self._files: dict[Path, io.FileIO] = {}
         for file in _tensor_files(folder):
             self._read_header(file)
         if not self._entries:
@@ -108,17 +109,24 @@ class TensorSource:
         return self._entry(name).dtype
 
     def raw(self, name: str) -> np.ndarray[Any, Any]:
-        """A read-only view of the stored values (BF16 as their ``uint16`` bits); valid until ``close``."""
+        """A new array of the stored values (BF16 as their ``uint16`` bits), read from the file."""
         entry = self._entry(name)
         numpy_type = _NUMPY_TYPES.get(entry.dtype)
         if numpy_type is None:
             raise ConversionError(f"tensor {name!r}: unsupported data type {entry.dtype}")
-        buf = self._map(entry.file)
         count = int(np.prod(entry.shape, dtype=np.int64)) if entry.shape else 1
-        expected = count * np.dtype(numpy_type).itemsize
-        if entry.end - entry.start != expected:
+        array = np.empty(count, dtype=numpy_type)
+        view = memoryview(array.data).cast("B")
+        if entry.end - entry.start != len(view):
             raise ConversionError(f"tensor {name!r}: {entry.end - entry.start} bytes for shape {list(entry.shape)}")
-        array = np.frombuffer(buf, dtype=numpy_type, count=count, offset=entry.start)
+        fh = self._open(entry.file)
+        fh.seek(entry.start)
+        done = 0
+        while done < len(view):
+            got = fh.readinto(view[done:])
+            if not got:
+                raise ConversionError(f"{entry.file.name}: truncated")
+            done += got
         return array.reshape(entry.shape)
 
     def load(self, name: str) -> np.ndarray[Any, Any]:
@@ -129,13 +137,10 @@ class TensorSource:
         return values.astype(np.float32)
 
     def close(self) -> None:
-        """Unmap every file."""
-        maps, self._maps = self._maps, {}
-        for buf in maps.values():
-            try:
-                buf.close()
-            except BufferError:  # a view is still alive; the map goes with it
-                pass
+        """Close every file."""
+        files, self._files = self._files, {}
+        for fh in files.values():
+            fh.close()
 
     def __enter__(self) -> TensorSource:
         return self
@@ -149,13 +154,12 @@ class TensorSource:
         except KeyError:
             raise ConversionError(f"tensor {name!r} not found") from None
 
-    def _map(self, file: Path) -> mmap.mmap:
-        buf = self._maps.get(file)
-        if buf is None:
-            with file.open("rb") as fh:
-                buf = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-            self._maps[file] = buf
-        return buf
+    def _open(self, file: Path) -> io.FileIO:
+        fh = self._files.get(file)
+        if fh is None:
+            fh = io.FileIO(file, "r")
+            self._files[file] = fh
+        return fh
 
 
 def bf16_to_f32(bits: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
