@@ -152,3 +152,15 @@ def _is_sliding(config: dict[str, Any], layer: int) -> bool:
         return layer % 2 == 0
     pattern = config.get("sliding_window_pattern", 6)
     return (layer + 1) % pattern != 0
+
+
+def byte_level_alphabet() -> dict[int, str]:
+    """GPT-2's byte-level BPE alphabet: each byte → the printable character that stands for it."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    out = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in out:
+            out[b] = chr(256 + extra)
+            extra += 1
+    return out

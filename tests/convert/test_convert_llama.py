@@ -16,26 +16,12 @@ from typing import Any
 import pytest
 
 from tests.conftest import _POLLAMA_SERVER_VARIABLES, ServerProcess
-from tests.convert.convert_reference import forward, load_folder, log_softmax
+from tests.convert.convert_reference import byte_level_alphabet, forward, load_folder, log_softmax
 
 PROMPTS = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
     "The three primary colors are",
 ]
-
-
-def _byte_decoder() -> dict[str, int]:
-    """GPT-2's byte-level alphabet, reversed: the printable stand-in for each byte → the byte."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
-    printable += list(range(ord("®"), ord("ÿ") + 1))
-    chars = printable[:]
-    n = 0
-    for b in range(256):
-        if b not in printable:
-            printable.append(b)
-            chars.append(256 + n)
-            n += 1
-    return {chr(c): b for b, c in zip(printable, chars, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +79,7 @@ def test_greedy_tokens_match_reference(imported: ServerProcess, smollm2_hf_folde
     entries: list[dict[str, Any]] = body["logprobs"]
     assert len(entries) == body["eval_count"] > 0
 
-    decoder = _byte_decoder()
+    decoder = {c: b for b, c in byte_level_alphabet().items()}
     vocab = json.loads((smollm2_hf_folder / "tokenizer.json").read_text())["model"]["vocab"]
     by_bytes = {bytes(decoder[c] for c in token): i for token, i in vocab.items() if all(c in decoder for c in token)}
     generated = [by_bytes[bytes(entry["bytes"])] for entry in entries]
