@@ -49,6 +49,12 @@ def imported(tmp_path_factory: pytest.TempPathFactory, smollm2_hf_folder: Path) 
         proc.stop()
 
 
+@pytest.fixture(scope="module")
+def reference_weights(smollm2_hf_folder: Path) -> dict[str, Any]:
+    """The folder's tensors in F32, read by the reference's own safetensors reader."""
+    return load_folder(smollm2_hf_folder)
+
+
 def test_create_reports_conversion(imported: ServerProcess) -> None:
     output = imported.create_output  # type: ignore[attr-defined]
     assert "converting model" in output
@@ -56,7 +62,9 @@ def test_create_reports_conversion(imported: ServerProcess) -> None:
 
 
 @pytest.mark.parametrize("prompt", PROMPTS)
-def test_greedy_tokens_match_reference(imported: ServerProcess, smollm2_hf_folder: Path, prompt: str) -> None:
+def test_greedy_tokens_match_reference(
+    imported: ServerProcess, smollm2_hf_folder: Path, reference_weights: dict[str, Any], prompt: str
+) -> None:
     from tokenizers import Tokenizer  # Hugging Face's tokenizer, on the fixture's tokenizer.json
 
     tokenizer = Tokenizer.from_file(str(smollm2_hf_folder / "tokenizer.json"))
@@ -85,8 +93,7 @@ def test_greedy_tokens_match_reference(imported: ServerProcess, smollm2_hf_folde
     generated = [by_bytes[bytes(entry["bytes"])] for entry in entries]
 
     config = json.loads((smollm2_hf_folder / "config.json").read_text())
-    weights = load_folder(smollm2_hf_folder)
-    logits = forward(config, weights, prompt_ids + generated[:-1])
+    logits = forward(config, reference_weights, prompt_ids + generated[:-1])
     reference = log_softmax(logits[len(prompt_ids) - 1 :])
     assert [int(i) for i in reference.argmax(axis=-1)] == generated
     for step, (entry, token) in enumerate(zip(entries, generated, strict=True)):
