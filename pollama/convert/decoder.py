@@ -289,8 +289,14 @@ def _add_hyperparameters(writer: gguf.GGUFWriter, config: dict[str, Any], spec: 
             writer.add_attn_logit_softcapping(float(config["attn_logit_softcapping"]))
         if config.get("final_logit_softcapping") is not None:
             writer.add_final_logit_softcapping(float(config["final_logit_softcapping"]))
-    if spec.arch == gguf.MODEL_ARCH.GEMMA3 and config.get("rope_local_base_freq"):
-        writer.add_rope_freq_base_swa(float(config["rope_local_base_freq"]))
+    if spec.arch == gguf.MODEL_ARCH.GEMMA3:
+        if config.get("rope_local_base_freq"):
+            writer.add_rope_freq_base_swa(float(config["rope_local_base_freq"]))
+        layer_types = config.get("layer_types")
+        if isinstance(layer_types, list) and layer_types:
+            writer.add_sliding_window_pattern([kind == "sliding_attention" for kind in layer_types])
+        elif isinstance(config.get("sliding_window_pattern"), int):
+            writer.add_sliding_window_pattern(int(config["sliding_window_pattern"]))
     rope = config.get("rope_scaling")
     if isinstance(rope, dict):
         _add_rope_scaling(writer, config, rope)

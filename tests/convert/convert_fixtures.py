@@ -50,7 +50,7 @@ CASES: dict[str, tuple[dict[str, Any], str]] = {
             "head_dim": 16,
             "query_pre_attn_scalar": 16,
             "sliding_window": 4,
-            "sliding_window_pattern": 6,
+            "sliding_window_pattern": 2,  # layer 0 slides (local rope base), layer 1 is global
             "rope_theta": 1000000.0,
             "rope_local_base_freq": 10000.0,
             "hidden_activation": "gelu_pytorch_tanh",
