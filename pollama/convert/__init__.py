@@ -40,7 +40,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConversionError("config.json not found") from None
+        raise ConversionError("open config.json: no such file or directory") from None  # Go's os.DirFS wording
     except (OSError, ValueError) as exc:
         raise ConversionError(f"config.json: {exc}") from None
     if not isinstance(config, dict):

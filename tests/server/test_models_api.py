@@ -225,7 +225,7 @@ def test_create_errors(server: ServerProcess, tmp_path: Path) -> None:
         r = c.post("/api/create", json={"model": "x", "stream": False, "files": {"junk.bin": digest}})
         assert (r.status_code, r.json()) == (400, {"error": "unknown type"})
         r = c.post("/api/create", json={"model": "x", "stream": False, "files": {"model.safetensors": digest}})
-        assert r.status_code == 400 and "not supported yet" in r.json()["error"]
+        assert (r.status_code, r.json()) == (400, {"error": "open config.json: no such file or directory"})
         r = c.post("/api/create", json={"model": "x", "stream": False, "from": "missing-model"})
         assert r.status_code == 404
         assert not (server.models / "manifests" / "registry.ollama.ai" / "library" / "x").exists()
