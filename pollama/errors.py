@@ -157,3 +157,14 @@ class TemplateLimitExceeded(TemplateExecError, InvalidRequest):
 
 class StoreLocked(StoreError, TimeoutError):
     """The models directory's lock could not be taken in time (another process holds it)."""
+
+
+# --- quantization ------------------------------------------------------------------------------
+
+
+class UnsupportedQuantization(InvalidRequest):
+    """A quantization type that does not exist here, or a model that cannot be quantized to it (HTTP 400)."""
+
+
+class QuantizationFailed(PollamaError, RuntimeError):
+    """llama.cpp's quantizer failed or its subprocess died (HTTP 500)."""

@@ -1,0 +1,1 @@
+"""Turning model files into the GGUF layers the store keeps: conversion and quantization."""
