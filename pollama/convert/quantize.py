@@ -93,6 +93,7 @@ SOURCE_TYPES = ("F16", "BF16", "F32")
 # How often a running quantization reports, even when no tensor finished meanwhile: a consumer
 # driven step by step (the create pipeline in a worker thread) can then stop it within this time.
 _HEARTBEAT = 0.5
+_GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
@@ -250,13 +251,13 @@ def _log_callback(errors: list[str]) -> Callable[[int, bytes, Any], None]:
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
     def on_log(level: int, text: bytes, _user: Any) -> None:
-        if level != 5:  # 5 continues the previous message at its level
+        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message at its level
             last_level[0] = level
         message = text.decode("utf-8", "replace")
         match = _TENSOR_LINE.match(message)
         if match:
             _emit({"tensor": match.group(3), "index": int(match.group(1)), "count": int(match.group(2))})
-        elif last_level[0] == 3:
+        elif last_level[0] == _GGML_LOG_ERROR:
             errors.append(message)
 
     return on_log

@@ -279,6 +279,13 @@ def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16
             "quantization type IQ2_XXS needs an importance matrix (imatrix), which is not supported"
         )
 
+        # llama.cpp itself refuses: Q1_0 needs rows of 128 and has no fallback for SmolLM2's 576
+        body = {"model": "x", "files": {"m.gguf": f16_digest}, "quantize": "Q1_0", "stream": False}
+        r = client.post("/api/create", json=body)
+        assert r.status_code == 400
+        assert r.json() == {"error": "quantizing to Q1_0 failed: no tensor type fallback is defined for type q1_0"}
+        assert _temporaries(quant_server.models) == [] and _quantizers(quant_server.models) == []
+
         q41 = _upload(client, smollm2_gguf)
         body = {"model": "x", "files": {smollm2_gguf.name: q41}, "quantize": "q4_K_M", "stream": False}
         r = client.post("/api/create", json=body)
