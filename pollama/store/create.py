@@ -1,10 +1,12 @@
 """Creating a model in the store from a create request, step for step as Ollama's ``/api/create``.
 
 The base layers come from an installed model (``from``) or from uploaded GGUF blobs (``files``),
-plus LoRA ``adapters``; the request's template, system prompt, licenses, parameters and messages
-become layers of their own; a config blob summarises the weights; the manifest is written last.
-Progress is reported as the status lines Ollama's clients print (``parsing GGUF``,
-``using existing layer sha256:…``, ``creating new layer sha256:…``, ``writing manifest``, ``success``).
+plus LoRA ``adapters``; with ``quantize``, F16/BF16/F32 model layers are quantized by llama.cpp
+(``pollama.convert.quantize``, in a subprocess) into new blobs; the request's template, system
+prompt, licenses, parameters and messages become layers of their own; a config blob summarises the
+weights; the manifest is written last. Progress is reported as the status lines Ollama's clients
+print (``parsing GGUF``, ``quantizing F16 model to Q4_K_M`` with a progress bar, ``using existing
+layer sha256:…``, ``creating new layer sha256:…``, ``writing manifest``, ``success``).
 """
 
 from __future__ import annotations
