@@ -29,6 +29,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -36,12 +38,15 @@ import selectors
 import subprocess
 import sys
 import threading
-from collections.abc import Callable, Generator, Iterator
+import types
+from collections.abc import Generator, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from pollama.errors import QuantizationFailed, UnsupportedQuantization
-from pollama.gguf import GGUFFile
+
+if TYPE_CHECKING:  # the subprocess imports this module too: it must start without numpy and gguf
+    from pollama.gguf import GGUFFile
 
 # llama.cpp's ``llama_ftype`` values, in the order of llama-quantize's QUANT_OPTIONS table
 # (tools/quantize/quantize.cpp), without its aliases and ``COPY``. A test checks them against
@@ -221,10 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     output = Path(args.output)
     threading.Thread(target=_exit_when_orphaned, args=(output,), daemon=True).start()
 
-    import llama_cpp
-
+    llama_cpp = _llama_binding()
     errors: list[str] = []
-    callback = _log_callback(errors)
+    callback = _log_callback(llama_cpp, errors)
     llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
     llama_cpp.llama_backend_init()
     params = llama_cpp.llama_model_quantize_default_params()
@@ -243,10 +247,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _log_callback(errors: list[str]) -> Callable[[int, bytes, Any], None]:
-    """llama.cpp's log sink: each tensor's start becomes a progress line; errors are kept."""
-    import llama_cpp
+def _llama_binding() -> Any:
+    """llama-cpp-python's ctypes binding, ``llama_cpp.llama_cpp``, without running the package's
+    ``__init__``, which also imports its high-level API (numpy, jinja2, the chat formats): up to a
+    second of start-up the quantizer does not use, on every quantization."""
+    if "llama_cpp" not in sys.modules:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is not None and spec.submodule_search_locations:
+            package = types.ModuleType("llama_cpp")
+            package.__path__ = list(spec.submodule_search_locations)
+            sys.modules["llama_cpp"] = package
+    return importlib.import_module("llama_cpp.llama_cpp")
 
+
+def _log_callback(llama_cpp: Any, errors: list[str]) -> Any:
+    """llama.cpp's log sink (a ctypes function pointer: keep it referenced while llama.cpp logs):
+    each tensor's start becomes a progress line; errors are kept."""
     last_level = [0]
 
     @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
