@@ -4,7 +4,10 @@ Which types exist, and which sources may be quantized, follow Ollama's rules (ty
 upper-cased, ``Q4_K`` means ``Q4_K_M``, only F16, BF16 and F32 models are quantized) widened to
 every type llama.cpp's ``llama-quantize`` tool offers. The choice of a type per tensor (K-quants
 keeping some tensors at higher precision, fallbacks for rows a block size does not divide) is
-llama.cpp's, untouched.
+llama.cpp's, untouched. Ollama's few extra per-architecture exceptions (qwen35 ``nextn.eh_proj``,
+gemma3n ``per_layer_token_embd``, deepseek2's MLA tensors, glm's embeddings) are not added on
+top: llama.cpp's quantizer has its own rules for those tensors (it leaves the MLA ones
+unquantized, for one), and they apply.
 
 The quantizer runs in a subprocess, ``python -m pollama.convert.quantize SOURCE OUTPUT TYPE``,
 not in a worker thread of the server, because:
