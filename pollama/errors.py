@@ -179,3 +179,14 @@ class UnknownTokenizerFormat(InvalidRequest):
 
 class ConversionError(InvalidRequest):
     """A model folder whose files the converter cannot read (missing tensors, bad headers, bad JSON)."""
+
+
+# --- quantization ------------------------------------------------------------------------------
+
+
+class UnsupportedQuantization(InvalidRequest):
+    """A quantization type that does not exist here, or a model that cannot be quantized to it (HTTP 400)."""
+
+
+class QuantizationFailed(PollamaError, RuntimeError):
+    """llama.cpp's quantizer failed or its subprocess died (HTTP 500)."""

