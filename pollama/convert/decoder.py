@@ -160,17 +160,16 @@ def _tensor(source: TensorSource, hf_name: str, name: str, transform: _Transform
         kind = gguf.GGMLQuantizationType.F16
 
     def produce() -> np.ndarray[Any, Any]:
-        if kind == gguf.GGMLQuantizationType.BF16:
-            data = source.raw(hf_name)  # the bits, reordered at most: exact
-        else:
-            data = source.load(hf_name)
-        if transform is not None:
-            data = transform(data)
-        if kind == gguf.GGMLQuantizationType.F16:
-            return data.astype(np.float16)
+        # One copy at most: BF16 and F16 go as stored (reordered at most), F32 narrows straight to F16.
         if kind == gguf.GGMLQuantizationType.F32:
-            return data.astype(np.float32, copy=False)
-        return data
+            data = source.load(hf_name)
+        elif kind == gguf.GGMLQuantizationType.F16 and stored == "BF16":
+            data = source.load(hf_name).astype(np.float16)
+        else:
+            data = source.raw(hf_name)
+            if kind == gguf.GGMLQuantizationType.F16 and data.dtype != np.float16:
+                data = data.astype(np.float16)
+        return transform(data) if transform is not None else data
 
     return _Planned(name, shape, kind, produce)
 

@@ -30,6 +30,19 @@ BASE: dict[str, Any] = {
 
 # architecture → (config overrides, stored dtype)
 CASES: dict[str, tuple[dict[str, Any], str]] = {
+    "LlamaForCausalLM": (
+        {
+            "rope_scaling": {
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 64,  # so that the scaled frequencies show within 10 tokens
+            },
+            "head_dim": 16,
+        },
+        "BF16",
+    ),
     "MistralForCausalLM": ({"sliding_window": 4096, "rope_theta": 1000000.0}, "BF16"),
     "Qwen2ForCausalLM": ({"tie_word_embeddings": True, "rms_norm_eps": 1e-5}, "F16"),
     "Qwen3ForCausalLM": ({"head_dim": 32, "tie_word_embeddings": True}, "F32"),

@@ -46,9 +46,27 @@ def _rms(x: np.ndarray[Any, Any], weight: np.ndarray[Any, Any], eps: float, *, g
     return normed * ((1.0 + weight) if gemma else weight)
 
 
-def _rotate(x: np.ndarray[Any, Any], positions: np.ndarray[Any, Any], base: float, rotary: int) -> np.ndarray[Any, Any]:
-    """transformers' ``apply_rotary_pos_emb``: the first ``rotary`` dims, halves rotated against each other."""
+def _inv_freq(config: dict[str, Any], base: float, rotary: int) -> np.ndarray[Any, Any]:
+    """transformers' rotary frequencies, with Llama 3's scaling (``_compute_llama3_parameters``) if configured."""
     inv_freq = 1.0 / base ** (np.arange(0, rotary, 2, dtype=np.float64) / rotary)
+    rope = config.get("rope_scaling") or {}
+    if rope.get("rope_type") != "llama3":
+        return inv_freq
+    factor, low, high = rope["factor"], rope["low_freq_factor"], rope["high_freq_factor"]
+    original = rope["original_max_position_embeddings"]
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > original / low, inv_freq / factor, inv_freq)
+    smooth = (original / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = (wavelen >= original / high) & (wavelen <= original / low)
+    return np.where(medium, smoothed, scaled)
+
+
+def _rotate(
+    x: np.ndarray[Any, Any], positions: np.ndarray[Any, Any], inv_freq: np.ndarray[Any, Any]
+) -> np.ndarray[Any, Any]:
+    """transformers' ``apply_rotary_pos_emb``: the first dims, halves rotated against each other."""
+    rotary = 2 * len(inv_freq)
     angles = positions[:, None].astype(np.float64) * inv_freq[None, :]
     cos = np.concatenate([np.cos(angles)] * 2, axis=-1)[:, None, :]
     sin = np.concatenate([np.sin(angles)] * 2, axis=-1)[:, None, :]
@@ -103,8 +121,9 @@ def forward(config: dict[str, Any], w: dict[str, np.ndarray[Any, Any]], tokens: 
         if p + "self_attn.q_norm.weight" in w:
             q = _rms(q, w[p + "self_attn.q_norm.weight"], eps, gemma=gemma)
             k = _rms(k, w[p + "self_attn.k_norm.weight"], eps, gemma=gemma)
-        q = _rotate(q, positions, base, rotary)
-        k = _rotate(k, positions, base, rotary)
+        inv_freq = _inv_freq(config, base, rotary)
+        q = _rotate(q, positions, inv_freq)
+        k = _rotate(k, positions, inv_freq)
         group = n_head // n_kv
         k = np.repeat(k, group, axis=1)
         v = np.repeat(v, group, axis=1)
