@@ -313,6 +313,25 @@ def test_a_client_that_goes_stops_the_quantizer(
         assert client.post("/api/show", json={"model": "smol-gone"}).status_code == 404
 
 
+def test_a_crashing_quantizer_fails_the_request_not_the_server(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str
+) -> None:
+    body = {"model": "smol-crash", "files": {smollm2_f16_gguf.name: f16_digest}, "quantize": "Q6_K"}
+    with quant_server.client() as client:
+        with client.stream("POST", "/api/create", json=body) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith('{"status":"quantizing'):
+                    (pid,) = _quantizers(quant_server.models)
+                    os.kill(pid, signal.SIGSEGV)
+                    break
+            last = json.loads(list(lines)[-1])
+        assert last == {"error": "quantizing to Q6_K failed: the quantizer was killed by SIGSEGV"}
+        _wait_until_clean(quant_server.models)
+        assert client.get("/api/version").status_code == 200
+        assert client.post("/api/show", json={"model": "smol-crash"}).status_code == 404
+
+
 def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_gguf: Path) -> None:
     assert server.process is not None
     with server.client() as client:
