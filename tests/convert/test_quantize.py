@@ -244,14 +244,11 @@ def test_cli_quantizes_to_q4_0_with_a_progress_bar(
     assert show["details"]["quantization_level"] == "Q4_0"
 
 
-def test_q8_0_and_same_type_no_op(quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str) -> None:
+def test_same_type_is_a_no_op_and_an_installed_model_quantizes_to_q8_0(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str
+) -> None:
     files = {smollm2_f16_gguf.name: f16_digest}
     with quant_server.client() as client:
-        r = client.post("/api/create", json={"model": "smol-q8", "files": files, "quantize": "Q8_0", "stream": False})
-        assert r.status_code == 200 and r.json() == {"status": "success"}
-        types = _tensor_types(_model_blob(quant_server, "smol-q8"))
-        assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q8_0"}
-
         lines = _stream(client, {"model": "smol-same", "files": files, "quantize": "f16"})
         assert [line["status"] for line in lines] == [
             "parsing GGUF",
@@ -262,6 +259,21 @@ def test_q8_0_and_same_type_no_op(quant_server: ServerProcess, smollm2_f16_gguf:
         assert _model_blob(quant_server, "smol-same").name == f16_digest.replace(":", "-")
         show = client.post("/api/show", json={"model": "smol-same"}).json()
         assert show["details"]["quantization_level"] == "F16"
+
+        # FROM an installed F16 model, as `FROM smol-same` in a Modelfile
+        lines = _stream(client, {"model": "smol-q8", "from": "smol-same", "quantize": "Q8_0"})
+        blob = _model_blob(quant_server, "smol-q8")
+        assert [line["status"] for line in lines if not line["status"].startswith("quantizing")] == [
+            "verifying conversion",
+            f"creating new layer {_digest(blob)}",
+            "writing manifest",
+            "success",
+        ]
+        assert {line["status"] for line in lines if "digest" in line} == {"quantizing F16 model to Q8_0"}
+        types = _tensor_types(blob)
+        assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q8_0"}
+        show = client.post("/api/show", json={"model": "smol-q8"}).json()
+        assert show["details"]["quantization_level"] == "Q8_0"
 
 
 def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16_digest: str) -> None:
