@@ -38,6 +38,7 @@ import json
 import os
 import re
 import selectors
+import signal
 import subprocess
 import sys
 import threading
@@ -175,6 +176,9 @@ def quantize_gguf(source: GGUFFile, output: Path, type_name: str, *, threads: in
             elif event.get("done"):
                 finished = True
         code = process.wait()
+        if code < 0:
+            how = f"was killed by {signal.Signals(-code).name}"
+            raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer {how}")
         if not finished or code != 0:
             raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer exited with status {code}")
         yield 1.0

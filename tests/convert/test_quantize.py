@@ -244,14 +244,11 @@ def test_cli_quantizes_to_q4_0_with_a_progress_bar(
     assert show["details"]["quantization_level"] == "Q4_0"
 
 
-def test_q8_0_and_same_type_no_op(quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str) -> None:
+def test_same_type_is_a_no_op_and_an_installed_model_quantizes_to_q8_0(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str
+) -> None:
     files = {smollm2_f16_gguf.name: f16_digest}
     with quant_server.client() as client:
-        r = client.post("/api/create", json={"model": "smol-q8", "files": files, "quantize": "Q8_0", "stream": False})
-        assert r.status_code == 200 and r.json() == {"status": "success"}
-        types = _tensor_types(_model_blob(quant_server, "smol-q8"))
-        assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q8_0"}
-
         lines = _stream(client, {"model": "smol-same", "files": files, "quantize": "f16"})
         assert [line["status"] for line in lines] == [
             "parsing GGUF",
@@ -262,6 +259,21 @@ def test_q8_0_and_same_type_no_op(quant_server: ServerProcess, smollm2_f16_gguf:
         assert _model_blob(quant_server, "smol-same").name == f16_digest.replace(":", "-")
         show = client.post("/api/show", json={"model": "smol-same"}).json()
         assert show["details"]["quantization_level"] == "F16"
+
+        # FROM an installed F16 model, as `FROM smol-same` in a Modelfile
+        lines = _stream(client, {"model": "smol-q8", "from": "smol-same", "quantize": "Q8_0"})
+        blob = _model_blob(quant_server, "smol-q8")
+        assert [line["status"] for line in lines if not line["status"].startswith("quantizing")] == [
+            "verifying conversion",
+            f"creating new layer {_digest(blob)}",
+            "writing manifest",
+            "success",
+        ]
+        assert {line["status"] for line in lines if "digest" in line} == {"quantizing F16 model to Q8_0"}
+        types = _tensor_types(blob)
+        assert {t for n, t in types.items() if not n.endswith("norm.weight")} == {"Q8_0"}
+        show = client.post("/api/show", json={"model": "smol-q8"}).json()
+        assert show["details"]["quantization_level"] == "Q8_0"
 
 
 def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16_digest: str) -> None:
@@ -311,6 +323,25 @@ def test_a_client_that_goes_stops_the_quantizer(
     _wait_until_clean(quant_server.models)
     with quant_server.client() as client:
         assert client.post("/api/show", json={"model": "smol-gone"}).status_code == 404
+
+
+def test_a_crashing_quantizer_fails_the_request_not_the_server(
+    quant_server: ServerProcess, smollm2_f16_gguf: Path, f16_digest: str
+) -> None:
+    body = {"model": "smol-crash", "files": {smollm2_f16_gguf.name: f16_digest}, "quantize": "Q6_K"}
+    with quant_server.client() as client:
+        with client.stream("POST", "/api/create", json=body) as r:
+            lines = r.iter_lines()
+            for line in lines:
+                if line.startswith('{"status":"quantizing'):
+                    (pid,) = _quantizers(quant_server.models)
+                    os.kill(pid, signal.SIGSEGV)
+                    break
+            last = json.loads(list(lines)[-1])
+        assert last == {"error": "quantizing to Q6_K failed: the quantizer was killed by SIGSEGV"}
+        _wait_until_clean(quant_server.models)
+        assert client.get("/api/version").status_code == 200
+        assert client.post("/api/show", json={"model": "smol-crash"}).status_code == 404
 
 
 def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_gguf: Path) -> None:
