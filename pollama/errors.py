@@ -157,3 +157,18 @@ class TemplateLimitExceeded(TemplateExecError, InvalidRequest):
 
 class StoreLocked(StoreError, TimeoutError):
     """The models directory's lock could not be taken in time (another process holds it)."""
+
+
+# --- model conversion --------------------------------------------------------------------------
+
+
+class UnsupportedArchitecture(InvalidRequest):
+    """``config.json`` names an architecture the converter cannot turn into a GGUF (Ollama's message)."""
+
+    def __init__(self, architecture: str) -> None:
+        super().__init__(f'unsupported architecture "{architecture}"')
+        self.architecture = architecture
+
+
+class ConversionError(InvalidRequest):
+    """A model folder whose files the converter cannot read (missing tensors, bad headers, bad JSON)."""

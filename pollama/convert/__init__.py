@@ -1,0 +1,1 @@
+"""Turning Hugging Face folders (safetensors weights, tokenizer files) into GGUF files llama.cpp loads."""
