@@ -172,6 +172,14 @@ def test_legacy_and_openai_embeddings(client: httpx.Client, reference: MiniLMRef
     assert r.json()["usage"]["prompt_tokens"] == len(reference.ids(text)) + len(reference.ids(SENTENCES[2]))
 
 
+def test_cli_run_prints_the_embedding(embed_server: ServerProcess, reference: MiniLMReference) -> None:
+    done = embed_server.cli("run", "minilm", SENTENCES[1])
+    assert done.returncode == 0, done.stderr
+    vector = json.loads(done.stdout)
+    assert len(vector) == 384
+    assert _cos(vector, reference.embed(reference.ids(SENTENCES[1]))) >= 0.999
+
+
 def test_show_and_capability_errors(client: httpx.Client) -> None:
     show = client.post("/api/show", json={"model": "minilm"}).json()
     assert show["capabilities"] == ["embedding"]
