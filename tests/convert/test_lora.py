@@ -306,3 +306,46 @@ def test_unsupported_base_architecture(tmp_path: Path) -> None:
     with pytest.raises(UnsupportedArchitecture, match='^unsupported architecture "phi2"$'):
         convert(tmp_path / "adapter", base, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "gemma2"])
+def test_non_llama_bases_keep_hf_row_order(tmp_path: Path, arch: str) -> None:
+    """Only llama's conversion permutes Q/K rows; other bases take PEFT's B as it is, under their names."""
+    embd, rank = 16, 2
+    base = tmp_path / "base.gguf"
+    writer = gguf.GGUFWriter(base, arch)
+    writer.add_block_count(1)
+    writer.add_head_count(2)
+    writer.add_head_count_kv(1)
+    for name, out in (("attn_q", embd), ("attn_k", 8), ("ffn_down", embd)):
+        writer.add_tensor(f"blk.0.{name}.weight", np.zeros((out, embd), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    rng = np.random.default_rng(3)
+    tensors = {}
+    for module, out in (("self_attn.q_proj", embd), ("self_attn.k_proj", 8), ("mlp.down_proj", embd)):
+        prefix = f"base_model.model.model.layers.0.{module}"
+        tensors[prefix + ".lora_A.weight"] = ("F32", rng.standard_normal((rank, embd)).astype(np.float32))
+        tensors[prefix + ".lora_B.weight"] = ("F32", rng.standard_normal((out, rank)).astype(np.float32))
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    _save_safetensors(folder / "adapter_model.safetensors", tensors)
+    (folder / "adapter_config.json").write_text(
+        json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 16, "use_rslora": True})
+    )
+    convert(folder, base, tmp_path / "adapter.gguf")
+    reader = gguf.GGUFReader(tmp_path / "adapter.gguf")
+    assert reader.fields["general.architecture"].contents() == arch
+    assert reader.fields["adapter.lora.alpha"].contents() == pytest.approx(32.0)  # rsLoRA: 16/√4 = 32/4
+    got = {t.name: np.asarray(t.data) for t in reader.tensors}
+    assert sorted(got) == sorted(
+        f"blk.0.{n}.weight.lora_{p}" for n in ("attn_q", "attn_k", "ffn_down") for p in ("a", "b")
+    )
+    assert np.array_equal(
+        got["blk.0.attn_q.weight.lora_b"], tensors["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"][1]
+    )
+    assert np.array_equal(
+        got["blk.0.ffn_down.weight.lora_a"], tensors["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"][1]
+    )
