@@ -17,7 +17,8 @@ from typing import cast
 import anyio.to_thread
 
 from pollama.config import Settings
-from pollama.inference.embedding import finish_vectors, fit_input, input_limit
+from pollama.gguf.info import context_length
+from pollama.inference.embedding import ends_with_eos, finish_vectors, fit_input, input_limit
 from pollama.inference.generation import stream_chunks
 from pollama.inference.media import place_images, runner_images
 from pollama.inference.model import (
@@ -180,11 +181,13 @@ class InferenceService:
         load_duration = time.perf_counter() - started
         try:
             runner = _runner(lease)
-            limit = input_limit(lease.spec.num_ctx)
-            inputs = [
-                fit_input(await runner.tokenize(text, add_special=True), limit, truncate=req.truncate)
-                for text in req.inputs
-            ]
+            metadata = info.gguf.metadata if info.gguf is not None else {}
+            limit = input_limit(lease.spec.num_ctx, context_length(info.gguf) if info.gguf is not None else 0)
+            inputs = []
+            for text in req.inputs:
+                tokens = await runner.tokenize(text, add_special=True)
+                keep_last = ends_with_eos(tokens, metadata)
+                inputs.append(fit_input(tokens, limit, truncate=req.truncate, keep_last=keep_last))
             result = await runner.embed(inputs)
         finally:
             lease.release()
