@@ -281,8 +281,10 @@ def test_chat_streams_stops_regenerates_edits_and_survives_a_reload(
 
     wait_for(grown, 150, "the answer to grow")
     assert not idle(browser), "the answer ended before it could be stopped"
+    assert by_id(browser, "stop").is_displayed() and not by_id(browser, "send").is_displayed()
     prompt.send_keys(Keys.ESCAPE)
     wait_for(lambda: idle(browser), 10, "the stop")
+    assert by_id(browser, "send").is_displayed() and not by_id(browser, "stop").is_displayed()
     stopped = current(browser)["messages"][-1]
     assert stopped["role"] == "assistant" and stopped["stats"]["done_reason"] == "stopped"
     assert len(stopped["content"]) >= lengths[-1] - 8
@@ -529,3 +531,29 @@ def test_the_page_asks_for_an_api_key_once_and_keeps_it(start_server: Any, brows
     browser.refresh()
     wait_for(lambda: browser.execute_script("return document.body.dataset.ready === 'true'"), 20)
     assert by_id(browser, "key-dialog").get_attribute("open") is None
+
+
+def test_phone_width_and_dark_theme(ui_server: ServerProcess, browser: WebDriver) -> None:
+    open_page(browser, ui_server)
+    background = "return getComputedStyle(document.body).backgroundColor"
+    assert browser.execute_script(background) == "rgb(255, 255, 255)"
+    dark = {"features": [{"name": "prefers-color-scheme", "value": "dark"}]}
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", dark)
+    try:
+        assert browser.execute_script(background) == "rgb(21, 23, 27)"
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
+    size = browser.get_window_size()
+    browser.set_window_size(390, 800)
+    try:
+        wait_for(lambda: browser.execute_script("return window.innerWidth") <= 400, 10, "the phone width")
+        # Nothing wider than the screen; the conversation list is off-screen until the ☰ button opens it.
+        assert browser.execute_script("return document.documentElement.scrollWidth <= window.innerWidth")
+        sidebar = by_id(browser, "sidebar")
+        wait_for(lambda: sidebar.rect["x"] + sidebar.rect["width"] <= 1, 5, "the list to slide away")
+        by_id(browser, "toggle-sidebar").click()
+        wait_for(lambda: by_id(browser, "sidebar").rect["x"] >= 0, 5, "the conversation list")
+        assert by_id(browser, "prompt").rect["width"] > 200
+        assert by_id(browser, "send").is_displayed()
+    finally:
+        browser.set_window_size(size["width"], size["height"])

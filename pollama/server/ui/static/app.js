@@ -84,7 +84,7 @@ function renderList() {
     remove.type = "button";
     remove.className = "icon delete";
     remove.title = "Delete";
-    remove.textContent = "🗑";
+    remove.textContent = "×";
     remove.addEventListener("click", () => {
       if (!window.confirm(`Delete “${c.title}”?`)) return;
       if (state.busy && c.id === state.current) stop();
@@ -135,7 +135,7 @@ function renderMessages() {
     const hint = document.createElement("p");
     hint.className = "empty muted";
     hint.textContent = state.models.length
-      ? "Ask anything. Attach images (drag and drop or paste) or text files with 📎."
+      ? "Ask anything. Attach images (drag and drop, paste or +) and text files."
       : "No model installed: pull one in Models.";
     box.append(hint);
   }
@@ -206,7 +206,7 @@ function fillBody(body, m) {
   if (m.files && m.files.length) {
     const row = document.createElement("div");
     row.className = "files";
-    for (const f of m.files) row.append(chip(`📄 ${f.name}`));
+    for (const f of m.files) row.append(chip(f.name));
     body.append(row);
   }
   const content = document.createElement("div");
@@ -436,7 +436,7 @@ function renderAttachments() {
   const box = $("attachments");
   box.replaceChildren();
   state.attachments.forEach((a, i) => {
-    const item = chip(a.kind === "image" ? `🖼 ${a.name}` : `📄 ${a.name}`);
+    const item = chip(a.name);
     item.classList.add("attachment");
     if (a.kind === "image") {
       const img = document.createElement("img");
