@@ -557,3 +557,26 @@ def test_phone_width_and_dark_theme(ui_server: ServerProcess, browser: WebDriver
         assert by_id(browser, "send").is_displayed()
     finally:
         browser.set_window_size(size["width"], size["height"])
+
+
+def test_conversations_are_renamed_deleted_and_exported(ui_server: ServerProcess, browser: WebDriver) -> None:
+    open_page(browser, ui_server)
+    by_id(browser, "new-chat").click()
+    assert len(stored(browser)) == 2
+    browser.find_element(By.CSS_SELECTOR, "#conversation-list li.active .rename").click()
+    box = wait_for(lambda: browser.switch_to.alert, 10, "the rename prompt")
+    box.send_keys("Renamed <i>chat</i>")
+    box.accept()
+    wait_for(lambda: current(browser)["title"] == "Renamed <i>chat</i>", 10, "the new title")
+    assert browser.find_element(By.CSS_SELECTOR, "#conversation-list li.active .title").text == "Renamed <i>chat</i>"
+    # The export file's text, read back by the import: the same conversations.
+    text = browser.execute_async_script(
+        "const done = arguments[0];import('/ui/conversations.js').then((m) => done(m.exportText(m.loadAll())));"
+    )
+    exported = json.loads(text)
+    assert exported["format"] == "pollama-conversations"
+    assert [c["title"] for c in exported["conversations"]] == [c["title"] for c in stored(browser)]
+    browser.find_element(By.CSS_SELECTOR, "#conversation-list li.active .delete").click()
+    assert accept_confirm(browser) == "Delete “Renamed <i>chat</i>”?"
+    wait_for(lambda: len(stored(browser)) == 1, 10, "the deletion")
+    assert "Renamed <i>chat</i>" not in [c["title"] for c in stored(browser)]
