@@ -64,6 +64,7 @@ def run_server(settings: Settings) -> None:
     log.info("server config %s", settings.describe())
     app = create_app(settings)
     log.info("Listening on %s:%d%s", host, settings.host.port, " (HTTPS)" if settings.tls else "")
+    log.info("Chat page: %s", _page_url(host, settings.host.port, settings.tls))
     config = uvicorn.Config(
         app,
         log_level="warning" if settings.debug <= 0 else "debug",
@@ -116,6 +117,14 @@ def _check_tls(settings: Settings) -> None:
         raise ConfigError(
             f"POLLAMA_TLS_CERT/POLLAMA_TLS_KEY: cannot use {settings.tls_cert} with {settings.tls_key}: {exc}"
         ) from None
+
+
+def _page_url(host: str, port: int, tls: bool) -> str:
+    """The web chat page's address as a browser on this machine reaches it."""
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"{'https' if tls else 'http'}://{shown}:{port}/ui"
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -22,6 +22,7 @@ from pollama.server.middleware import HostGuard, add_cors
 from pollama.server.ollama import inference, misc, models
 from pollama.server.ollama import registry as registry_api
 from pollama.server.shutdown import Shutdown
+from pollama.server.ui import router as ui_router
 from pollama.store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(inference.router)
     app.include_router(openai.router)
     app.include_router(anthropic.router)
+    app.include_router(ui_router)
     app.add_middleware(ApiKeyGuard, keys=api_keys)  # inside CORS: preflights answer, 401s carry CORS headers
     add_cors(app, settings.origins)
     app.add_middleware(HostGuard, enabled=settings.host.is_loopback)

@@ -34,10 +34,10 @@ log = logging.getLogger(__name__)
 
 _POLL_SECONDS = 1.0
 
-# Paths anyone may GET/HEAD without a key: liveness and the load balancer's health probe.
-OPEN_PATHS = frozenset({"/", "/health"})
-# Hook for the web page: put the prefix its static files are served under here (e.g. "/static/").
-OPEN_PREFIXES: tuple[str, ...] = ()
+# Paths anyone may GET/HEAD without a key: liveness, the load balancer's health probe and the web page.
+OPEN_PATHS = frozenset({"/", "/health", "/ui"})
+# The web page's static files (the page asks for a key itself before it calls the API).
+OPEN_PREFIXES: tuple[str, ...] = ("/ui/",)
 
 _OPENAI_MISSING = (
     "You didn't provide an API key. You need to provide your API key in an Authorization header "
