@@ -58,7 +58,11 @@ class RayPlacement:
             if self._connected:
                 return
             address = self.settings.ray_address
+            host = address.rpartition(":")[0]
+            # a cluster on loopback (one machine): the driver must say it is on that address too
+            extra: dict[str, Any] = {"_node_ip_address": host} if host.startswith("127.") else {}
             ray.init(
+                **extra,
                 address=address,
                 namespace=NAMESPACE,
                 logging_level=logging.WARNING,

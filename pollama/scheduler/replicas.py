@@ -61,7 +61,8 @@ class ReplicaSet:
         self._factory = factory
         self.max_replicas = max(1, max_replicas)
         self.idle_timeout = idle_timeout
-        self.router = router or PrefixRouter()
+        # the prompt's cache holder wins while it still has a free slot and is no busier than that
+        self.router = router or PrefixRouter(slack=max(spec.num_parallel - 1, 0))
         self._replicas: list[_Replica] = []
         self._next_index = 0
         self._growing = 0

@@ -55,7 +55,7 @@ class PrefixRouter:
         *,
         block: int = DEFAULT_BLOCK,
         capacity: int = DEFAULT_CAPACITY,
-        slack: int = 1,
+        slack: int = 0,
         rng: random.Random | None = None,
     ) -> None:
         self.block = block
