@@ -6,7 +6,7 @@ Resources: ``memory`` is the model's estimate (``LoadSpec.estimated_memory``), `
 thread count (1 when unset), one GPU when the cluster has GPUs and the model may offload layers.
 The first replica of a model goes where Ray's default policy puts it; further replicas are spread
 over the nodes (``SPREAD``), so a node that dies does not take every replica. Actors are named and
-detached (``pollama/<frontend>/<model digest>/<n>`` in the ``pollama`` namespace): a frontend that
+detached (``pollama/<frontend>/<model digest>/<random>`` in the ``pollama`` namespace): a frontend that
 restarts finds its runners again by name and adopts the ones that still run its spec.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import secrets
 import socket
 import threading
 import time
@@ -49,6 +50,7 @@ class RayPlacement:
         self._has_gpus = False
         self._refresher: threading.Thread | None = None
         self._stop = threading.Event()
+        self._owned: set[str] = set()  # names of the actors this frontend's runners hold
 
     # --- the cluster ------------------------------------------------------------------------------
 
@@ -110,11 +112,11 @@ class RayPlacement:
 
     # --- runners ----------------------------------------------------------------------------------
 
-    def actor_name(self, spec: LoadSpec, index: int) -> str:
-        """The detached actor's name for replica ``index`` of ``spec`` started by this frontend."""
+    def actor_prefix(self, spec: LoadSpec) -> str:
+        """The start of the names of this frontend's actors for ``spec`` (``pollama/<frontend>/<model>/``)."""
         frontend = f"{socket.gethostname()}:{self.settings.host.port}"
         model = hashlib.sha256(repr(_identity(spec)).encode()).hexdigest()[:16]
-        return f"pollama/{frontend}/{model}/{index}"
+        return f"pollama/{frontend}/{model}/"
 
     def source(self) -> BlobSource:
         """Where nodes pull blobs from: this frontend's ``/v2`` (an address nodes can reach)."""
@@ -130,10 +132,13 @@ class RayPlacement:
     async def launch(self, spec: LoadSpec, index: int) -> ActorRunner:
         """A runner for ``spec`` on the cluster: an adopted actor of ours, or a new one."""
         await asyncio.to_thread(self.connect)
-        name = self.actor_name(spec, index)
-        adopted = await self._adopt(name, spec)
-        if adopted is not None:
-            return adopted
+        prefix = self.actor_prefix(spec)
+        for orphan in await asyncio.to_thread(self._orphans, prefix):
+            adopted = await self._adopt(orphan, spec)
+            if adopted is not None:
+                return adopted
+        name = f"{prefix}{secrets.token_hex(4)}"
+        self._owned.add(name)
         blobs = await asyncio.to_thread(spec_blobs, spec)
         source = await asyncio.to_thread(self.source)
         options: dict[str, Any] = {
@@ -157,6 +162,7 @@ class RayPlacement:
         try:
             described = await _bounded(handle.load.remote(), self.settings.load_timeout)
         except BaseException as exc:
+            self._owned.discard(name)
             ray.kill(handle, no_restart=True)
             if isinstance(exc, TimeoutError):
                 raise RunnerError(
@@ -168,7 +174,13 @@ class RayPlacement:
             raise
         await asyncio.to_thread(self._refresh)
         log.info("runner %s on node %s in %.1fs", name, described.get("node"), time.monotonic() - started)
-        return ActorRunner(handle, spec, described, name)
+        return ActorRunner(handle, spec, described, name, on_stop=self._owned.discard)
+
+    def _orphans(self, prefix: str) -> list[str]:
+        """Names of live actors of ours for a model that no runner of this process holds (a frontend
+        that restarted left them)."""
+        names = cast(Any, ray.util).list_named_actors(all_namespaces=False)
+        return sorted(n for n in names if isinstance(n, str) and n.startswith(prefix) and n not in self._owned)
 
     async def _adopt(self, name: str, spec: LoadSpec) -> ActorRunner | None:
         """Our actor of that name if it still runs ``spec`` (a frontend restarted); else kill it."""
@@ -183,7 +195,8 @@ class RayPlacement:
         running: LoadSpec | None = described.get("spec")
         if described.get("alive") and running is not None and _identity(running) == _identity(spec):
             log.info("adopted runner %s on node %s", name, described.get("node"))
-            return ActorRunner(handle, spec, described, name)
+            self._owned.add(name)
+            return ActorRunner(handle, spec, described, name, on_stop=self._owned.discard)
         ray.kill(handle, no_restart=True)
         return None
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import ray
@@ -43,8 +43,17 @@ def actor_error(exc: BaseException) -> PollamaError:
 class ActorRunner:
     """A loaded runner actor (see the module docstring)."""
 
-    def __init__(self, handle: Any, spec: LoadSpec, described: dict[str, Any], name: str) -> None:
+    def __init__(
+        self,
+        handle: Any,
+        spec: LoadSpec,
+        described: dict[str, Any],
+        name: str,
+        *,
+        on_stop: Callable[[str], None] | None = None,
+    ) -> None:
         self.handle = handle
+        self._on_stop = on_stop
         self.spec = spec
         self.name = name
         self.node = str(described.get("node", ""))
@@ -85,6 +94,8 @@ class ActorRunner:
         with contextlib.suppress(Exception):
             ray.kill(self.handle, no_restart=True)
         self._dead = True
+        if self._on_stop is not None:
+            self._on_stop(self.name)
         self._exit.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._exit
