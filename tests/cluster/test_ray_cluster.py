@@ -353,14 +353,15 @@ def test_a_restarted_frontend_adopts_its_runner(frontend: ServerProcess, cluster
     assert frontend.process is not None
     os.killpg(frontend.process.pid, signal.SIGKILL)  # no shutdown: its detached actors stay
     frontend.process.wait(10)
+    offset = frontend.log.stat().st_size  # the new server appends to the same log file
     again = _frontend(cluster, frontend.port)
     try:
         with again.client() as c:
             second = _generate(c, "smollm2", "Name three colours.")
             assert _ps(c)["smollm2:latest"]["node"] == "head"
         assert second["response"] == first["response"]
-        assert second["load_duration"] < 5e9
-        assert "adopted runner" in again.log.read_text()
+        log = again.log.read_bytes()[offset:].decode(errors="replace")
+        assert "adopted runner" in log and "on node head in" not in log  # no new actor was started
     finally:
         again.stop()
 
