@@ -181,6 +181,7 @@ def _frontend(cluster: dict[str, Any], port: int | None = None) -> ServerProcess
         server.port = port
         server.url = f"http://127.0.0.1:{port}"
         server.env["OLLAMA_HOST"] = f"127.0.0.1:{port}"
+        server.log = home / f"server-{port}.log"
     return server.start()
 
 
