@@ -51,6 +51,8 @@ SERVER_VARIABLES: tuple[tuple[str, str, str], ...] = (
     # Operating pollama: logs and shutdown.
     ("POLLAMA_LOG_FORMAT", "text", "Request and server log lines: text (key=value) or json"),
     ("POLLAMA_SHUTDOWN_GRACE", "10s", "How long streams in flight may finish after SIGTERM"),
+    ("POLLAMA_RAY_ADDRESS", "", "Place runners on this Ray cluster (auto: the local one; same as serve --ray)"),
+    ("POLLAMA_MAX_REPLICAS", "2", "Most runners one model gets on a Ray cluster when its queue grows"),
 )
 
 
@@ -133,6 +135,9 @@ class Settings:
     # Operating pollama: logs and shutdown.
     log_format: str = "text"
     shutdown_grace: float = 10.0
+    # Scale-out (docs/scale-out.md): the Ray cluster runners are placed on ("" = this machine only).
+    ray_address: str = ""
+    max_replicas: int = 2
 
     @property
     def force_cpu(self) -> bool:
@@ -194,6 +199,8 @@ class Settings:
             # Operating pollama: logs and shutdown.
             log_format=_log_format(env),
             shutdown_grace=_shutdown_grace(env),
+            ray_address=_var(env, "POLLAMA_RAY_ADDRESS"),
+            max_replicas=_uint(env, "POLLAMA_MAX_REPLICAS", 2, minimum=1),
         )
 
     def describe(self) -> dict[str, str]:
@@ -215,6 +222,8 @@ class Settings:
             "OLLAMA_SCHED_SPREAD": str(self.sched_spread).lower(),
             "POLLAMA_LOG_FORMAT": self.log_format,
             "POLLAMA_SHUTDOWN_GRACE": f"{self.shutdown_grace:g}s",
+            "POLLAMA_RAY_ADDRESS": self.ray_address,
+            "POLLAMA_MAX_REPLICAS": str(self.max_replicas),
             "OLLAMA_NO_CLOUD": str(self.no_cloud).lower(),
             "OLLAMA_LLM_LIBRARY": self.llm_library,
             "OLLAMA_GO_TEMPLATE": str(self.go_template).lower(),

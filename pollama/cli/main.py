@@ -41,10 +41,15 @@ def _client() -> Any:
 # --- commands ---------------------------------------------------------------------------------------
 
 
-def cmd_serve(_: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
+    import dataclasses
+
     from pollama.cli.server import run_server
 
-    run_server(_settings())
+    settings = _settings()
+    if getattr(args, "ray", None):
+        settings = dataclasses.replace(settings, ray_address=args.ray)
+    run_server(settings)
     return 0
 
 
@@ -274,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_serve_env_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("--ray", metavar="ADDRESS", default="", help="Place runners on a Ray cluster (auto: the local one)")
     p.set_defaults(handler=cmd_serve)
 
     p = sub.add_parser("create", help="Create a model from a Modelfile")

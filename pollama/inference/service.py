@@ -34,6 +34,7 @@ from pollama.inference.model import (
 from pollama.inference.request import Chunk, CompletionRequest, EmbedRequest, EmbedResult
 from pollama.runner.client import ModelRunner, launch_runner
 from pollama.scheduler import Lease, LoadSpec, RunningModel, Scheduler
+from pollama.scheduler.factory import build_scheduler
 from pollama.store import ModelStore, StoredModel
 from pollama.template.builder import PromptBuilder, RenderedPrompt
 from pollama.template.output import OutputParser
@@ -62,12 +63,7 @@ class InferenceService:
         self.models = ModelCatalog(store)
         self.prompts = PromptBuilder(prefer_go=settings.go_template)
         self._launcher = launcher or self._launch
-        self.scheduler = scheduler or Scheduler(
-            self._launcher,
-            default_keep_alive=settings.keep_alive,
-            max_loaded=settings.effective_max_loaded_models,
-            max_queue=settings.max_queue,
-        )
+        self.scheduler = scheduler or build_scheduler(settings, self._launcher)
 
     async def _launch(self, spec: LoadSpec) -> ModelRunner:
         return await launch_runner(spec, load_timeout=self.settings.load_timeout, debug=bool(self.settings.debug))

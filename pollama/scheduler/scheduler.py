@@ -224,7 +224,8 @@ class Scheduler:
 
     def _attach_or_refuse(self, entry: Loaded, keep_alive: float | None) -> None:
         """Attach a request to a loaded runner unless its slots and its waiting line are all taken."""
-        if entry.refs >= entry.spec.num_parallel + self.max_queue:
+        replicas = int(getattr(entry.runner, "replica_count", 1))  # a ReplicaSet has more slots
+        if entry.refs >= entry.spec.num_parallel * replicas + self.max_queue:
             raise ServerBusy()
         self._attach(entry, keep_alive)
 
@@ -294,6 +295,8 @@ class Scheduler:
                 size_vram=0,
                 context_length=e.spec.num_ctx,
                 expires_at=e.expires_at,
+                node=str(getattr(e.runner, "node", "") or ""),
+                replicas=_replicas_of(e.runner),
             )
             for e in entries
         ]
@@ -410,6 +413,12 @@ class Scheduler:
         if entry.watcher is not None and entry.watcher is not asyncio.current_task():
             entry.watcher.cancel()
         entry.unloaded.set()
+
+
+def _replicas_of(runner: Runner) -> tuple[dict[str, Any], ...]:
+    """What a runner with replicas (``ReplicaSet.describe``) says about them; nothing for a plain runner."""
+    describe = getattr(runner, "describe", None)
+    return tuple(describe()) if callable(describe) else ()
 
 
 def _deadline(keep_alive: float) -> float:

@@ -11,6 +11,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -102,3 +103,5 @@ class RunningModel:
     size_vram: int
     context_length: int
     expires_at: float  # POSIX time; ``math.inf`` when kept loaded forever
+    node: str = ""  # the cluster node the runner is on ("" when it runs on this machine)
+    replicas: tuple[dict[str, Any], ...] = ()  # per replica: id, node, in_flight, served (Ray only)

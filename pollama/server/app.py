@@ -12,7 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from pollama import __version__
 from pollama.config import Settings
-from pollama.server import anthropic, openai
+from pollama.server import anthropic, oci, openai
 from pollama.server import metrics as metrics_api
 from pollama.server.accesslog import RequestObserver
 from pollama.server.auth import ApiKeyGuard, KeyRing
@@ -71,6 +71,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(openai.router)
     app.include_router(anthropic.router)
     app.include_router(ui_router)
+    app.include_router(oci.router)
     app.add_middleware(ApiKeyGuard, keys=api_keys)  # inside CORS: preflights answer, 401s carry CORS headers
     add_cors(app, settings.origins)
     app.add_middleware(HostGuard, enabled=settings.host.is_loopback)

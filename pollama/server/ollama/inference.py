@@ -237,6 +237,7 @@ def _running_model(store: ModelStore, entry: RunningModel) -> dict[str, Any]:
         details = {**model_details(stored), "parent_model": ""}
         digest = stored.digest
     expires = entry.expires_at
+    cluster: dict[str, Any] = {"node": entry.node, "replicas": list(entry.replicas)} if entry.node else {}
     return {
         "name": entry.name,
         "model": entry.model,
@@ -246,4 +247,5 @@ def _running_model(store: ModelStore, entry: RunningModel) -> dict[str, Any]:
         "expires_at": local_time(expires) if expires != float("inf") else "2318-03-31T00:00:00Z",
         "size_vram": entry.size_vram,
         "context_length": entry.context_length,
+        **cluster,  # pollama on a Ray cluster: where the runner is (absent otherwise)
     }
