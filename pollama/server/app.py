@@ -21,6 +21,7 @@ from pollama.server.errors import install_error_handlers
 from pollama.server.middleware import HostGuard, add_cors
 from pollama.server.ollama import inference, misc, models
 from pollama.server.ollama import registry as registry_api
+from pollama.server.openapi_docs import install_openapi_docs
 from pollama.server.shutdown import Shutdown
 from pollama.server.ui import router as ui_router
 from pollama.store import ModelStore
@@ -63,6 +64,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.shutdown = shutdown
     install_error_handlers(app)
     document_errors(app)
+    install_openapi_docs(app)
     app.include_router(misc.router)
     app.include_router(metrics_api.router)
     app.include_router(models.router)
