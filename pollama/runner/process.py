@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pollama.errors import InvalidRequest
-from pollama.runner.engine import MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
+from pollama.runner.engine import DRAFT_MAX, MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
 from pollama.runner.native import (
     Bitmap,
     Context,
@@ -259,6 +259,8 @@ class RunnerServer:
                 logprobs=bool(request.get("logprobs")),
                 top_logprobs=int(request.get("top_logprobs") or 0),
                 media=media,
+                draft_max=max(0, int(options["draft_max"])) if options.get("draft_max") is not None else DRAFT_MAX,
+                draft_min=max(0, int(options["draft_min"])) if options.get("draft_min") is not None else 0,
             )
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"invalid completion request: {exc}") from None
