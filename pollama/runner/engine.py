@@ -495,13 +495,13 @@ class Engine:
         for other in self._slots:
             if other is slot or other.donor is not None:
                 continue
-            n = common_prefix(other.cache, tokens)
-            if n > best_n:
-                best, best_n, ready = other, n, True
+            n, evaluated = common_prefix(other.cache, tokens), True
             if other.job is not None and other.pending:
                 planned = common_prefix(other.tokens, tokens)  # what it will hold once its prompt is in
-                if planned > best_n + SHARE_MIN:
-                    best, best_n, ready = other, planned, False
+                if planned > n:  # wait for all of it: a few steps, and each shared token is evaluated once
+                    n, evaluated = planned, False
+            if n > best_n:
+                best, best_n, ready = other, n, evaluated
         if best is None:
             return
         if ready:
