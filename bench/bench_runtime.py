@@ -283,7 +283,11 @@ def main() -> int:
                 chat, url = both[name]
                 row[name] = one_round(chat, url, args.tokens, f"r{r}-{time.time_ns()}")
             rounds.append(row)
-            print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
+            ratios = ", ".join(
+                f"{key} {row['pollama'][key] / row['llama-server'][key]:.2f}" for key, _, _ in METRICS
+                if row["llama-server"][key]
+            )
+            print(f"round {r + 1}/{args.rounds}: pollama/llama-server {ratios}", file=sys.stderr, flush=True)
         rss["server after"] = rss_mb(ours.proc.pid)
         rss["runner after"] = rss_mb(runner)
         rss["llama-server after"] = rss_mb(llama.proc.pid)

@@ -42,8 +42,8 @@ def engine(model: Model) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def cold(model: Model) -> Iterator[Engine]:
-    """One slot, whose cache an unrelated prompt flushes before each reference run."""
-    eng = _engine(model, 1)
+    """An engine like ``engine`` (the same geometry, so the same numerics) for reference runs."""
+    eng = _engine(model, 4)
     yield eng
     eng.stop()
     eng.ctx.close()
@@ -70,7 +70,7 @@ class Run:
             self.done.set()
 
     def result(self) -> tuple[str, dict[str, Any]]:
-        assert self.done.wait(300)
+        assert self.done.wait(600)
         assert "error" not in self.final, self.final
         return "".join(self.text), self.final
 
@@ -85,7 +85,9 @@ def question(system: str, i: int) -> str:
 
 
 def cold_answer(cold: Engine, prompt: str) -> str:
-    Run(cold, "<|im_start|>user\nFlush.<|im_end|>\n", num_predict=1).result()
+    flushes = [Run(cold, f"Flush the cache, slot {i}.", num_predict=4) for i in range(4)]  # one per slot
+    for flush in flushes:
+        flush.result()
     text, final = Run(cold, prompt, num_predict=16, draft_max=0).result()
     assert final["prompt_cached"] == 0
     return text
@@ -107,8 +109,8 @@ def test_concurrent_conversations_evaluate_a_shared_system_prompt_once(engine: E
 
 def test_a_prefix_held_by_a_busy_slot_is_copied(engine: Engine, cold: Engine) -> None:
     system = system_prompt("busy")
-    first = Run(engine, question(system, 1), num_predict=120)
-    assert first.started.wait(300)  # its prompt is in its slot's cache, and it is still generating
+    first = Run(engine, question(system, 1), num_predict=80)
+    assert first.started.wait(600)  # its prompt is in its slot's cache, and it is still generating
     second = Run(engine, question(system, 2), num_predict=16)
     text, final = second.result()
     first.result()
