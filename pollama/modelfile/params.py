@@ -51,6 +51,8 @@ PARAMETER_TYPES: Mapping[str, ParamType] = MappingProxyType(
         "use_mmap": ParamType.OPTIONAL_BOOL,
         "num_thread": ParamType.INT,
         "draft_num_predict": ParamType.INT,
+        "draft_max": ParamType.OPTIONAL_INT,  # pollama: prompt-lookup speculation (llama-server's --draft-max)
+        "draft_min": ParamType.OPTIONAL_INT,  # pollama: shortest draft worth verifying (--draft-min)
         "num_keep": ParamType.INT,
         "seed": ParamType.INT,
         "num_predict": ParamType.INT,
@@ -108,6 +110,8 @@ class Options:
     use_mmap: bool | None = None
     num_thread: int = 0
     draft_num_predict: int = 0
+    draft_max: int | None = None  # unset: the runner's default (8); 0 turns speculation off
+    draft_min: int | None = None
     num_keep: int = 4
     seed: int = -1
     num_predict: int = -1

@@ -105,6 +105,9 @@ class Finished:
     eval_count: int = 0
     eval_duration: int = 0
     tokens: list[int] = field(default_factory=list)
+    prompt_cached: int = 0  # of ``prompt_eval_count``, tokens taken from a KV cache instead of evaluated
+    draft_tokens: int = 0  # speculative draft tokens verified
+    draft_accepted: int = 0  # of them, accepted as output
 
 
 CompletionEvent = PromptTokens | Piece | Finished
@@ -132,6 +135,9 @@ def completion_event(event: dict[str, Any]) -> CompletionEvent | None:
             eval_count=int(event.get("eval_count", 0)),
             eval_duration=int(event.get("eval_duration", 0)),
             tokens=[int(t) for t in event.get("tokens") or []],
+            prompt_cached=int(event.get("prompt_cached", 0)),
+            draft_tokens=int(event.get("draft_tokens", 0)),
+            draft_accepted=int(event.get("draft_accepted", 0)),
         )
     return None
 

@@ -64,6 +64,65 @@ Emit = Callable[[dict[str, Any]], None]
 PREDICT_LIMIT_FACTOR = 10
 """Ollama caps ``num_predict`` (negative = unbounded, or too large) at 10 × ``num_ctx``."""
 
+DRAFT_MAX = 8
+"""Default longest prompt-lookup draft verified in one step (option ``draft_max``; 0 turns speculation off)."""
+
+_NGRAMS = (3, 2)
+"""n-gram sizes a draft is looked up by, longest first (a longer match predicts better)."""
+
+SHARE_MIN = 64
+"""Fewest more prompt tokens another slot must hold before its KV cache is copied rather than
+evaluated again (a copy moves the whole of that slot's cache stream)."""
+
+_PAUSE_AFTER = 3
+"""Drafts in a row with nothing accepted after which a slot stops drafting for a while."""
+
+
+class PromptLookup:
+    """Prompt-lookup drafts: the tokens that followed the latest earlier occurrence of the last n-gram.
+
+    ``tokens`` is the request's history (prompt, then generated tokens). An index from each n-gram to
+    where its latest continuation starts is kept up to date incrementally, so a lookup costs a few
+    dictionary operations, not a scan of the history.
+    """
+
+    def __init__(self, tokens: list[int]) -> None:
+        self.tokens = list(tokens)
+        self._index: dict[tuple[int, ...], int] = {}
+        self._indexed = 0
+        self._update()
+
+    def extend(self, token: int) -> None:
+        """Add a generated token to the history."""
+        self.tokens.append(token)
+
+    def _update(self) -> None:
+        tokens, index = self.tokens, self._index
+        for j in range(self._indexed, len(tokens)):
+            for n in _NGRAMS:
+                if j >= n:
+                    index[tuple(tokens[j - n : j])] = j  # the n-gram ending before j continues at j
+        self._indexed = len(tokens)
+
+    def draft(self, limit: int) -> list[int]:
+        """Up to ``limit`` tokens predicted to follow the history (empty when no n-gram recurs)."""
+        if limit <= 0:
+            return []
+        self._update()
+        tokens = self.tokens
+        for n in _NGRAMS:
+            if len(tokens) <= n:
+                continue
+            start = self._index.get(tuple(tokens[-n:]))
+            if start is None:
+                continue
+            out = tokens[start : start + limit]
+            for k, token in enumerate(out):
+                if token < 0:  # an image's pseudo-token is no vocabulary id
+                    return out[:k]
+            return out
+        return []
+
 
 def check_tokens(tokens: list[int], n_vocab: int) -> None:
     """Raise ``InvalidRequest`` unless every id is a real token of the vocabulary.
@@ -94,6 +153,11 @@ class CompletionJob:
     chain: SamplerChain | None = None
     prepared: bool = False
     media: MediaPrompt | None = None  # the prompt's images (then ``tokens`` is ``media.tokens``)
+    draft_max: int = DRAFT_MAX  # longest prompt-lookup draft per step; 0 = no speculation
+    draft_min: int = 0  # shorter drafts than this are not verified
+    lookup: PromptLookup | None = None
+    out_text: list[str] = field(default_factory=list)  # this step's output, sent as one event
+    out_probs: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -123,6 +187,16 @@ class _Slot:
     prompt_done: float = 0.0
     last_used: float = 0.0
     media: MediaPrompt | None = None
+    lookup: PromptLookup | None = None
+    draft_cap: int = 0  # the adaptive draft length
+    draft_misses: int = 0  # drafts in a row with nothing accepted
+    draft_pause: int = 0  # steps left without drafting
+    draft_backoff: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    tokens: list[int] = field(default_factory=list)  # the whole (possibly truncated) prompt of the job
+    donor: _Slot | None = None  # the slot evaluating a prefix this one waits to copy
+    donor_job: CompletionJob | None = None
 
 
 def _mid_image(tokens: list[int], i: int) -> bool:
@@ -264,6 +338,8 @@ class Engine:
             job.num_predict = limit
         if job.tokens:
             job.chain = SamplerChain(self.model, job.sampling, job.tokens, num_ctx=self.num_ctx)
+        if job.draft_max > 0 and job.tokens:
+            job.lookup = PromptLookup(job.tokens)  # indexing a long prompt happens here, not on the engine
         job.prepared = True
 
     def _encode_ahead(self, media: MediaPrompt) -> None:
@@ -388,6 +464,9 @@ class Engine:
             reuse = 0
         slot.cache = tokens[:reuse]
         slot.pending = tokens[reuse:]
+        slot.tokens = tokens
+        slot.donor = slot.donor_job = None
+        self._share(slot, tokens, reuse)
         if job.chain is None:  # not prepared through ``submit`` (cannot happen for a non-empty prompt)
             job.chain = SamplerChain(self.model, job.sampling, tokens, num_ctx=self.num_ctx)
         slot.chain, job.chain = job.chain, None
@@ -401,12 +480,103 @@ class Engine:
         slot.prompt_total = len(tokens)
         slot.started = time.perf_counter()
         slot.prompt_done = 0.0
+        lookup, job.lookup = job.lookup, None
+        if job.draft_max > 0 and (lookup is None or lookup.tokens != tokens):
+            lookup = PromptLookup(tokens)  # not prepared, or the prompt was truncated
+        slot.lookup = lookup if job.draft_max > 0 else None
+        slot.draft_cap = job.draft_max
+        slot.draft_misses = slot.draft_pause = slot.draft_backoff = 0
+        slot.drafted = slot.accepted = 0
+
+    def _share(self, slot: _Slot, tokens: list[int], reuse: int) -> None:
+        """Take a longer cached prefix of ``tokens`` from another slot: copy its KV cells now if
+        they are evaluated, or wait for the slot that is evaluating them (then ``_take_shared``)."""
+        best, best_n, ready = None, reuse + SHARE_MIN - 1, False
+        for other in self._slots:
+            if other is slot or other.donor is not None:
+                continue
+            n, evaluated = common_prefix(other.cache, tokens), True
+            if other.job is not None and other.pending:
+                planned = common_prefix(other.tokens, tokens)  # what it will hold once its prompt is in
+                if planned > n:  # wait for all of it: a few steps, and each shared token is evaluated once
+                    n, evaluated = planned, False
+            if n > best_n:
+                best, best_n, ready = other, n, evaluated
+        if best is None:
+            return
+        if ready:
+            self._copy_prefix(best, slot, tokens, best_n)
+        else:
+            slot.donor, slot.donor_job = best, best.job
+
+    def _take_shared(self, slot: _Slot) -> bool:
+        """For a slot waiting on a donor: copy the prefix once the donor has evaluated it (or stop
+        waiting if the donor went another way); ``False`` while it should still wait."""
+        donor = slot.donor
+        assert donor is not None
+        n = common_prefix(donor.cache, slot.tokens)
+        still = donor.job is slot.donor_job and donor.job is not None and bool(donor.pending)
+        if still and n < common_prefix(donor.tokens, slot.tokens):
+            return False
+        slot.donor = slot.donor_job = None
+        if n >= len(slot.cache) + SHARE_MIN:
+            self._copy_prefix(donor, slot, slot.tokens, n)
+        return True
+
+    def _copy_prefix(self, donor: _Slot, slot: _Slot, tokens: list[int], n: int) -> None:
+        """Make ``slot``'s cache the first ``n`` tokens of ``donor``'s (``llama_memory_seq_cp``)."""
+        n = min(n, len(tokens) - 1)
+        while n > 0 and _mid_image(tokens, n):
+            n -= 1
+        if n <= len(slot.cache):
+            return
+        self.ctx.seq_copy(donor.seq, slot.seq)
+        self.ctx.seq_remove(slot.seq, n, -1)
+        slot.cache = tokens[:n]
+        slot.pending = tokens[n:]
+        slot.prompt_count = len(slot.pending)
+        log.debug("slot %d: %d prompt tokens copied from slot %d", slot.seq, n, donor.seq)
+
+    def _draft(self, slot: _Slot, job: CompletionJob, room: int) -> list[int]:
+        """The draft to verify after ``slot.next_token`` this step (often none)."""
+        lookup = slot.lookup
+        if lookup is None or room <= 0:
+            return []
+        if slot.draft_pause > 0:
+            slot.draft_pause -= 1
+            return []
+        # Every verified draft token must fit in the context and could become output.
+        limit = min(slot.draft_cap, room, self.num_ctx - len(slot.cache) - 1, job.num_predict - len(slot.generated) - 1)
+        draft = lookup.draft(limit)
+        return draft if draft and len(draft) >= job.draft_min else []
+
+    def _adapt(self, slot: _Slot, job: CompletionJob, drafted: int, accepted: int) -> None:
+        """Lengthen the drafts while they are accepted, shorten them, then pause, while they are not."""
+        slot.drafted += drafted
+        slot.accepted += accepted
+        if accepted == drafted:
+            slot.draft_cap = min(job.draft_max, max(1, slot.draft_cap) * 2)
+            slot.draft_misses = slot.draft_backoff = 0
+        elif accepted == 0:
+            slot.draft_cap = max(1, slot.draft_cap // 2)
+            slot.draft_misses += 1
+            if slot.draft_misses >= _PAUSE_AFTER:
+                slot.draft_pause = 8 << min(slot.draft_backoff, 4)
+                slot.draft_backoff += 1
+                slot.draft_misses = 0
+        else:
+            slot.draft_cap = max(1, accepted + 1)
+            slot.draft_misses = 0
 
     def _step(self) -> None:
         batch = self._batch
         batch.clear()
-        sampling: list[tuple[_Slot, int]] = []
+        sampling: list[tuple[_Slot, list[int], list[int]]] = []  # slot, its output indices, its draft
         before: dict[int, int] = {}  # slot seq -> its cache length before this step
+        for slot in self._slots:
+            if slot.donor is not None:  # before any token of this step joins a cache: only decoded cells count
+                self._take_shared(slot)
+        generating = sum(1 for s in self._slots if s.job is not None and not s.pending and s.next_token is not None)
         for slot in self._slots:
             job = slot.job
             if job is None:
@@ -416,6 +586,7 @@ class Engine:
                 continue
             if slot.pending or slot.next_token is None:
                 continue
+            generating -= 1
             if len(slot.cache) >= self.num_ctx:
                 if not job.shift or not self.ctx.can_shift:
                     self._finish(slot, "length")
@@ -423,12 +594,18 @@ class Engine:
                 self._shift(slot, job)
             token = slot.next_token
             before[slot.seq] = len(slot.cache)
-            index = batch.add(token, len(slot.cache), slot.seq, True)
+            draft = self._draft(slot, job, self.num_batch - batch.n - 1 - generating)
+            indices = [batch.add(token, len(slot.cache), slot.seq, True)]
             slot.cache.append(token)
+            for drafted in draft:
+                indices.append(batch.add(drafted, len(slot.cache), slot.seq, True))
+                slot.cache.append(drafted)
             slot.next_token = None
-            sampling.append((slot, index))
+            sampling.append((slot, indices, draft))
         for slot in self._slots:
             if slot.job is None or not slot.pending:
+                continue
+            if slot.donor is not None:
                 continue
             room = self.num_batch - batch.n
             if room <= 0:
@@ -446,15 +623,27 @@ class Engine:
                 index = batch.add(token, len(slot.cache), slot.seq, last)
                 slot.cache.append(token)
                 if last:
-                    sampling.append((slot, index))
+                    sampling.append((slot, [index], []))
             slot.pending = slot.pending[len(take) :]
         if batch.n > 0:
             self._decode_text(batch, before, sampling)
         if self.mtmd is not None:
             self._step_image()
 
-    def _decode_text(self, batch: Batch, before: dict[int, int], sampling: list[tuple[_Slot, int]]) -> None:
-        """Decode the step's text batch and sample each slot that has an output in it."""
+    def _decode_text(
+        self, batch: Batch, before: dict[int, int], sampling: list[tuple[_Slot, list[int], list[int]]]
+    ) -> None:
+        """Decode the step's text batch and sample each slot that has an output in it.
+
+        A slot with a draft samples its outputs in order, each from the full sampler chain after the
+        previous token was accepted into it: while the sampled token equals the draft's, the next
+        output (already computed, conditioned on it) is valid and is sampled too; the first
+        difference is the next token, and the draft's remaining tokens leave the KV cache. Sampling
+        from the target distribution and keeping the draft token only when it was the one drawn is
+        the speculative acceptance rule for a deterministic draft (accept with probability p(t),
+        otherwise draw from p without t), so the output keeps its distribution, and greedy output
+        is the same token for token.
+        """
         if not self._decode_abortably(lambda: self.ctx.decode(batch), [s for s in self._slots if s.seq in before]):
             for slot in self._slots:
                 if slot.seq in before:  # the aborted batch is not in the KV cache: forget it here too
@@ -464,14 +653,32 @@ class Engine:
                         self._finish(slot, None)
             return
         now = time.perf_counter()
-        for slot, index in sampling:
-            if slot.job is None or slot.chain is None:
+        for slot, indices, draft in sampling:
+            job = slot.job
+            if job is None or slot.chain is None:
                 continue
             if not slot.prompt_done:
                 slot.prompt_done = now
-            token = slot.chain.sample(self.ctx, index)
-            probs = self._logprobs(index, token, slot.job.top_logprobs) if slot.job.logprobs else None
-            self._accept(slot, slot.job, token, probs)
+            accepted = 0
+            for i, index in enumerate(indices):
+                chain = slot.chain
+                if chain is None:
+                    break  # finished (stop, length, end of generation)
+                token = chain.sample(self.ctx, index)
+                probs = self._logprobs(index, token, job.top_logprobs) if job.logprobs else None
+                self._accept(slot, job, token, probs)
+                if slot.job is None or i >= len(draft) or token != draft[i]:
+                    break
+                accepted += 1
+                slot.next_token = None  # decoded already, as draft token i
+            if draft:
+                rejected = len(draft) - accepted
+                if rejected:
+                    end = len(slot.cache) - rejected
+                    self.ctx.seq_remove(slot.seq, end, -1)
+                    del slot.cache[end:]
+                self._adapt(slot, job, len(draft), accepted)
+            _flush(job)
 
     def _step_image(self) -> None:
         """Evaluate the next image of one slot whose pending prompt starts with one (round robin)."""
@@ -522,6 +729,7 @@ class Engine:
             token = slot.chain.sample(self.ctx, batch.n - 1)
             probs = self._logprobs(batch.n - 1, token, job.top_logprobs) if job.logprobs else None
             self._accept(slot, job, token, probs)
+            _flush(job)
 
     def _decode_abortably(self, decode: Callable[[], bool], slots: list[_Slot]) -> bool:
         """Run ``decode`` unless every job in it is cancelled meanwhile (then ``cancel`` aborts the
@@ -576,12 +784,14 @@ class Engine:
             self._finish(slot, "stop")
             return
         slot.generated.append(token)
+        if slot.lookup is not None:
+            slot.lookup.extend(token)
         text = slot.held + slot.decoder.decode(self.model.piece(token))
         out, slot.held, stopped = split_stop(text, job.stop)
+        if out:
+            job.out_text.append(out)
         if probs is not None:
-            job.emit({"content": out, "logprobs": [probs]})
-        elif out:
-            job.emit({"content": out})
+            job.out_probs.append(probs)
         if stopped:
             self._finish(slot, "stop")
             return
@@ -596,7 +806,8 @@ class Engine:
         if reason is not None:
             tail = slot.held + slot.decoder.decode(b"", final=True)
             if tail:  # held text that never became a stop string is real output
-                job.emit({"content": tail})
+                job.out_text.append(tail)
+            _flush(job)
             end = time.perf_counter()
             prompt_done = slot.prompt_done or end
             final = {
@@ -610,6 +821,8 @@ class Engine:
                 "eval_count": len(slot.generated),
                 "eval_duration": int((end - prompt_done) * 1e9),
                 "tokens": slot.generated,
+                "draft_tokens": slot.drafted,
+                "draft_accepted": slot.accepted,
             }
             self._release(slot)  # first, so that a client told "done" finds the slot free
             job.emit(final)
@@ -634,6 +847,8 @@ class Engine:
             slot.media = None
         slot.job = None
         slot.next_token = None
+        slot.lookup = None
+        slot.donor = slot.donor_job = None
         slot.last_used = time.monotonic()
 
     # --- embeddings -----------------------------------------------------------------------------
@@ -675,6 +890,18 @@ class Engine:
         finally:
             self.ctx.clear()
         job.emit({"done": True, "embeddings": vectors, "prompt_eval_count": count})
+
+
+def _flush(job: CompletionJob) -> None:
+    """Send the output a step produced for a job as one event (one line, one write, however many tokens)."""
+    if not job.out_text and not job.out_probs:
+        return
+    event: dict[str, Any] = {"content": "".join(job.out_text)}
+    if job.out_probs:
+        event["logprobs"] = job.out_probs
+        job.out_probs = []
+    job.out_text = []
+    job.emit(event)
 
 
 def _close_chain(job: CompletionJob | EmbedJob) -> None:

@@ -327,6 +327,11 @@ class Context:
         """Drop positions [p0, p1) of a sequence from the KV cache."""
         return bool(C.llama_memory_seq_rm(self.memory, seq, p0, p1))
 
+    def seq_copy(self, src: int, dst: int) -> None:
+        """Make sequence ``dst`` a copy of sequence ``src`` (the whole of it: with a cache stream per
+        sequence llama.cpp copies the stream's buffers, at the start of the next decode)."""
+        C.llama_memory_seq_cp(self.memory, src, dst, -1, -1)
+
     def seq_shift(self, seq: int, p0: int, p1: int, delta: int) -> None:
         """Move positions [p0, p1) of a sequence by ``delta`` (context shift)."""
         C.llama_memory_seq_add(self.memory, seq, p0, p1, delta)

@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pollama.errors import InvalidRequest
-from pollama.runner.engine import MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
+from pollama.runner.engine import DRAFT_MAX, MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
 from pollama.runner.native import (
     Bitmap,
     Context,
@@ -259,6 +259,8 @@ class RunnerServer:
                 logprobs=bool(request.get("logprobs")),
                 top_logprobs=int(request.get("top_logprobs") or 0),
                 media=media,
+                draft_max=max(0, int(options["draft_max"])) if options.get("draft_max") is not None else DRAFT_MAX,
+                draft_min=max(0, int(options["draft_min"])) if options.get("draft_min") is not None else 0,
             )
         except (TypeError, ValueError) as exc:
             raise InvalidRequest(f"invalid completion request: {exc}") from None
@@ -302,6 +304,14 @@ class RunnerServer:
                 if gone.done():
                     self.engine.cancel(job)
                     return
+                # The reader fell behind (or several steps ended at once): the text waiting goes as one line.
+                while "content" in event and not events.empty():
+                    following = events.get_nowait()
+                    if "content" not in following:
+                        writer.write(_line(event))
+                        event = following
+                        break
+                    event = _merge(event, following)
                 writer.write(_line(event))
                 if event.get("done") or "error" in event:
                     await writer.drain()
@@ -345,6 +355,15 @@ def _token_list(value: Any, name: str) -> list[int]:
 
 def _line(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def _merge(event: dict[str, Any], following: dict[str, Any]) -> dict[str, Any]:
+    """Two content events as one (text joined, logprob entries in order)."""
+    merged: dict[str, Any] = {"content": event["content"] + following["content"]}
+    probs = [*event.get("logprobs", ()), *following.get("logprobs", ())]
+    if probs:
+        merged["logprobs"] = probs
+    return merged
 
 
 def _settle(future: asyncio.Future[dict[str, Any]], event: dict[str, Any]) -> None:

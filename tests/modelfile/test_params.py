@@ -204,6 +204,8 @@ def test_defaults_match_spec() -> None:
         "use_mmap": None,
         "num_thread": 0,
         "draft_num_predict": 0,
+        "draft_max": None,
+        "draft_min": None,
         "num_keep": 4,
         "seed": -1,
         "num_predict": -1,
