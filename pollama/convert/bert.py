@@ -20,7 +20,7 @@ from typing import Any
 import gguf
 
 from pollama.convert.source import TensorSource
-from pollama.convert.tensors import PlannedTensor, declare_tensors, from_source, write_file
+from pollama.convert.tensors import PlannedTensor, declare_tensors, from_source, gguf_name, write_file
 from pollama.errors import ConversionError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
@@ -226,12 +226,7 @@ def _tensor_plan(source: TensorSource, params: _Params) -> list[PlannedTensor]:
             name = name[: -len(".beta")] + ".bias"
         if name.startswith(_SKIPPED):
             continue
-        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise ConversionError(f"unexpected tensor '{hf_name}' for {params.arch.name.lower()}")
-        if target in seen:
-            raise ConversionError(f"duplicate tensor name '{target}' was found for this model")
-        seen.add(target)
+        target = gguf_name(names, hf_name, seen, lookup=name)
         plan.append(from_source(source, hf_name, target, f32=target.startswith(_F32_TENSORS)))
     if "token_embd.weight" not in seen:
         raise ConversionError("the model has no token embeddings")

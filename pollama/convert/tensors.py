@@ -64,6 +64,20 @@ def from_source(source: TensorSource, hf_name: str, name: str, *, f32: bool = Fa
     return PlannedTensor(name, shape, kind, lambda: read_as(source, hf_name, kind))
 
 
+def gguf_name(names: gguf.TensorNameMap, hf_name: str, seen: set[str], *, lookup: str | None = None) -> str:
+    """The GGUF name of tensor ``hf_name`` (looked up as ``lookup`` when given), added to ``seen``.
+
+    ``ConversionError`` when ``names`` has no name for it or an earlier tensor took that name.
+    """
+    name = names.get_name(lookup or hf_name, try_suffixes=(".weight", ".bias"))
+    if name is None:
+        raise ConversionError(f"cannot map tensor {hf_name!r} to a GGUF name")
+    if name in seen:
+        raise ConversionError(f"duplicate tensor name '{name}' was found for this model")
+    seen.add(name)
+    return name
+
+
 def permute_rotary_rows(weights: np.ndarray[Any, Any], heads: int) -> np.ndarray[Any, Any]:
     """Hugging Face's rotary halves per head (``[x0..x(d/2-1), y0..]``) → llama.cpp's pairs (``[x0, y0, ...]``)."""
     rows = weights.shape[0]
