@@ -6,7 +6,7 @@ llama.cpp's ``bert`` tokenizer wants it (word-initial pieces with a ``▁`` pref
 bare, special tokens as control tokens), the special token ids, non-causal attention and the pooling
 that sentence-transformers' ``modules.json`` names (mean when the folder has none). Whether the
 model normalises its output (a ``Normalize`` module) is not stored: ``/api/embed`` always
-L2-normalises, as Ollama does. Tensors are written one at a time from memory-mapped sources.
+L2-normalises, as Ollama does. Tensors are read through ``TensorSource`` and written one at a time.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import gguf
-import numpy as np
 
-from pollama.convert._safetensors import TensorEntry, as_float32, load_tensor, read_index
+from pollama.convert.source import TensorSource
+from pollama.convert.tensors import PlannedTensor, declare_tensors, from_source, gguf_name, write_file
 from pollama.errors import ConversionError, UnsupportedArchitecture
 
 log = logging.getLogger(__name__)
@@ -54,17 +54,14 @@ def convert(folder: Path, config: dict[str, Any], dst: Path) -> None:
         params = _nomic_params(config)
     else:
         raise UnsupportedArchitecture(architecture)
-    sources = sorted(folder.glob("*.safetensors"))
-    if not sources:
-        raise ConversionError("no safetensors files found")
-    entries = read_index(sources)
     tokens, types = _vocabulary(folder, params.vocab_size)
-    tensors = _tensor_plan(entries, params)
-    try:
-        _write(dst, folder, config, params, tokens, types, tensors)
-    except BaseException:
-        dst.unlink(missing_ok=True)
-        raise
+    with TensorSource(folder) as source:
+        tensors = _tensor_plan(source, params)
+        try:
+            _write(dst, folder, config, params, tokens, types, tensors)
+        except BaseException:
+            dst.unlink(missing_ok=True)
+            raise
 
 
 def _int(config: dict[str, Any], *keys: str, default: int | None = None) -> int:
@@ -216,60 +213,24 @@ def _read_json(path: Path) -> Any:
 # --- tensors --------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Planned:
-    name: str
-    entry: TensorEntry
-    shape: tuple[int, ...]
-    out_type: gguf.GGMLQuantizationType
-
-
-def _tensor_plan(entries: dict[str, TensorEntry], params: _Params) -> list[_Planned]:
+def _tensor_plan(source: TensorSource, params: _Params) -> list[PlannedTensor]:
     """Every tensor llama.cpp needs, named as it wants, with its output type."""
     names = gguf.get_tensor_name_map(params.arch, params.n_layer)
-    plan: list[_Planned] = []
+    plan: list[PlannedTensor] = []
     seen: set[str] = set()
-    for source, entry in entries.items():
-        name = source.removeprefix("bert.")
+    for hf_name in source.names():
+        name = hf_name.removeprefix("bert.")
         if name.endswith(".gamma"):
             name = name[: -len(".gamma")] + ".weight"
         elif name.endswith(".beta"):
             name = name[: -len(".beta")] + ".bias"
         if name.startswith(_SKIPPED):
             continue
-        target = names.get_name(name, try_suffixes=(".weight", ".bias"))
-        if target is None:
-            raise ConversionError(f"unexpected tensor '{source}' for {params.arch.name.lower()}")
-        if target in seen:
-            raise ConversionError(f"duplicate tensor name '{target}' was found for this model")
-        seen.add(target)
-        if len(entry.shape) <= 1 or target.startswith(_F32_TENSORS):
-            out_type = gguf.GGMLQuantizationType.F32
-        elif entry.dtype == "BF16":
-            out_type = gguf.GGMLQuantizationType.BF16
-        else:
-            out_type = gguf.GGMLQuantizationType.F16
-        plan.append(_Planned(target, entry, entry.shape, out_type))
+        target = gguf_name(names, hf_name, seen, lookup=name)
+        plan.append(from_source(source, hf_name, target, f32=target.startswith(_F32_TENSORS)))
     if "token_embd.weight" not in seen:
         raise ConversionError("the model has no token embeddings")
     return plan
-
-
-def _tensor_data(item: _Planned) -> np.ndarray[Any, Any]:
-    data = load_tensor(item.entry)
-    if item.out_type == gguf.GGMLQuantizationType.BF16:
-        return np.ascontiguousarray(data, dtype=np.uint16)
-    values = as_float32(item.entry, data)
-    if item.out_type == gguf.GGMLQuantizationType.F16:
-        return np.ascontiguousarray(values, dtype=np.float16)
-    return np.ascontiguousarray(values, dtype=np.float32)
-
-
-_NUMPY_TYPES: dict[gguf.GGMLQuantizationType, Any] = {
-    gguf.GGMLQuantizationType.F32: np.float32,
-    gguf.GGMLQuantizationType.F16: np.float16,
-    gguf.GGMLQuantizationType.BF16: np.uint16,
-}
 
 
 def _write(
@@ -279,7 +240,7 @@ def _write(
     params: _Params,
     tokens: list[str],
     types: list[int],
-    tensors: list[_Planned],
+    tensors: list[PlannedTensor],
 ) -> None:
     arch = gguf.MODEL_ARCH_NAMES[params.arch]
     writer = gguf.GGUFWriter(dst, arch)
@@ -308,16 +269,8 @@ def _write(
         cls = gguf.SpecialVocab(folder, load_merges=False, special_token_types=("cls",), n_vocab=len(tokens))
         if isinstance(cls.special_token_ids.get("cls"), int):
             writer.add_uint32("tokenizer.ggml.cls_token_id", cls.special_token_ids["cls"])  # Ollama writes it too
-        for item in tensors:
-            dtype = np.dtype(_NUMPY_TYPES[item.out_type])
-            nbytes = int(np.prod(item.shape)) * dtype.itemsize
-            raw = item.out_type if item.out_type == gguf.GGMLQuantizationType.BF16 else None
-            writer.add_tensor_info(item.name, item.shape, dtype, nbytes, raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for item in tensors:
-            writer.write_tensor_data(_tensor_data(item))
+        declare_tensors(writer, tensors)
+        write_file(writer, tensors)
     finally:
         writer.close()
     log.info("converted %s to %s (%d tensors)", folder, dst, len(tensors))

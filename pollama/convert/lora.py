@@ -11,6 +11,7 @@ rotary-pair permutation the base conversion applied to ``q_proj``/``k_proj``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -21,9 +22,10 @@ from typing import Any
 import gguf
 import numpy as np
 
-from pollama.convert._safetensors import as_float32, load_tensor, read_index
+from pollama.convert.source import TensorSource
+from pollama.convert.tensors import F32, PlannedTensor, declare_tensors, permute_rotary_rows, write_file
 from pollama.errors import ConversionError, UnsupportedArchitecture
-from pollama.gguf import read_gguf
+from pollama.gguf import GGUFFile, read_gguf
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,31 @@ def convert(folder: Path, base_gguf: Path, dst: Path) -> None:
         raise UnsupportedArchitecture(arch_name)
     config = _adapter_config(folder)
     alpha = _alpha(config)
-    sources = [folder / "adapter_model.safetensors"]
-    if not sources[0].is_file():
-        sources = sorted(folder.glob("*.safetensors"))
-    if not sources:
+    files = [folder / "adapter_model.safetensors"]
+    if not files[0].is_file():
+        files = sorted(folder.glob("*.safetensors"))
+    if not files:
         raise ConversionError("no adapter_model.safetensors found")
-    entries = read_index(sources)
+    with TensorSource(folder, files) as source:
+        plan = _plan(source, base, arch)
+        writer = gguf.GGUFWriter(dst, arch_name)
+        try:
+            writer.add_type(gguf.GGUFType.ADAPTER)
+            writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
+            writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
+            declare_tensors(writer, plan)
+            write_file(writer, plan)
+        except BaseException:
+            writer.close()
+            dst.unlink(missing_ok=True)
+            raise
+        writer.close()
+    log.info("converted the LoRA adapter in %s to %s (%d tensors)", folder, dst, len(plan))
+
+
+def _plan(source: TensorSource, base: GGUFFile, arch: gguf.MODEL_ARCH) -> list[PlannedTensor]:
+    """The ``.lora_a`` / ``.lora_b`` pair of every adapted base tensor, checked against the base's shapes."""
+    arch_name = base.architecture
     n_layer = int(base.arch_value("block_count", 0) or 0)
     names = gguf.get_tensor_name_map(arch, n_layer)
     base_shapes = {t.name: tuple(int(d) for d in t.shape) for t in base.tensors}
@@ -60,57 +81,48 @@ def convert(folder: Path, base_gguf: Path, dst: Path) -> None:
     n_head_kv = int(base.arch_value("attention.head_count_kv", n_head) or n_head)
 
     pairs: dict[str, dict[str, str]] = {}
-    for source in entries:
-        match = _LORA_NAME.match(source)
+    for hf_name in source.names():
+        match = _LORA_NAME.match(hf_name)
         if match is None:
-            raise ConversionError(f"unexpected tensor '{source}' in the adapter (only LoRA A/B weights convert)")
+            raise ConversionError(f"unexpected tensor '{hf_name}' in the adapter (only LoRA A/B weights convert)")
         target = names.get_name(match["module"])
         if target is None:
-            raise ConversionError(f"unexpected tensor '{source}' for {arch_name}")
-        pairs.setdefault(target, {})[match["part"]] = source
+            raise ConversionError(f"unexpected tensor '{hf_name}' for {arch_name}")
+        pairs.setdefault(target, {})[match["part"]] = hf_name
     if not pairs:
         raise ConversionError("the adapter has no LoRA tensors")
 
-    planned: list[tuple[str, str, str]] = []  # (gguf base name, A source, B source)
+    plan: list[PlannedTensor] = []
     for target, parts in sorted(pairs.items(), key=lambda kv: _order(kv[0])):
         if set(parts) != {"A", "B"}:
             raise ConversionError(f"{target} has lora_A without lora_B or the other way round")
-        a, b = entries[parts["A"]], entries[parts["B"]]
+        a_name, b_name = parts["A"], parts["B"]
+        a, b = source.shape(a_name), source.shape(b_name)
         shape = base_shapes.get(f"{target}.weight")
         if shape is None:
             raise ConversionError(f"the base model has no tensor {target}.weight for the adapter")
         # The base's GGUF shape is [in, out]; A is [rank, in] and B [out, rank] in numpy order.
-        if len(a.shape) != 2 or len(b.shape) != 2 or a.shape[0] != b.shape[1]:
+        if len(a) != 2 or len(b) != 2 or a[0] != b[1]:
             raise ConversionError(f"{target}: lora_A and lora_B shapes do not match")
-        if a.shape[1] != shape[0] or b.shape[0] != shape[1]:
+        if a[1] != shape[0] or b[0] != shape[1]:
             raise ConversionError(f"{target}: the adapter's shape does not match the base model's")
-        planned.append((target, parts["A"], parts["B"]))
+        heads = 0
+        if arch_name == "llama" and target.endswith((".attn_q", ".attn_k")):
+            heads = n_head if target.endswith(".attn_q") else n_head_kv
+        plan.append(PlannedTensor(f"{target}.weight.lora_a", a, F32, functools.partial(source.load, a_name)))
+        plan.append(PlannedTensor(f"{target}.weight.lora_b", b, F32, functools.partial(_lora_b, source, b_name, heads)))
+    return plan
 
-    writer = gguf.GGUFWriter(dst, arch_name)
+
+def _lora_b(source: TensorSource, name: str, heads: int) -> np.ndarray[Any, Any]:
+    """B as F32, its rows in llama.cpp's rotary order when ``heads`` is set (llama's Q and K)."""
+    rows = source.load(name)
+    if not heads:
+        return rows
     try:
-        writer.add_type(gguf.GGUFType.ADAPTER)
-        writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
-        writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        for target, a_name, b_name in planned:
-            a, b = entries[a_name], entries[b_name]
-            writer.add_tensor_info(f"{target}.weight.lora_a", a.shape, np.dtype(np.float32), 4 * math.prod(a.shape))
-            writer.add_tensor_info(f"{target}.weight.lora_b", b.shape, np.dtype(np.float32), 4 * math.prod(b.shape))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        for target, a_name, b_name in planned:
-            a, b = entries[a_name], entries[b_name]
-            writer.write_tensor_data(np.ascontiguousarray(as_float32(a, load_tensor(a))))
-            rows = as_float32(b, load_tensor(b))
-            if arch_name == "llama" and target.endswith((".attn_q", ".attn_k")):
-                rows = _permute_rows(rows, n_head if target.endswith(".attn_q") else n_head_kv)
-            writer.write_tensor_data(np.ascontiguousarray(rows, dtype=np.float32))
-    except BaseException:
-        writer.close()
-        dst.unlink(missing_ok=True)
-        raise
-    writer.close()
-    log.info("converted the LoRA adapter in %s to %s (%d tensors)", folder, dst, 2 * len(planned))
+        return permute_rotary_rows(rows, heads)
+    except ConversionError:
+        raise ConversionError("the adapter's Q/K rows do not split into the base model's heads") from None
 
 
 def _adapter_config(folder: Path) -> dict[str, Any]:
@@ -140,14 +152,6 @@ def _alpha(config: dict[str, Any]) -> float:
     if config.get("use_rslora") and isinstance(rank, int) and rank > 0:
         return float(alpha) * math.sqrt(rank)
     return float(alpha)
-
-
-def _permute_rows(rows: np.ndarray[Any, Any], heads: int) -> np.ndarray[Any, Any]:
-    """llama's Q/K row order in GGUF: within each head, the two rotary halves interleaved."""
-    out = rows.shape[0]
-    if heads <= 0 or out % (2 * heads):
-        raise ConversionError("the adapter's Q/K rows do not split into the base model's heads")
-    return rows.reshape(heads, 2, out // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
 def _order(name: str) -> tuple[int, str]:

@@ -51,14 +51,15 @@ class TensorSource:
 
     ``names()`` in file order, ``shape(name)``, ``dtype(name)`` (the safetensors type: ``BF16``,
     ``F16``, ``F32``...), ``raw(name)`` (a new array in the stored type, BF16 as ``uint16``) and
-    ``load(name)`` (a new F32 array). ``close()`` (or ``with``) closes the files.
+    ``load(name)`` (a new F32 array). ``close()`` (or ``with``) closes the files. ``files`` reads
+    just those files of the folder (a PEFT adapter's ``adapter_model.safetensors``) instead.
     """
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, files: list[Path] | None = None) -> None:
         self.folder = folder
         self._entries: dict[str, _Entry] = {}
         self._files: dict[Path, io.FileIO] = {}
-        for file in _tensor_files(folder):
+        for file in _tensor_files(folder) if files is None else files:
             self._read_header(file)
         if not self._entries:
             raise ConversionError("no safetensors files found")

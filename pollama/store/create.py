@@ -134,7 +134,8 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
         else:
             raise InvalidRequest("neither 'from' or 'files' was specified")
         if request.adapters:
-            if len(request.adapters) > 1:
+            safetensors = any(name.endswith(".safetensors") for name in request.adapters)
+            if len(request.adapters) > 1 and not safetensors:  # a PEFT folder is several files
                 raise InvalidRequest("only one adapter is currently supported")
             yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
         if quantize:

@@ -9,6 +9,7 @@ import importlib.metadata
 import json
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -191,6 +192,26 @@ def test_show_and_capability_errors(client: httpx.Client) -> None:
     assert r.status_code == 400 and r.json() == {"error": '"minilm" does not support generate'}
     r = client.post("/api/chat", json={"model": "minilm", "messages": [{"role": "user", "content": "hi"}]})
     assert r.status_code == 400 and r.json() == {"error": '"minilm" does not support chat'}
+
+
+def test_create_from_the_hf_folder_through_the_cli(
+    embed_server: ServerProcess, client: httpx.Client, reference: MiniLMReference, tmp_path: Path
+) -> None:
+    # The folder as a user has it after cloning the Hugging Face repository, next to the Modelfile.
+    shutil.copytree(_minilm_folder(), tmp_path / "all-MiniLM-L6-v2")
+    (tmp_path / "Modelfile").write_text("FROM ./all-MiniLM-L6-v2\n")
+    done = embed_server.cli("create", "minilm-folder", "-f", str(tmp_path / "Modelfile"))
+    assert done.returncode == 0, done.stderr
+    assert "converting model" in done.stderr + done.stdout
+    r = client.post("/api/embed", json={"model": "minilm-folder", "input": SENTENCES})
+    assert r.status_code == 200, r.text
+    vectors = r.json()["embeddings"]
+    for vector, text in zip(vectors, SENTENCES, strict=True):
+        assert _cos(vector, reference.embed(reference.ids(text))) >= 0.999
+    assert abs(_cos(vectors[0], vectors[1]) - PUBLISHED[(0, 1)]) < 0.01
+    show = client.post("/api/show", json={"model": "minilm-folder"}).json()
+    assert show["capabilities"] == ["embedding"]
+    assert show["details"]["family"] == "bert"
 
 
 def test_truncation(client: httpx.Client, reference: MiniLMReference) -> None:

@@ -3,6 +3,7 @@ the adapter merged into the weights does (llama.cpp run directly on a GGUF the t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import struct
@@ -16,38 +17,13 @@ import pytest
 
 from pollama.convert.lora import convert
 from pollama.errors import UnsupportedArchitecture
-from tests.conftest import ServerProcess
+from tests.conftest import ServerProcess, from_bf16_bits, save_safetensors, to_bf16_bits
 
 RANK, ALPHA = 8, 24  # PEFT's scale alpha / r = 3
 HEADS, KV_HEADS, LAYERS, EMBD = 9, 3, 30, 576  # SmolLM2-135M
 TARGETS = {"q_proj": ("attn_q", EMBD), "k_proj": ("attn_k", 192), "v_proj": ("attn_v", 192)}
 PROMPT = "The three primary colours are"
 STEPS = 16
-
-
-def _bf16(values: np.ndarray) -> np.ndarray:
-    """float32 → bfloat16 words (round to nearest even)."""
-    bits = values.astype(np.float32).view(np.uint32)
-    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
-
-
-def _from_bf16(words: np.ndarray) -> np.ndarray:
-    return (words.astype(np.uint32) << 16).view(np.float32)
-
-
-def _save_safetensors(path: Path, tensors: dict[str, tuple[str, np.ndarray]]) -> None:
-    """A safetensors file written by hand (numpy has no bfloat16 for ``safetensors.numpy``)."""
-    header: dict[str, Any] = {}
-    blobs: list[bytes] = []
-    offset = 0
-    for name, (dtype, data) in tensors.items():
-        raw = np.ascontiguousarray(data).tobytes()
-        header[name] = {"dtype": dtype, "shape": list(data.shape), "data_offsets": [offset, offset + len(raw)]}
-        blobs.append(raw)
-        offset += len(raw)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
 def _permute(rows: np.ndarray, heads: int) -> np.ndarray:
@@ -73,12 +49,13 @@ def _peft_adapter(folder: Path, weight_std: float) -> dict[str, np.ndarray]:
     for layer in range(LAYERS):
         for module, (target, out) in TARGETS.items():
             prefix = f"base_model.model.model.layers.{layer}.self_attn.{module}"
-            a = _bf16(rng.standard_normal((RANK, EMBD)).astype(np.float32) * sigma)
+            a = np.asarray(to_bf16_bits(rng.standard_normal((RANK, EMBD)).astype(np.float32) * sigma))
             b = (rng.standard_normal((out, RANK)) * sigma).astype(np.float32)
             tensors[prefix + ".lora_A.weight"] = ("BF16", a)
             tensors[prefix + ".lora_B.weight"] = ("F32", b)
-            deltas[f"blk.{layer}.{target}.weight"] = (ALPHA / RANK) * (b.astype(np.float64) @ _from_bf16(a))
-    _save_safetensors(folder / "adapter_model.safetensors", tensors)
+            widened = np.asarray(from_bf16_bits(a))
+            deltas[f"blk.{layer}.{target}.weight"] = (ALPHA / RANK) * (b.astype(np.float64) @ widened)
+    save_safetensors(folder / "adapter_model.safetensors", tensors)
     config = {
         "peft_type": "LORA",
         "base_model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct",
@@ -289,6 +266,18 @@ def test_peft_lora_changes_output_as_the_merged_weights_do(
             assert alt["token"] in step.top and abs(alt["logprob"] - step.top[alt["token"]]) < 0.35, (step, entry)
         compared += 1
     assert compared >= 5, [s.token for s in want]
+    # The PEFT folder itself through the CLI: converted at create, the same answer as the GGUF adapter.
+    modelfile.write_text("FROM ./base.gguf\nADAPTER ./adapter\n")
+    done = server.cli("create", "tuned-peft", "-f", str(modelfile))
+    assert done.returncode == 0, done.stderr
+    output = done.stderr + done.stdout
+    assert "converting adapter" in output
+    digest = hashlib.sha256((tmp_path / "adapter.gguf").read_bytes()).hexdigest()
+    assert f"using existing layer sha256:{digest}" in output  # byte for byte the adapter converted above
+    # Both asked once the runner's prompt cache is warm, so llama.cpp evaluates them alike.
+    peft_tokens = [e["token"] for e in _pollama_greedy(server, "tuned-peft")]
+    assert peft_tokens == [e["token"] for e in _pollama_greedy(server, "tuned")]
+    assert peft_tokens[:5] == [e["token"] for e in got[:5]]
     plain = _llama_cpp_greedy(base)
     assert [s.token for s in plain[:5]] != [s.token for s in want[:5]]  # the adapter does change the answer
 
@@ -331,7 +320,7 @@ def test_non_llama_bases_keep_hf_row_order(tmp_path: Path, arch: str) -> None:
         tensors[prefix + ".lora_B.weight"] = ("F32", rng.standard_normal((out, rank)).astype(np.float32))
     folder = tmp_path / "adapter"
     folder.mkdir()
-    _save_safetensors(folder / "adapter_model.safetensors", tensors)
+    save_safetensors(folder / "adapter_model.safetensors", tensors)
     (folder / "adapter_config.json").write_text(
         json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 16, "use_rslora": True})
     )
