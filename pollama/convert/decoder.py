@@ -26,6 +26,16 @@ import gguf
 import numpy as np
 
 from pollama.convert.source import TensorSource
+from pollama.convert.tensors import (
+    F32,
+    PlannedTensor,
+    declare_tensors,
+    gguf_name,
+    output_type,
+    permute_rotary_rows,
+    read_as,
+    write_file,
+)
 from pollama.convert.tokenizer import add_vocabulary, read_vocabulary
 from pollama.errors import ConversionError, UnsupportedArchitecture
 
@@ -57,16 +67,6 @@ _IGNORED_SUFFIXES = ("rotary_emb.inv_freq", "attention.masked_bias", "attention.
 _Transform = Callable[[np.ndarray[Any, Any]], np.ndarray[Any, Any]]
 
 
-@dataclass
-class _Planned:
-    """One output tensor: where it comes from, how it is changed and the type it is written as."""
-
-    name: str
-    shape: tuple[int, ...]
-    kind: gguf.GGMLQuantizationType
-    produce: Callable[[], np.ndarray[Any, Any]]
-
-
 def convert(folder: Path, config: dict[str, Any], dst: Path) -> None:
     """Write the GGUF of the decoder model in ``folder`` (described by ``config``) to ``dst``."""
     architecture = str((config.get("architectures") or [""])[0])
@@ -79,21 +79,12 @@ def convert(folder: Path, config: dict[str, Any], dst: Path) -> None:
         plan = _plan(source, config, spec)
         writer = gguf.GGUFWriter(dst, gguf.MODEL_ARCH_NAMES[spec.arch])
         try:
-            for item in plan:
-                nbytes = _nbytes(item.shape, item.kind)
-                writer.add_tensor_info(item.name, item.shape, _numpy_type(item.kind), nbytes, raw_dtype=item.kind)
+            declare_tensors(writer, plan)  # before the metadata: the size label counts the declared parameters
             _add_general(writer, config)
             _add_hyperparameters(writer, config, spec)
             writer.add_vocab_size(len(vocab.tokens))
             add_vocabulary(writer, vocab)
-            writer.write_header_to_file(dst)
-            writer.write_kv_data_to_file()
-            writer.write_ti_data_to_file()
-            for item in plan:
-                data = np.ascontiguousarray(item.produce())
-                writer.write_tensor_data(data)
-                del data
-            writer.flush()
+            write_file(writer, plan)
         finally:
             writer.close()
 
@@ -109,12 +100,12 @@ def _text_config(config: dict[str, Any]) -> dict[str, Any]:
 # --- tensors ---------------------------------------------------------------------------------------
 
 
-def _plan(source: TensorSource, config: dict[str, Any], spec: _Arch) -> list[_Planned]:
+def _plan(source: TensorSource, config: dict[str, Any], spec: _Arch) -> list[PlannedTensor]:
     n_layers = int(config["num_hidden_layers"])
     n_head = int(config["num_attention_heads"])
     n_head_kv = int(config.get("num_key_value_heads") or n_head)
     names = gguf.get_tensor_name_map(spec.arch, n_layers)
-    plan: list[_Planned] = []
+    plan: list[PlannedTensor] = []
     seen: set[str] = set()
     embed_name = ""
     for hf_name in source.names():
@@ -122,19 +113,14 @@ def _plan(source: TensorSource, config: dict[str, Any], spec: _Arch) -> list[_Pl
             continue
         if spec.drop_lm_head and hf_name.startswith("lm_head."):
             continue
-        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-        if name is None:
-            raise ConversionError(f"cannot map tensor {hf_name!r} to a GGUF name")
-        if name in seen:
-            raise ConversionError(f"duplicate tensor name '{name}' was found for this model")
-        seen.add(name)
+        name = gguf_name(names, hf_name, seen)
         if name == "token_embd.weight":
             embed_name = hf_name
         transform: _Transform | None = None
         if spec.permute_qk and name.endswith("attn_q.weight"):
-            transform = _permuter(n_head, n_head)
+            transform = _permuter(n_head)
         elif spec.permute_qk and name.endswith("attn_k.weight"):
-            transform = _permuter(n_head, n_head_kv)
+            transform = _permuter(n_head_kv)
         elif spec.norm_plus_one and hf_name.endswith("norm.weight"):
             transform = _plus_one
         plan.append(_tensor(source, hf_name, name, transform))
@@ -148,48 +134,28 @@ def _plan(source: TensorSource, config: dict[str, Any], spec: _Arch) -> list[_Pl
     return plan
 
 
-def _tensor(source: TensorSource, hf_name: str, name: str, transform: _Transform | None) -> _Planned:
-    """Output types as Ollama's converter: 1-D → F32, BF16 stays BF16, everything else F16."""
+def _tensor(source: TensorSource, hf_name: str, name: str, transform: _Transform | None) -> PlannedTensor:
+    """``hf_name`` as GGUF tensor ``name`` in its ``output_type`` (F32 for Gemma's shifted norms), transformed."""
     shape = source.shape(hf_name)
-    stored = source.dtype(hf_name)
-    if len(shape) <= 1 or transform is _plus_one:
-        kind = gguf.GGMLQuantizationType.F32
-    elif stored == "BF16":
-        kind = gguf.GGMLQuantizationType.BF16
-    else:
-        kind = gguf.GGMLQuantizationType.F16
+    kind = output_type(shape, source.dtype(hf_name), f32=transform is _plus_one)
 
     def produce() -> np.ndarray[Any, Any]:
-        # One copy at most: BF16 and F16 go as stored (reordered at most), F32 narrows straight to F16.
-        if kind == gguf.GGMLQuantizationType.F32:
-            data = source.load(hf_name)
-        elif kind == gguf.GGMLQuantizationType.F16 and stored == "BF16":
-            data = source.load(hf_name).astype(np.float16)
-        else:
-            data = source.raw(hf_name)
-            if kind == gguf.GGMLQuantizationType.F16 and data.dtype != np.float16:
-                data = data.astype(np.float16)
+        data = read_as(source, hf_name, kind)
         return transform(data) if transform is not None else data
 
-    return _Planned(name, shape, kind, produce)
+    return PlannedTensor(name, shape, kind, produce)
 
 
-def _permuter(n_head: int, n_head_kv: int) -> _Transform:
-    """Hugging Face's rotary halves ``[x0..x(d/2-1), y0..]`` per head → llama.cpp's pairs ``[x0, y0, ...]``."""
-
-    def permute(weights: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
-        heads = n_head_kv if n_head != n_head_kv else n_head
-        rows = weights.shape[0]
-        return weights.reshape(heads, 2, rows // heads // 2, *weights.shape[1:]).swapaxes(1, 2).reshape(weights.shape)
-
-    return permute
+def _permuter(heads: int) -> _Transform:
+    """``permute_rotary_rows`` over ``heads`` heads, as a transform."""
+    return lambda weights: permute_rotary_rows(weights, heads)
 
 
 def _plus_one(weights: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
     return weights.astype(np.float32) + np.float32(1.0)
 
 
-def _rope_tensors(config: dict[str, Any], rope: dict[str, Any]) -> list[_Planned]:
+def _rope_tensors(config: dict[str, Any], rope: dict[str, Any]) -> list[PlannedTensor]:
     """Per-frequency factors llama.cpp reads as tensors: Llama 3's ``rope_freqs``, Phi3's long/short."""
     kind = str(rope.get("rope_type") or rope.get("type") or "")
     head_dim = _head_dim(config)
@@ -207,8 +173,8 @@ def _rope_tensors(config: dict[str, Any], rope: dict[str, Any]) -> list[_Planned
     return planned
 
 
-def _constant(name: str, values: np.ndarray[Any, Any]) -> _Planned:
-    return _Planned(name, values.shape, gguf.GGMLQuantizationType.F32, lambda: values)
+def _constant(name: str, values: np.ndarray[Any, Any]) -> PlannedTensor:
+    return PlannedTensor(name, values.shape, F32, lambda: values)
 
 
 def _llama3_factors(config: dict[str, Any], rope: dict[str, Any], rotary: int) -> np.ndarray[Any, Any]:
@@ -231,17 +197,6 @@ def _llama3_factors(config: dict[str, Any], rope: dict[str, Any], rotary: int) -
             smooth = (original / wavelen - low) / (high - low)
             factors.append(1.0 / ((1 - smooth) / factor + smooth))
     return np.asarray(factors, dtype=np.float32)
-
-
-def _nbytes(shape: tuple[int, ...], kind: gguf.GGMLQuantizationType) -> int:
-    count = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    return count * {gguf.GGMLQuantizationType.F32: 4}.get(kind, 2)
-
-
-def _numpy_type(kind: gguf.GGMLQuantizationType) -> np.dtype[Any]:
-    if kind == gguf.GGMLQuantizationType.F32:
-        return np.dtype(np.float32)
-    return np.dtype(np.float16 if kind == gguf.GGMLQuantizationType.F16 else np.uint16)
 
 
 # --- metadata --------------------------------------------------------------------------------------
