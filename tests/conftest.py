@@ -377,7 +377,14 @@ _SMOLLM2_HF_NAMES = {
 
 @pytest.fixture(scope="session")
 def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
-    """SmolLM2-135M-Instruct as a Hugging Face folder, rebuilt from the package's Q4_1 GGUF.
+    """SmolLM2-135M-Instruct as a Hugging Face folder (``write_smollm2_hf_folder``)."""
+    folder = tmp_path_factory.mktemp("smollm2-hf")
+    write_smollm2_hf_folder(smollm2_gguf, folder)
+    return folder
+
+
+def write_smollm2_hf_folder(smollm2_gguf: Path, folder: Path) -> None:
+    """SmolLM2-135M-Instruct as a Hugging Face folder in ``folder``, rebuilt from the package's Q4_1 GGUF.
 
     The weights are dequantized (``gguf.quants``), llama.cpp's Q/K row order is turned back into
     Hugging Face's half-split rotary layout, and everything is stored as BF16 in two shards with
@@ -391,7 +398,6 @@ def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Pa
 
     from pollama.gguf import read_gguf  # the header reader (gguf's GGUFReader takes ~25 s on this vocabulary)
 
-    folder = tmp_path_factory.mktemp("smollm2-hf")
     header = read_gguf(smollm2_gguf, arrays="all")
 
     def field(key: str) -> object:
@@ -501,7 +507,6 @@ def smollm2_hf_folder(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Pa
         "eos_token_id": 2,
     }
     (folder / "config.json").write_text(_json.dumps(config, indent=2))
-    return folder
 
 
 @pytest.fixture(scope="session")
