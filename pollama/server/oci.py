@@ -37,13 +37,50 @@ def _oci_error(status: int, code: str, message: str) -> JSONResponse:
     )
 
 
-@router.api_route("/v2/", methods=["GET", "HEAD"], summary="OCI distribution API version check")
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["errors"],
+    "properties": {"errors": {"type": "array", "items": {"type": "object"}}},
+}
+_MANIFEST_TYPES = (_MANIFEST_TYPE, "application/vnd.oci.image.manifest.v1+json")
+_NOT_FOUND: dict[int | str, dict[str, Any]] = {
+    404: {"description": "Not in the store", "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+}
+_MANIFEST_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "The manifest as stored",
+        "content": {t: {"schema": {"type": "object"}} for t in _MANIFEST_TYPES},
+    },
+    **_NOT_FOUND,
+}
+_BLOB_ANSWERS: dict[int | str, dict[str, Any]] = {
+    200: {"description": "The blob", "content": {"application/octet-stream": {"schema": {"type": "string"}}}},
+    **_NOT_FOUND,
+}
+_HEAD_ANSWERS: dict[int | str, dict[str, Any]] = {200: {"description": "Found (headers only)"}, **_NOT_FOUND}
+
+
+@router.head("/v2/", summary="OCI distribution API version check (headers only)", operation_id="oci_version_head")
+@router.get("/v2/", summary="OCI distribution API version check", operation_id="oci_version_get")
 @router.api_route("/v2", methods=["GET", "HEAD"], include_in_schema=False)
 async def api_version() -> JSONResponse:
     return JSONResponse({}, headers=_API_VERSION)
 
 
-@router.api_route("/v2/{name:path}/manifests/{reference}", methods=["GET", "HEAD"], summary="Read a manifest")
+@router.head(
+    "/v2/{name:path}/manifests/{reference}",
+    summary="Check a manifest",
+    operation_id="oci_manifest_head",
+    responses=_HEAD_ANSWERS,
+    response_class=Response,
+)
+@router.get(
+    "/v2/{name:path}/manifests/{reference}",
+    summary="Read a manifest",
+    operation_id="oci_manifest_get",
+    responses=_MANIFEST_ANSWERS,
+    response_class=Response,
+)
 async def manifest(request: Request, name: str, reference: str) -> Response:
     store = context(request).store
     found = await run_in_threadpool(_find_manifest, store, name, reference)
@@ -59,7 +96,20 @@ async def manifest(request: Request, name: str, reference: str) -> Response:
     return Response(body, media_type=media_type, headers=headers)
 
 
-@router.api_route("/v2/{name:path}/blobs/{digest}", methods=["GET", "HEAD"], summary="Read a blob")
+@router.head(
+    "/v2/{name:path}/blobs/{digest}",
+    summary="Check a blob",
+    operation_id="oci_blob_head",
+    responses=_HEAD_ANSWERS,
+    response_class=Response,
+)
+@router.get(
+    "/v2/{name:path}/blobs/{digest}",
+    summary="Read a blob",
+    operation_id="oci_blob_get",
+    responses=_BLOB_ANSWERS,
+    response_class=Response,
+)
 async def blob(request: Request, name: str, digest: str) -> Response:
     store = context(request).store
     path = await run_in_threadpool(_find_blob, store, digest)

@@ -97,3 +97,20 @@ def test_an_unmatchable_path_parameter_is_a_documented_plain_404(client: TestCli
     for method in ("head", "post"):
         missing = document["paths"]["/api/blobs/{digest}"][method]["responses"]["404"]
         assert "text/plain" in missing["content"], method
+
+
+def test_oci_routes_document_their_json_404_and_unique_operations(client: TestClient, document: dict[str, Any]) -> None:
+    ids = [op["operationId"] for ops in document["paths"].values() for op in ops.values()]
+    assert len(ids) == len(set(ids))
+    for path, media_type in (
+        ("/v2/{name}/manifests/{reference}", "application/vnd.docker.distribution.manifest.v2+json"),
+        ("/v2/{name}/blobs/{digest}", "application/octet-stream"),
+    ):
+        assert media_type in _ok(document, path, "get")["content"]
+        for method in ("get", "head"):
+            assert "application/json" in _ok(document, path, method, "404")["content"]
+    r = client.get("/v2/0/blobs/0")
+    assert r.status_code == 404 and r.headers["content-type"] == "application/json"
+    assert r.json()["errors"][0]["code"] == "BLOB_UNKNOWN"
+    r = client.get("/v2/0/manifests/0")
+    assert r.status_code == 404 and r.json()["errors"][0]["code"] == "MANIFEST_UNKNOWN"
