@@ -246,6 +246,8 @@ def main() -> int:
     ap.add_argument("--parallel", type=int, default=8, help="slots of each server")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--llama-server", type=Path, default=None, help="a llama-server binary (default: build one)")
+    ap.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                    help="an extra Modelfile PARAMETER for pollama's model (e.g. draft_max=0 turns speculation off)")
     args = ap.parse_args()
     gguf = args.gguf or smollm2()
     binary = args.llama_server or build_llama_server()
@@ -267,7 +269,8 @@ def main() -> int:
         ours.wait("/")
         rss["server idle"] = rss_mb(ours.proc.pid)
         modelfile = Path(home) / "Modelfile"
-        modelfile.write_text(f"FROM {gguf}\nPARAMETER num_thread {args.threads}\nPARAMETER repeat_penalty 1.0\n")
+        modelfile.write_text(f"FROM {gguf}\nPARAMETER num_thread {args.threads}\nPARAMETER repeat_penalty 1.0\n"
+                             + "".join(f"PARAMETER {p.replace('=', ' ', 1)}\n" for p in args.param))
         subprocess.run([sys.executable, "-m", "pollama", "create", "bench", "-f", str(modelfile)], env=env,
                        check=True, capture_output=True)
         both = {"pollama": (chat_pollama, ours.url), "llama-server": (chat_llama, llama.url)}

@@ -577,6 +577,10 @@ class Engine:
             if slot.donor is not None:  # before any token of this step joins a cache: only decoded cells count
                 self._take_shared(slot)
         generating = sum(1 for s in self._slots if s.job is not None and not s.pending and s.next_token is not None)
+        # Drafts only for a lone request: with several in the batch the step is compute-bound on a CPU, and
+        # verifying drafts there cost more than their accepted tokens saved (aggregate 0.67x llama-server's
+        # at 4 streams with drafts, 1.11x without, in bench/bench_runtime.py on 2 cores).
+        solo = sum(1 for s in self._slots if s.job is not None) == 1
         for slot in self._slots:
             job = slot.job
             if job is None:
@@ -594,7 +598,7 @@ class Engine:
                 self._shift(slot, job)
             token = slot.next_token
             before[slot.seq] = len(slot.cache)
-            draft = self._draft(slot, job, self.num_batch - batch.n - 1 - generating)
+            draft = self._draft(slot, job, self.num_batch - batch.n - 1 - generating) if solo else []
             indices = [batch.add(token, len(slot.cache), slot.seq, True)]
             slot.cache.append(token)
             for drafted in draft:
