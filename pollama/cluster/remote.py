@@ -19,7 +19,7 @@ import ray
 import ray.exceptions
 
 from pollama.errors import PollamaError, RunnerError
-from pollama.runner.client import RUNNER_STOPPED, CompletionEvent, CompletionParams, Embeddings, Finished
+from pollama.runner.client import RUNNER_STOPPED, CompletionEvent, CompletionParams, Finished, RunnerOps
 from pollama.runner.client import completion_event as typed_event
 from pollama.runner.protocol import event_error
 from pollama.scheduler.spec import LoadSpec
@@ -40,7 +40,7 @@ def actor_error(exc: BaseException) -> PollamaError:
     return RunnerError(RUNNER_STOPPED)
 
 
-class ActorRunner:
+class ActorRunner(RunnerOps):
     """A loaded runner actor (see the module docstring)."""
 
     def __init__(
@@ -146,22 +146,3 @@ class ActorRunner:
             if not finished:
                 with contextlib.suppress(Exception):
                     ray.cancel(stream)
-
-    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """``text``'s tokens."""
-        return list((await self.call({"op": "tokenize", "content": text, "add_special": add_special}))["tokens"])
-
-    async def detokenize(self, tokens: list[int]) -> str:
-        """The text of ``tokens``."""
-        return str((await self.call({"op": "detokenize", "tokens": tokens}))["content"])
-
-    async def count(self, texts: list[str]) -> list[int]:
-        """How many tokens each text is, special tokens included."""
-        if not texts:
-            return []
-        return [int(n) for n in (await self.call({"op": "count", "texts": texts, "add_special": True}))["counts"]]
-
-    async def embed(self, inputs: list[list[int]]) -> Embeddings:
-        """One embedding per token list."""
-        reply = await self.call({"op": "embed", "inputs": inputs})
-        return Embeddings([list(v) for v in reply["embeddings"]], int(reply.get("prompt_eval_count", 0)))

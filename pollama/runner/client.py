@@ -202,7 +202,35 @@ def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> 
     return cmd
 
 
-class RunnerProcess:
+class RunnerOps:
+    """The runner's token and embedding requests, built on ``call`` (one request, one reply): shared by
+    the ``ModelRunner``s that speak the runner protocol (a local process, a Ray actor)."""
+
+    async def call(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Send one request and return its reply (each transport implements it)."""
+        raise NotImplementedError
+
+    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
+        """``text``'s tokens."""
+        return list((await self.call({"op": "tokenize", "content": text, "add_special": add_special}))["tokens"])
+
+    async def detokenize(self, tokens: list[int]) -> str:
+        """The text of ``tokens``."""
+        return str((await self.call({"op": "detokenize", "tokens": tokens}))["content"])
+
+    async def count(self, texts: list[str]) -> list[int]:
+        """How many tokens each text is, special tokens included (one round trip for all)."""
+        if not texts:
+            return []
+        return [int(n) for n in (await self.call({"op": "count", "texts": texts, "add_special": True}))["counts"]]
+
+    async def embed(self, inputs: list[list[int]]) -> Embeddings:
+        """One embedding per token list."""
+        reply = await self.call({"op": "embed", "inputs": inputs})
+        return Embeddings([list(v) for v in reply["embeddings"]], int(reply.get("prompt_eval_count", 0)))
+
+
+class RunnerProcess(RunnerOps):
     """One running model."""
 
     def __init__(self, spec: LoadSpec, proc: asyncio.subprocess.Process, workdir: str, socket_path: str) -> None:
@@ -359,25 +387,6 @@ class RunnerProcess:
                     return
         finally:
             await stream.aclose()
-
-    async def tokenize(self, text: str, *, add_special: bool = False) -> list[int]:
-        """``text``'s tokens."""
-        return list((await self.call({"op": "tokenize", "content": text, "add_special": add_special}))["tokens"])
-
-    async def detokenize(self, tokens: list[int]) -> str:
-        """The text of ``tokens``."""
-        return str((await self.call({"op": "detokenize", "tokens": tokens}))["content"])
-
-    async def count(self, texts: list[str]) -> list[int]:
-        """How many tokens each text is, special tokens included (one round trip for all)."""
-        if not texts:
-            return []
-        return [int(n) for n in (await self.call({"op": "count", "texts": texts, "add_special": True}))["counts"]]
-
-    async def embed(self, inputs: list[list[int]]) -> Embeddings:
-        """One embedding per token list."""
-        reply = await self.call({"op": "embed", "inputs": inputs})
-        return Embeddings([list(v) for v in reply["embeddings"]], int(reply.get("prompt_eval_count", 0)))
 
     async def health(self) -> dict[str, Any]:
         """The runner's ``{"status": "ok", "busy": n}``."""
