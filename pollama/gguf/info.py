@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gguf import LlamaFileType
-
-from pollama.gguf.reader import GGUFFile, SkippedArray
+from pollama.gguf.reader import GGUFFile, SkippedArray, gguf_format
 
 _KV_BYTES_PER_ELEMENT = {"f16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32}
 
@@ -18,7 +16,7 @@ def file_type_name(gguf: GGUFFile) -> str:
     if value is None:
         return "unknown"
     try:
-        name = LlamaFileType(int(value)).name
+        name = str(gguf_format().LlamaFileType(int(value)).name)
     except ValueError:
         return "unknown"
     if name == "ALL_F32":

@@ -4,37 +4,59 @@ The ``gguf`` package defines the format (value types, quantization block sizes, 
 we use its definitions. Its ``GGUFReader`` builds a numpy view of every element of every array,
 which takes seconds on a tokenizer with 50k tokens; here the header is walked once with ``struct``
 over an ``mmap`` and large arrays are skipped (kept as ``SkippedArray``) unless asked for.
+
+The ``gguf`` package (and numpy, which it imports) is loaded on the first header read, not when
+this module is imported: together they are about 17 MB of a server's memory that a server which
+has not read a model yet does not need.
 """
 
 from __future__ import annotations
 
+import functools
 import mmap
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
-from gguf import GGML_QUANT_SIZES, GGUF_DEFAULT_ALIGNMENT, GGUF_MAGIC, GGMLQuantizationType, GGUFValueType
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 from pollama.errors import InvalidRequest
+
+if TYPE_CHECKING:
+    from gguf import GGUFValueType
 
 # Arrays up to this many elements are always read; longer ones only when ``arrays="all"``.
 SMALL_ARRAY = 64
 
-_SCALAR = {
-    GGUFValueType.UINT8: "B",
-    GGUFValueType.INT8: "b",
-    GGUFValueType.UINT16: "H",
-    GGUFValueType.INT16: "h",
-    GGUFValueType.UINT32: "I",
-    GGUFValueType.INT32: "i",
-    GGUFValueType.FLOAT32: "f",
-    GGUFValueType.BOOL: "?",
-    GGUFValueType.UINT64: "Q",
-    GGUFValueType.INT64: "q",
-    GGUFValueType.FLOAT64: "d",
-}
+# "GGUF" read as a little-endian uint32: the first four bytes of every GGUF file.
+_MAGIC = b"GGUF"
+
+
+@functools.cache
+def gguf_format() -> ModuleType:
+    """The ``gguf`` package (value types, quantization block sizes, file-type enums), imported once."""
+    import gguf
+
+    return gguf
+
+
+@functools.cache
+def _scalar_formats() -> dict[GGUFValueType, str]:
+    """``struct`` formats of the GGUF scalar value types."""
+    v = gguf_format().GGUFValueType
+    return {
+        v.UINT8: "B",
+        v.INT8: "b",
+        v.UINT16: "H",
+        v.INT16: "h",
+        v.UINT32: "I",
+        v.INT32: "i",
+        v.FLOAT32: "f",
+        v.BOOL: "?",
+        v.UINT64: "Q",
+        v.INT64: "q",
+        v.FLOAT64: "d",
+    }
 
 
 class NotGGUF(InvalidRequest):
@@ -76,7 +98,7 @@ class TensorInfo:
     def type_name(self) -> str:
         """The ggml type's name (``Q4_K``, ``F16``, ...)."""
         try:
-            return GGMLQuantizationType(self.type).name
+            return str(gguf_format().GGMLQuantizationType(self.type).name)
         except ValueError:
             return f"type{self.type}"
 
@@ -84,10 +106,11 @@ class TensorInfo:
     def n_bytes(self) -> int:
         """Bytes the tensor occupies in the file."""
         try:
-            block, size = GGML_QUANT_SIZES[GGMLQuantizationType(self.type)]
+            g = gguf_format()
+            block, size = g.GGML_QUANT_SIZES[g.GGMLQuantizationType(self.type)]
         except (ValueError, KeyError):
             return 0
-        return self.n_elements * size // block
+        return int(self.n_elements * size // block)
 
 
 @dataclass
@@ -157,9 +180,9 @@ class _Parser:
             self.view.release()
 
     def _parse(self) -> GGUFFile:
-        magic = struct.unpack_from("<I", self.buf, 0)[0]
-        if magic != GGUF_MAGIC:
+        if self.buf[:4] != _MAGIC:
             raise NotGGUF()
+        g = gguf_format()
         version = struct.unpack_from("<I", self.buf, 4)[0]
         if version & 0xFFFF == 0:  # written on a big-endian machine
             self.endian = ">"
@@ -173,7 +196,7 @@ class _Parser:
         metadata: dict[str, Any] = {}
         for _ in range(n_kv):
             key = self._string()
-            vtype = GGUFValueType(self._scalar("I"))
+            vtype = g.GGUFValueType(self._scalar("I"))
             metadata[key] = self._value(vtype)
         tensors = []
         for _ in range(n_tensors):
@@ -183,7 +206,8 @@ class _Parser:
             ttype = self._scalar("I")
             offset = self._scalar("Q")
             tensors.append(TensorInfo(name, shape, ttype, offset))
-        alignment = int(metadata.get("general.alignment", GGUF_DEFAULT_ALIGNMENT) or GGUF_DEFAULT_ALIGNMENT)
+        default = g.GGUF_DEFAULT_ALIGNMENT
+        alignment = int(metadata.get("general.alignment", default) or default)
         data_offset = -(-self.pos // alignment) * alignment
         return GGUFFile(self.path, version, metadata, tensors, data_offset, self.size)
 
@@ -208,44 +232,44 @@ class _Parser:
             raise ValueError("string runs past the end of the file")
 
     def _value(self, vtype: GGUFValueType) -> Any:
-        if vtype == GGUFValueType.STRING:
+        v = gguf_format().GGUFValueType
+        if vtype == v.STRING:
             return self._string()
-        if vtype == GGUFValueType.ARRAY:
-            etype = GGUFValueType(self._scalar("I"))
+        if vtype == v.ARRAY:
+            etype = v(self._scalar("I"))
             count = self._scalar("Q")
             return self._array(etype, count)
-        value = self._scalar(_SCALAR[vtype])
-        if vtype == GGUFValueType.FLOAT32:
-            # The shortest text that round-trips as float32, as Go prints a float32 (1e-05, not 9.99e-06).
-            value = float(str(np.float32(value)))
-        return value
+        value = self._scalar(_scalar_formats()[vtype])
+        return _shortest_float32(value) if vtype == v.FLOAT32 else value
 
     def _array(self, etype: GGUFValueType, count: int) -> Any:
         keep = self.read_all or count <= SMALL_ARRAY
-        if etype in _SCALAR:
-            fmt = _SCALAR[etype]
+        v = gguf_format().GGUFValueType
+        formats = _scalar_formats()
+        if etype in formats:
+            fmt = formats[etype]
             width = struct.calcsize(fmt)
             end = self.pos + width * count
             if end > self.size:
                 raise ValueError("array runs past the end of the file")
             if keep:
-                dtype = np.dtype(self.endian + ("?" if fmt == "?" else fmt))
-                array = np.frombuffer(self.buf, dtype=dtype, count=count, offset=self.pos)
-                values = [float(str(v)) for v in array] if fmt == "f" else array.tolist()
+                values: Any = list(struct.unpack_from(f"{self.endian}{count}{fmt}", self.buf, self.pos))
+                if fmt == "f":
+                    values = [_shortest_float32(x) for x in values]
             else:
                 values = SkippedArray(etype, count)
             self.pos = end
             return values
-        if etype == GGUFValueType.STRING:
+        if etype == v.STRING:
             if keep:
                 return [self._string() for _ in range(count)]
             for _ in range(count):
                 self._skip_string()
             return SkippedArray(etype, count)
-        if etype == GGUFValueType.ARRAY:
+        if etype == v.ARRAY:
             items = []
             for _ in range(count):
-                inner = GGUFValueType(self._scalar("I"))
+                inner = v(self._scalar("I"))
                 items.append(self._array(inner, self._scalar("Q")))
             return items if keep else SkippedArray(etype, count)
         raise ValueError(f"unknown array element type {etype}")
@@ -258,4 +282,24 @@ def is_gguf(path: str | Path) -> bool:
             head = fh.read(4)
     except OSError:
         return False
-    return len(head) == 4 and struct.unpack("<I", head)[0] == GGUF_MAGIC
+    return head == _MAGIC
+
+
+def _shortest_float32(value: float) -> float:
+    """The float32 ``value`` as its shortest decimal that reads back as the same float32.
+
+    This is how Go prints a float32 (``1e-05``, not ``9.999999747378752e-06``), and so what Ollama
+    shows for a GGUF's float metadata. The correctly rounded ``p``-digit decimal is the nearest one,
+    so the first ``p`` whose rounding survives the float32 round trip gives the shortest.
+    """
+    packed = struct.pack("<f", value)
+    if value != value or value in (float("inf"), float("-inf")):
+        return value
+    for digits in range(1, 10):
+        candidate = float(f"{value:.{digits}g}")
+        try:
+            if struct.pack("<f", candidate) == packed:
+                return candidate
+        except OverflowError:  # rounded past the largest float32
+            continue
+    return value
