@@ -3,6 +3,7 @@ packages, and real ``pollama serve`` processes on free ports."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import signal
@@ -188,6 +189,34 @@ def create_from_gguf(client: httpx.Client, name: str, gguf: Path, **extra: objec
         assert r.status_code in (200, 201), r.text
     r = client.post("/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False, **extra})
     assert r.status_code == 200, r.text
+
+
+@contextlib.contextmanager
+def smollm2_home_server(
+    tmp_path_factory: pytest.TempPathFactory, gguf: Path, env: dict[str, str], **create: object
+) -> Iterator[ServerProcess]:
+    """A server with its own HOME and models folder (``server.models``), extra ``env``, and
+    ``smollm2`` created from ``gguf`` with the ChatML template (``create`` adds request fields)."""
+    home = tmp_path_factory.mktemp("home")
+    proc = ServerProcess(home, {"HOME": str(home), "OLLAMA_MODELS": str(home / "models"), **env})
+    proc.models = home / "models"
+    proc.start()
+    try:
+        with proc.client() as c:
+            create_from_gguf(c, "smollm2", gguf, template=CHATML_TEMPLATE, **create)
+        yield proc
+    finally:
+        proc.stop()
+
+
+@pytest.fixture(scope="module")
+def one_slot_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
+    """A server whose runner has a single slot, so a request or slot left busy holds up the next one."""
+    env = {"OLLAMA_NUM_PARALLEL": "1", "OLLAMA_CONTEXT_LENGTH": "512"}
+    with smollm2_home_server(tmp_path_factory, smollm2_gguf, env) as proc:
+        with proc.client() as c:  # loaded: tests find its runner at once
+            assert c.post("/api/generate", json={"model": "smollm2"}).json()["done_reason"] == "load"
+        yield proc
 
 
 @pytest.fixture(scope="module")

@@ -76,31 +76,12 @@ def _names(server: ServerProcess) -> list[str]:
 # --- the runner dies mid-stream ---------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def one_slot(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
-    """A server whose runner has a single slot, so a slot left busy would hold up the next request."""
-    home = tmp_path_factory.mktemp("home")
-    env = {
-        "HOME": str(home),
-        "OLLAMA_MODELS": str(home / "models"),
-        "OLLAMA_NUM_PARALLEL": "1",
-        "OLLAMA_CONTEXT_LENGTH": "512",
-    }
-    proc = ServerProcess(home, env)
-    proc.models = home / "models"
-    proc.start()
-    try:
-        with proc.client() as c:
-            create_from_gguf(c, "smollm2", smollm2_gguf, template=CHATML_TEMPLATE)
-        yield proc
-    finally:
-        proc.stop()
-
-
-def test_runner_killed_mid_stream_gives_an_error_line_and_the_next_request_reloads(one_slot: ServerProcess) -> None:
+def test_runner_killed_mid_stream_gives_an_error_line_and_the_next_request_reloads(
+    one_slot_server: ServerProcess,
+) -> None:
     body = {"model": "smollm2", "prompt": PROMPT, "options": {"num_predict": LONG}}
     lines: list[dict[str, Any]] = []
-    with one_slot.client() as c, c.stream("POST", "/api/generate", json=body) as s:
+    with one_slot_server.client() as c, c.stream("POST", "/api/generate", json=body) as s:
         assert s.status_code == 200
         killed: list[int] = []
         for raw in s.iter_lines():
@@ -108,19 +89,19 @@ def test_runner_killed_mid_stream_gives_an_error_line_and_the_next_request_reloa
                 continue
             lines.append(json.loads(raw))
             if not killed:
-                killed = one_slot.runner_pids()
+                killed = one_slot_server.runner_pids()
                 assert len(killed) == 1
                 os.kill(killed[0], signal.SIGKILL)
     # The stream ends with Ollama's error line, after the tokens it had sent, and never says done.
     assert lines[-1] == {"error": RUNNER_STOPPED}
     assert all("response" in line and not line.get("done") for line in lines[:-1])
-    with one_slot.client() as c:
+    with one_slot_server.client() as c:
         r = c.post(
             "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 3}}
         )
         assert r.status_code == 200, r.text
         assert r.json()["done"] is True and r.json()["eval_count"] == 3
-    (pid,) = one_slot.runner_pids()
+    (pid,) = one_slot_server.runner_pids()
     assert pid != killed[0]
 
 
@@ -157,19 +138,19 @@ def _slots_busy(server: ServerProcess) -> float:
 
 
 @pytest.mark.parametrize("path", list(STREAMS))
-def test_a_client_leaving_a_stream_frees_the_slot(one_slot: ServerProcess, path: str) -> None:
-    with one_slot.client() as c, c.stream("POST", path, json=STREAMS[path]) as s:
+def test_a_client_leaving_a_stream_frees_the_slot(one_slot_server: ServerProcess, path: str) -> None:
+    with one_slot_server.client() as c, c.stream("POST", path, json=STREAMS[path]) as s:
         assert s.status_code == 200
         content = s.headers["content-type"]
         assert content.startswith("application/x-ndjson" if path.startswith("/api/") else "text/event-stream")
         # Keep the iterator alive: closing it (a ``break`` out of a ``for``) would close the connection.
         lines = s.iter_lines()
         assert [line for line in (next(lines) for _ in range(6)) if line], "tokens are flowing"
-        assert _slots_busy(one_slot) == 1
+        assert _slots_busy(one_slot_server) == 1
         # Leaving the ``with`` closed the connection without reading the rest.
-    _wait_for(lambda: _slots_busy(one_slot) == 0, 15, f"the slot of {path} to be freed")
+    _wait_for(lambda: _slots_busy(one_slot_server) == 0, 15, f"the slot of {path} to be freed")
     # With one slot, this only answers if the abandoned generation is no longer running.
-    with one_slot.client(timeout=60) as c:
+    with one_slot_server.client(timeout=60) as c:
         r = c.post(
             "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
         )

@@ -35,7 +35,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
+from tests.conftest import ServerProcess, smollm2_home_server
 
 # Generated cases per operation: (positive, negative). Inference runs the model, so it gets fewer
 # positive cases; an operation without parameters has one request to make (repeats are skipped).
@@ -79,10 +79,7 @@ CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens there
 
 @pytest.fixture(scope="module")
 def fuzz_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
-    home = tmp_path_factory.mktemp("home")
     env = {
-        "HOME": str(home),
-        "OLLAMA_MODELS": str(home / "models"),
         "OLLAMA_NUM_PARALLEL": "2",
         "OLLAMA_CONTEXT_LENGTH": "256",
         # Pulls and pushes of generated names would go to registry.ollama.ai: send them nowhere.
@@ -91,21 +88,9 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) ->
         "ALL_PROXY": CLOSED,
         "NO_PROXY": "",
     }
-    proc = ServerProcess(home, env)
-    proc.models = home / "models"
-    proc.start()
-    try:
-        with proc.client() as c:
-            create_from_gguf(
-                c,
-                "smollm2",
-                smollm2_gguf,
-                template=CHATML_TEMPLATE,
-                parameters={"stop": ["<|im_end|>"], "num_predict": MAX_TOKENS},
-            )
+    parameters = {"stop": ["<|im_end|>"], "num_predict": MAX_TOKENS}
+    with smollm2_home_server(tmp_path_factory, smollm2_gguf, env, parameters=parameters) as proc:
         yield proc
-    finally:
-        proc.stop()
 
 
 def _local_urls(value: Any) -> Any:

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import ServerProcess, create_from_gguf
+from tests.conftest import ServerProcess
 
 LONG = 100_000  # tokens: minutes of generation, were it not cancelled
 PROMPT = "Write a very long story about a dragon."
@@ -29,28 +28,6 @@ BODIES: dict[str, dict[str, Any]] = {
     "/v1/completions": {"model": "smollm2", "prompt": PROMPT, "max_tokens": LONG},
     "/v1/messages": {"model": "smollm2", "messages": [{"role": "user", "content": PROMPT}], "max_tokens": LONG},
 }
-
-
-@pytest.fixture(scope="module")
-def one_slot_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Iterator[ServerProcess]:
-    """A server with one slot per runner, so that a request left running would block the next."""
-    home = tmp_path_factory.mktemp("home")
-    env = {
-        "HOME": str(home),
-        "OLLAMA_MODELS": str(home / "models"),
-        "OLLAMA_NUM_PARALLEL": "1",
-        "OLLAMA_CONTEXT_LENGTH": "512",
-    }
-    proc = ServerProcess(home, env)
-    proc.models = home / "models"
-    proc.start()
-    try:
-        with proc.client() as c:
-            create_from_gguf(c, "smollm2", smollm2_gguf)
-            assert c.post("/api/generate", json={"model": "smollm2"}).json()["done_reason"] == "load"
-        yield proc
-    finally:
-        proc.stop()
 
 
 def _runner_socket(server: ServerProcess) -> str:
