@@ -102,8 +102,10 @@ def test_create_writes_a_draft_layer_and_show_lists_it(
 
 
 def test_answers_are_the_same_with_and_without_the_draft(smollm2_server: ServerProcess, drafted: str) -> None:
+    greedy = {"temperature": 0, "draft_max": 0}  # prompt lookup off: the drafts are the draft model's
+    seeded = {"temperature": 0.9, "seed": 42, "draft_max": 0}
     with smollm2_server.client() as client:
-        with_draft = _generate(client, drafted, temperature=0, draft_max=0)
+        with_draft = _generate(client, drafted, **greedy)
         args = _runner_args(smollm2_server)
         draft_blob = args[args.index("--draft") + 1]
         (layer,) = [item for item in _manifest(smollm2_server, drafted)["layers"] if item["mediaType"] == DRAFT_MEDIA]
@@ -111,19 +113,16 @@ def test_answers_are_the_same_with_and_without_the_draft(smollm2_server: ServerP
         assert args[args.index("--draft-max") + 1] == "4"  # Ollama's default with a DRAFT model
         pid = smollm2_server.runner_pids()
 
-        without = _generate(client, drafted, temperature=0, draft_max=0, draft_num_predict=0)
-        assert "--draft" not in _runner_args(smollm2_server)  # 0 disables: no draft loaded
-        assert smollm2_server.runner_pids() != pid  # draft_num_predict is a load option: reloaded
-        assert with_draft["response"] == without["response"]
-        assert with_draft["eval_count"] == without["eval_count"] == 40
-
-        shorter = _generate(client, drafted, temperature=0, draft_max=0, draft_num_predict=2)
+        shorter = _generate(client, drafted, **greedy, draft_num_predict=2)
         args = _runner_args(smollm2_server)
         assert args[args.index("--draft-max") + 1] == "2"
-        assert shorter["response"] == without["response"]
-
-        seeded = {"temperature": 0.9, "seed": 42, "draft_max": 0}
+        assert smollm2_server.runner_pids() != pid  # draft_num_predict is a load option: reloaded
         sampled = _generate(client, drafted, **seeded, draft_num_predict=2)["response"]
+
+        without = _generate(client, drafted, **greedy, draft_num_predict=0)
+        assert "--draft" not in _runner_args(smollm2_server)  # 0 disables: no draft loaded
+        assert with_draft["response"] == shorter["response"] == without["response"]
+        assert with_draft["eval_count"] == without["eval_count"] == 40
         assert sampled == _generate(client, drafted, **seeded, draft_num_predict=0)["response"]
 
 
@@ -164,10 +163,8 @@ def test_a_draft_with_another_vocabulary_fails_to_load(
             "error": "the draft model is not compatible with the model: the vocabulary types differ (target 2, draft 1)"
         }
         # the same weights without the draft load and answer
-        r = client.post(
-            "/api/generate",
-            json={"model": "smol-gemma", "prompt": "hi", "stream": False, "options": {"draft_num_predict": 0, "num_predict": 4}},
-        )
+        body = {"model": "smol-gemma", "prompt": "hi", "stream": False}
+        r = client.post("/api/generate", json={**body, "options": {"draft_num_predict": 0, "num_predict": 4}})
         assert r.status_code == 200, r.text
 
 
