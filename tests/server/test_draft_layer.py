@@ -126,6 +126,21 @@ def test_answers_are_the_same_with_and_without_the_draft(smollm2_server: ServerP
         assert sampled == _generate(client, drafted, **seeded, draft_num_predict=0)["response"]
 
 
+def test_a_safetensors_draft_folder_is_converted(
+    smollm2_server: ServerProcess, smollm2_gguf: Path, smollm2_hf_folder: Path, tmp_path: Path
+) -> None:
+    modelfile = tmp_path / "Modelfile"
+    modelfile.write_text(f"FROM {smollm2_gguf}\nDRAFT {smollm2_hf_folder}\n")
+    result = smollm2_server.cli("create", "smol-st", "-f", str(modelfile))
+    assert result.returncode == 0, result.stderr
+    assert "converting model" in result.stderr.splitlines()
+    (layer,) = [item for item in _manifest(smollm2_server, "smol-st")["layers"] if item["mediaType"] == DRAFT_MEDIA]
+    reader = gguf.GGUFReader(smollm2_server.models / "blobs" / layer["digest"].replace(":", "-"))
+    assert reader.fields["general.architecture"].contents() == "llama"
+    assert len(reader.tensors) == len(gguf.GGUFReader(smollm2_gguf).tensors)
+    assert _config(smollm2_server, "smol-st")["draft"] == {"model_format": "gguf", "architecture": "llama"}
+
+
 def test_errors_are_ollamas(smollm2_server: ServerProcess, smollm2_gguf: Path, tmp_path: Path) -> None:
     modelfile = tmp_path / "Modelfile"
     modelfile.write_text(f"FROM {smollm2_gguf}\nDRAFT {smollm2_gguf}\n")
