@@ -20,6 +20,9 @@ the vocabulary, compiling its grammar into a sampler chain) on the caller's thre
 engine lock, so a big JSON schema never stalls the other slots. Results flow back through each
 job's ``emit`` callback, called on the engine thread.
 
+Speculative drafts come from prompt lookup (``PromptLookup``) or, with a ``DRAFT`` model loaded, from
+the ``DraftModel`` (``pollama.runner.drafter``); either way the target verifies them in the step's batch.
+
 Error events carry the runner protocol's ``kind`` (``invalid_request``, ``internal``, ...).
 """
 
@@ -560,7 +563,7 @@ class Engine:
         if drafter is None or not slot.model_drafts or len(draft) > drafter.n_max or slot.next_token is None:
             return draft
         slot.draft_source = "model"
-        return drafter.draft(slot.seq, slot.cache, slot.next_token, limit, lambda: job.cancelled)
+        return drafter.draft(slot.seq, slot.cache, slot.next_token, limit, lambda: job.cancelled or self._stopping)
 
     def _lookup_draft(self, slot: _Slot, job: CompletionJob, limit: int) -> list[int]:
         """A prompt-lookup draft of at most ``limit`` (and the adaptive cap) tokens."""

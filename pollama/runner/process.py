@@ -459,7 +459,11 @@ def main(argv: list[str] | None = None) -> int:
             drafter = _load_draft(args, model, num_ctx=num_ctx, parallel=parallel, batch=batch, flash=flash)
         except IncompatibleDraftModel as exc:
             print(json.dumps(error_event(exc)), flush=True)  # the server reads it as the load's error
+            if mtmd is not None:
+                mtmd.close()
             ctx.close()
+            for adapter in adapters:
+                adapter.close()
             model.close()
             return 1
     engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch, mtmd=mtmd, drafter=drafter)
