@@ -53,7 +53,7 @@ def _runner_args(server: ServerProcess) -> list[str]:
 
 
 def _generate(client: httpx.Client, model: str, **options: Any) -> dict[str, Any]:
-    body = {"model": model, "prompt": PROMPT, "raw": True, "stream": False, "options": {"num_predict": 40, **options}}
+    body = {"model": model, "prompt": PROMPT, "raw": True, "stream": False, "options": {"num_predict": 32, **options}}
     r = client.post("/api/generate", json=body)
     assert r.status_code == 200, r.text
     return dict(r.json())
@@ -122,7 +122,7 @@ def test_answers_are_the_same_with_and_without_the_draft(smollm2_server: ServerP
         without = _generate(client, drafted, **greedy, draft_num_predict=0)
         assert "--draft" not in _runner_args(smollm2_server)  # 0 disables: no draft loaded
         assert with_draft["response"] == shorter["response"] == without["response"]
-        assert with_draft["eval_count"] == without["eval_count"] == 40
+        assert with_draft["eval_count"] == without["eval_count"] == 32
         assert sampled == _generate(client, drafted, **seeded, draft_num_predict=0)["response"]
 
 
