@@ -190,3 +190,11 @@ class UnsupportedQuantization(InvalidRequest):
 
 class QuantizationFailed(PollamaError, RuntimeError):
     """llama.cpp's quantizer failed or its subprocess died (HTTP 500)."""
+
+
+# --- speculative decoding ----------------------------------------------------------------------
+
+
+class IncompatibleDraftModel(RunnerError):
+    """A model's DRAFT layer does not share its vocabulary, so it cannot draft for it (HTTP 500, as any
+    model that fails to load: the runner reports it when loading, kind ``internal``)."""

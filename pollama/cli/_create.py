@@ -15,7 +15,9 @@ from pollama.names import parse_name
 from pollama.store.blobs import digest_file
 
 
-def create_from_modelfile(client: Client, model: str, file: str, *, quantize: str = "") -> None:
+def create_from_modelfile(
+    client: Client, model: str, file: str, *, quantize: str = "", draft_quantize: str = ""
+) -> None:
     """Create ``model`` from the Modelfile ``file`` (default ``./Modelfile``; none → ``FROM .``)."""
     try:
         parse_name(model)
@@ -32,14 +34,20 @@ def create_from_modelfile(client: Client, model: str, file: str, *, quantize: st
     prepared = prepare_create(commands, path.parent, typed_parameters=typed_parameters)
     for warning in prepared.warnings:
         print(warning, file=sys.stderr)
+    if draft_quantize and not prepared.draft_files:
+        raise ModelfileError("--draft-quantize requires a DRAFT model")
     with TransferProgress() as printer:
         body = dict(prepared.body)
         if prepared.files:
             body["files"] = _upload(client, prepared.files, printer)
         if prepared.adapters:
             body["adapters"] = _upload(client, prepared.adapters, printer)
+        if prepared.draft_files:
+            body["draft_files"] = _upload(client, prepared.draft_files, printer)
         if quantize:
             body["quantize"] = quantize
+        if draft_quantize:
+            body["draft_quantize"] = draft_quantize
         body["model"] = model
         for item in client.create(body):
             printer.update(item)

@@ -144,7 +144,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     from pollama.cli._create import create_from_modelfile
 
-    create_from_modelfile(_client(), args.model, args.file, quantize=args.quantize)
+    create_from_modelfile(_client(), args.model, args.file, quantize=args.quantize, draft_quantize=args.draft_quantize)
     return 0
 
 
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("-f", "--file", default="", help='Name of the Modelfile (default "Modelfile")')
     p.add_argument("-q", "--quantize", default="", help="Quantize model to this level (e.g. q4_K_M)")
+    p.add_argument("--draft-quantize", default="", help="Quantize draft model to this level (e.g. q8_0)")
     p.set_defaults(handler=cmd_create)
 
     p = sub.add_parser("show", help="Show information for a model")

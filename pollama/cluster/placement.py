@@ -207,6 +207,8 @@ def _identity(spec: LoadSpec) -> tuple[Any, ...]:
         spec.model_path.name,
         tuple(p.name for p in spec.adapters),
         tuple(p.name for p in spec.projectors),
+        spec.draft.name if spec.draft is not None else "",
+        spec.draft_num_predict,
         spec.num_ctx,
         spec.num_batch,
         spec.num_gpu,

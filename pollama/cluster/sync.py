@@ -48,8 +48,9 @@ def blob_ref(path: Path) -> BlobRef:
 
 
 def spec_blobs(spec: LoadSpec) -> list[BlobRef]:
-    """Every blob a runner for ``spec`` reads (weights, adapters, projectors)."""
-    return [blob_ref(p) for p in (spec.model_path, *spec.adapters, *spec.projectors)]
+    """Every blob a runner for ``spec`` reads (weights, adapters, projectors, draft model)."""
+    draft = (spec.draft,) if spec.draft is not None else ()
+    return [blob_ref(p) for p in (spec.model_path, *spec.adapters, *spec.projectors, *draft)]
 
 
 def node_models_dir() -> Path:
@@ -74,6 +75,7 @@ def localize(spec: LoadSpec, blobs: list[BlobRef], source: BlobSource, models: P
         model_path=_at(spec.model_path),
         adapters=tuple(_at(p) for p in spec.adapters),
         projectors=tuple(_at(p) for p in spec.projectors),
+        draft=_at(spec.draft) if spec.draft is not None else None,
     )
 
 

@@ -29,7 +29,18 @@ from pollama.store.capabilities import model_capabilities
 from pollama.template.builder import ModelTemplates
 from pollama.template.jinja import template_tokens
 
-_LOAD_OPTIONS = ("num_ctx", "num_batch", "num_gpu", "main_gpu", "use_mmap", "use_mlock", "num_thread")
+_LOAD_OPTIONS = (
+    "num_ctx",
+    "num_batch",
+    "num_gpu",
+    "main_gpu",
+    "use_mmap",
+    "use_mlock",
+    "num_thread",
+    "draft_num_predict",
+)
+DRAFT_NUM_PREDICT = 4
+"""Draft tokens per step for a model with a DRAFT layer when ``draft_num_predict`` is unset (Ollama's default)."""
 _CACHE_SIZE = 256
 
 
@@ -173,6 +184,7 @@ def load_spec(
         model_path=model.model_path,
         adapters=tuple(model.adapters),
         projectors=tuple(model.projectors),
+        **_draft_options(model, options, embedding=embedding),
         num_ctx=num_ctx,
         num_batch=num_batch,
         num_gpu=0
@@ -192,6 +204,8 @@ def load_spec(
         return spec
     # The estimate uses the options as LoadSpec clamped them (an absurd num_ctx is not what loads).
     extra = sum(p.stat().st_size for p in [*model.adapters, *model.projectors] if p.exists())
+    if spec.draft is not None and spec.draft.exists():
+        extra += spec.draft.stat().st_size  # its KV cache is left out: a draft model is small
     estimate = estimate_memory(
         info.gguf,
         num_ctx=spec.num_ctx,
@@ -201,6 +215,17 @@ def load_spec(
         extra_files=extra,
     )
     return dataclasses.replace(spec, estimated_memory=estimate)
+
+
+def _draft_options(model: StoredModel, options: dict[str, Any], *, embedding: bool) -> dict[str, Any]:
+    """``draft`` and ``draft_num_predict`` of the LoadSpec: Ollama's default is 4 draft tokens per step
+    with a DRAFT model and 0 without; 0 (or an embedding request) leaves the draft unloaded."""
+    draft = model.draft
+    if draft is None or embedding:
+        return {}
+    value = options.get("draft_num_predict")
+    n = int(value) if value is not None else DRAFT_NUM_PREDICT
+    return {"draft": draft, "draft_num_predict": n} if n > 0 else {}
 
 
 def completion_params(

@@ -1,6 +1,6 @@
 """Turning a parsed Modelfile into an ``/api/create`` request, as Ollama's CLI does (spec §4.2).
 
-``FROM`` and ``ADAPTER`` paths are expanded (absolute, ``~``, ``~user``, else relative to the
+``FROM``, ``ADAPTER`` and ``DRAFT`` paths are expanded (absolute, ``~``, ``~user``, else relative to the
 Modelfile's folder); a path that exists names local files to upload, anything else names a model.
 The caller hashes and uploads the files and fills in their digests.
 """
@@ -37,6 +37,7 @@ class PreparedCreate:
     body: dict[str, Any] = field(default_factory=dict)
     files: dict[str, Path] = field(default_factory=dict)
     adapters: dict[str, Path] = field(default_factory=dict)
+    draft_files: dict[str, Path] = field(default_factory=dict)  # the DRAFT model (sent as ``draft_files``)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -104,6 +105,8 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
     params: list[tuple[str, str]] = []
     licenses: list[str] = []
     messages: list[dict[str, str]] = []
+    from_paths: list[Path] = []
+    draft: tuple[str, Path] | None = None
     for command in commands:
         name, args = command.name, command.args
         if name == "model":
@@ -119,6 +122,7 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
             if files is None:
                 body["from"] = args
             else:
+                from_paths.append(path)
                 prepared.files.update(files)
         elif name == "adapter":
             files = local_files(expand_path(args, relative_dir), adapter=True)
@@ -126,7 +130,12 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
                 raise ModelfileError(f"open {args}: no such file or directory")
             prepared.adapters = files
         elif name == "draft":
-            raise ModelfileError("DRAFT models are not supported yet")
+            path = expand_path(args, relative_dir)
+            files = local_files(path)
+            if files is None:
+                raise ModelfileError(f"open {args}: no such file or directory")
+            draft = (args, path)
+            prepared.draft_files = files
         elif name == "requires":
             version = args[1:] if args.startswith("v") else args
             if not _SEMVER.fullmatch(version):
@@ -141,6 +150,8 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
             messages.append({"role": role, "content": content})
         else:
             params.append((name, args))
+    if draft is not None and any(_same_path(draft[1], p) for p in from_paths):
+        raise ModelfileError(f"DRAFT must not reference the same local path as FROM: {draft[0]}")
     if params:
         typed = typed_parameters(params, warnings=prepared.warnings)
         if typed:
@@ -150,3 +161,11 @@ def prepare_create(commands: list[Any], relative_dir: Path, *, typed_parameters:
     if messages:
         body["messages"] = messages
     return prepared
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    """Whether two existing paths name the same file or folder (links and ``..`` resolved)."""
+    try:
+        return a.resolve() == b.resolve() or os.path.samefile(a, b)
+    except OSError:
+        return False

@@ -193,6 +193,8 @@ def runner_command(spec: LoadSpec, socket_path: str, *, debug: bool = False) -> 
         cmd += ["--lora", str(adapter)]
     for projector in spec.projectors:
         cmd += ["--mmproj", str(projector)]
+    if spec.draft is not None and spec.draft_num_predict > 0:
+        cmd += ["--draft", str(spec.draft), "--draft-max", str(spec.draft_num_predict)]
     if spec.embedding:
         cmd.append("--embedding")
     if spec.flash_attention is not None:
@@ -268,6 +270,9 @@ class RunnerProcess(RunnerOps):
                 await proc.wait()
                 raise RunnerError(runner._exit_message())
             runner.info = json.loads(line)
+            if "error" in runner.info:  # the runner refused to load (its message is for the user)
+                await proc.wait()
+                raise event_error(runner.info)
         except TimeoutError:
             await runner.stop()
             raise RunnerError("timed out waiting for llama runner to start") from None

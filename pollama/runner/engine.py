@@ -20,6 +20,9 @@ the vocabulary, compiling its grammar into a sampler chain) on the caller's thre
 engine lock, so a big JSON schema never stalls the other slots. Results flow back through each
 job's ``emit`` callback, called on the engine thread.
 
+Speculative drafts come from prompt lookup (``PromptLookup``) or, with a ``DRAFT`` model loaded, from
+the ``DraftModel`` (``pollama.runner.drafter``); either way the target verifies them in the step's batch.
+
 Error events carry the runner protocol's ``kind`` (``invalid_request``, ``internal``, ...).
 """
 
@@ -36,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollama.errors import InvalidRequest, RunnerError
+from pollama.runner.drafter import DraftModel
 from pollama.runner.native import (
     Batch,
     Context,
@@ -192,6 +196,8 @@ class _Slot:
     draft_misses: int = 0  # drafts in a row with nothing accepted
     draft_pause: int = 0  # steps left without drafting
     draft_backoff: int = 0
+    draft_source: str = ""  # where this step's draft came from: "lookup" or "model"
+    model_drafts: bool = False  # the draft model may draft for this job (text only: no image pseudo-tokens)
     drafted: int = 0
     accepted: int = 0
     tokens: list[int] = field(default_factory=list)  # the whole (possibly truncated) prompt of the job
@@ -251,10 +257,12 @@ class Engine:
         num_parallel: int,
         num_batch: int,
         mtmd: MtmdContext | None = None,
+        drafter: DraftModel | None = None,
     ) -> None:
         self.model = model
         self.ctx = ctx
         self.mtmd = mtmd
+        self.drafter = drafter  # a draft model (Modelfile DRAFT): a second source of drafts
         self.num_ctx = num_ctx
         self.num_batch = max(1, min(num_batch, ctx.n_batch))
         self._slots = [_Slot(seq=i) for i in range(max(1, num_parallel))]
@@ -487,6 +495,8 @@ class Engine:
         slot.draft_cap = job.draft_max
         slot.draft_misses = slot.draft_pause = slot.draft_backoff = 0
         slot.drafted = slot.accepted = 0
+        slot.draft_source = ""
+        slot.model_drafts = self.drafter is not None and all(t >= 0 for t in tokens)
 
     def _share(self, slot: _Slot, tokens: list[int], reuse: int) -> None:
         """Take a longer cached prefix of ``tokens`` from another slot: copy its KV cells now if
@@ -538,16 +548,32 @@ class Engine:
         log.debug("slot %d: %d prompt tokens copied from slot %d", slot.seq, n, donor.seq)
 
     def _draft(self, slot: _Slot, job: CompletionJob, room: int) -> list[int]:
-        """The draft to verify after ``slot.next_token`` this step (often none)."""
+        """The draft to verify after ``slot.next_token`` this step (often none).
+
+        With a draft model, its draft is taken, unless prompt lookup has a longer one (a passage being
+        copied): that one costs no decode to make, and the model could not propose more tokens.
+        """
+        # Every verified draft token must fit in the context and could become output.
+        limit = min(room, self.num_ctx - len(slot.cache) - 1, job.num_predict - len(slot.generated) - 1)
+        if limit <= 0:
+            return []
+        draft = self._lookup_draft(slot, job, limit)
+        drafter = self.drafter
+        slot.draft_source = "lookup"
+        if drafter is None or not slot.model_drafts or len(draft) > drafter.n_max or slot.next_token is None:
+            return draft
+        slot.draft_source = "model"
+        return drafter.draft(slot.seq, slot.cache, slot.next_token, limit, lambda: job.cancelled or self._stopping)
+
+    def _lookup_draft(self, slot: _Slot, job: CompletionJob, limit: int) -> list[int]:
+        """A prompt-lookup draft of at most ``limit`` (and the adaptive cap) tokens."""
         lookup = slot.lookup
-        if lookup is None or room <= 0:
+        if lookup is None:
             return []
         if slot.draft_pause > 0:
             slot.draft_pause -= 1
             return []
-        # Every verified draft token must fit in the context and could become output.
-        limit = min(slot.draft_cap, room, self.num_ctx - len(slot.cache) - 1, job.num_predict - len(slot.generated) - 1)
-        draft = lookup.draft(limit)
+        draft = lookup.draft(min(slot.draft_cap, limit))
         return draft if draft and len(draft) >= job.draft_min else []
 
     def _adapt(self, slot: _Slot, job: CompletionJob, drafted: int, accepted: int) -> None:
@@ -681,7 +707,11 @@ class Engine:
                     end = len(slot.cache) - rejected
                     self.ctx.seq_remove(slot.seq, end, -1)
                     del slot.cache[end:]
-                self._adapt(slot, job, len(draft), accepted)
+                if slot.draft_source == "lookup":
+                    self._adapt(slot, job, len(draft), accepted)
+                else:  # a model draft: counted, but it does not steer prompt lookup's draft length
+                    slot.drafted += len(draft)
+                    slot.accepted += accepted
             _flush(job)
 
     def _step_image(self) -> None:
@@ -763,6 +793,8 @@ class Engine:
         self.ctx.seq_remove(slot.seq, keep, keep + discard)
         self.ctx.seq_shift(slot.seq, keep + discard, len(slot.cache), -discard)
         del slot.cache[keep : keep + discard]
+        if self.drafter is not None:
+            self.drafter.shift(slot.seq, keep, discard)
         log.debug("context shift on slot %d: kept %d, dropped %d", slot.seq, keep, discard)
 
     def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:

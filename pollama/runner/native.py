@@ -207,6 +207,15 @@ class Model:
         """True for end-of-generation tokens (EOS, EOT, ...)."""
         return bool(C.llama_vocab_is_eog(self.vocab, token))
 
+    @property
+    def vocab_type(self) -> int:
+        """The tokenizer kind (``LLAMA_VOCAB_TYPE_*``: SPM, BPE, WPM, ...)."""
+        return int(C.llama_vocab_type(self.vocab))
+
+    def token_text(self, token: int) -> bytes:
+        """A token's text as the vocabulary stores it (``llama_vocab_get_text``; ``token`` must be in range)."""
+        return bytes(C.llama_vocab_get_text(self.vocab, token) or b"")
+
 
 class LoraAdapter:
     """A LoRA adapter file loaded against a model."""

@@ -1,8 +1,10 @@
 """The runner subprocess: loads one model, runs the engine, answers requests on a Unix socket.
 
 Started by the server as ``python -m pollama.runner --model PATH --socket PATH ...`` (plus
-``--mmproj PATH`` for a model with a vision projector). Once the model is loaded it prints one JSON
-line on stdout (``{"status": "ready", "vision": bool, ...}``) and serves connections.
+``--mmproj PATH`` for a model with a vision projector, ``--draft PATH --draft-max N`` for a draft model).
+Once the model is loaded it prints one JSON line on stdout (``{"status": "ready", "vision": bool, ...}``)
+and serves connections; a load that fails for a reason the user should see (a draft model whose
+vocabulary does not match) prints an error event (``{"error", "kind"}``) instead and exits.
 Each connection carries one request as a JSON line and gets JSON lines back:
 
 * ``{"op": "completion", "prompt" | "tokens", "options": {...}, "stop": [...], ...}`` → ``{"content"}``
@@ -38,7 +40,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pollama.errors import InvalidRequest
+from pollama.errors import IncompatibleDraftModel, InvalidRequest
+from pollama.runner.drafter import DraftModel, vocab_mismatch
 from pollama.runner.engine import DRAFT_MAX, MISSING_PROJECTOR, CompletionJob, EmbedJob, Emit, Engine, check_tokens
 from pollama.runner.native import (
     Bitmap,
@@ -79,6 +82,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--embedding", action="store_true")
     p.add_argument("--flash-attn", choices=("on", "off", "auto"), default="auto")
     p.add_argument("--kv-cache-type", default="f16")
+    p.add_argument("--draft", type=Path, default=None, help="draft model GGUF for speculative decoding")
+    p.add_argument("--draft-max", type=int, default=4, help="most draft-model tokens per step (draft_num_predict)")
     p.add_argument("--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -460,7 +465,20 @@ def main(argv: list[str] | None = None) -> int:
         ),
         adapters,
     )
-    engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch, mtmd=mtmd)
+    drafter = None
+    if args.draft is not None and args.draft_max > 0 and not args.embedding:
+        try:
+            drafter = _load_draft(args, model, num_ctx=num_ctx, parallel=parallel, batch=batch, flash=flash)
+        except IncompatibleDraftModel as exc:
+            print(json.dumps(error_event(exc)), flush=True)  # the server reads it as the load's error
+            if mtmd is not None:
+                mtmd.close()
+            ctx.close()
+            for adapter in adapters:
+                adapter.close()
+            model.close()
+            return 1
+    engine = Engine(model, ctx, num_ctx=num_ctx, num_parallel=parallel, num_batch=batch, mtmd=mtmd, drafter=drafter)
     engine.start()
     ready = {
         "status": "ready",
@@ -470,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_size": model.size,
         "n_ctx_train": model.n_ctx_train,
         "vision": bool(mtmd is not None and mtmd.vision),
+        "draft": drafter is not None,
     }
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
@@ -479,11 +498,48 @@ def main(argv: list[str] | None = None) -> int:
             if mtmd is not None:
                 mtmd.close()  # before the model it was loaded against
             ctx.close()
+            if drafter is not None:
+                drafter.close()
             for adapter in adapters:
                 adapter.close()
             model.close()
         _remove_socket(args.socket)
     return 0
+
+
+def _load_draft(
+    args: argparse.Namespace, model: Model, *, num_ctx: int, parallel: int, batch: int, flash: bool | None
+) -> DraftModel:
+    """The draft model with a context of one sequence per slot; ``IncompatibleDraftModel`` when its
+    vocabulary is not the target's (its drafts would be token ids meaning other text)."""
+    draft = Model(
+        ModelParams(
+            path=args.draft,
+            n_gpu_layers=args.n_gpu_layers,
+            main_gpu=args.main_gpu,
+            use_mmap=not args.no_mmap,
+            use_mlock=args.mlock,
+        )
+    )
+    try:
+        reason = vocab_mismatch(model, draft)
+        if reason:
+            raise IncompatibleDraftModel(f"the draft model is not compatible with the model: {reason}")
+        ctx = Context(
+            draft,
+            ContextParams(
+                n_ctx=num_ctx * parallel,
+                n_batch=batch,
+                n_seq_max=parallel,
+                n_threads=args.threads,
+                flash_attention=flash,
+                kv_cache_type=args.kv_cache_type,
+            ),
+        )
+    except BaseException:
+        draft.close()
+        raise
+    return DraftModel(draft, ctx, n_max=args.draft_max, num_parallel=parallel, num_batch=batch)
 
 
 def _remove_socket(path: str) -> None:

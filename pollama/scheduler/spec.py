@@ -37,6 +37,8 @@ class LoadSpec:
     model_path: Path
     adapters: tuple[Path, ...] = ()
     projectors: tuple[Path, ...] = ()
+    draft: Path | None = None  # a draft model for speculative decoding (the DRAFT layer)
+    draft_num_predict: int = 0  # draft tokens per step (0: the draft is not loaded)
     num_ctx: int = 4096
     num_batch: int = 512
     num_gpu: int = -1
@@ -59,6 +61,7 @@ class LoadSpec:
         self._clamp("num_thread", min(self.num_thread, os.cpu_count() or 1) if self.num_thread > 0 else 0)
         if self.main_gpu is not None and self.main_gpu < 0:
             self._clamp("main_gpu", 0)
+        self._clamp("draft_num_predict", min(max(self.draft_num_predict, 0), self.num_ctx))
 
     def _clamp(self, option: str, value: int) -> None:
         """Set ``option`` to ``value`` (the dataclass is frozen) and log it when that changes it."""
@@ -75,6 +78,8 @@ class LoadSpec:
     def needs_reload(self, wanted: LoadSpec) -> bool:
         """True if a runner loaded with this spec cannot serve a request that wants ``wanted``."""
         if self.adapters != wanted.adapters or self.projectors != wanted.projectors:
+            return True
+        if self.draft != wanted.draft or self.draft_num_predict != wanted.draft_num_predict:
             return True
         if self.num_ctx != wanted.num_ctx or self.num_batch != wanted.num_batch:
             return True

@@ -21,6 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 
 from pollama.errors import (
+    IncompatibleDraftModel,
     InvalidRequest,
     NotFound,
     PollamaError,
@@ -39,6 +40,7 @@ _METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 # First match wins, so subclasses come before their bases.
 _STATUS: tuple[tuple[type[BaseException], int], ...] = (
     (RequestCanceled, 499),
+    (IncompatibleDraftModel, 500),  # a model that cannot load, as Ollama answers one
     (ServerBusy, 503),
     (Unauthorized, 401),
     (NotFound, 404),

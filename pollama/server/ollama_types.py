@@ -77,6 +77,7 @@ class CreateRequest(_Body):
     from_: str = Field("", alias="from")
     files: dict[str, str] | None = None
     adapters: dict[str, str] | None = None
+    draft_files: dict[str, str] | None = None
     template: str = ""
     system: str = ""
     license: str | list[str] | None = None
@@ -84,6 +85,7 @@ class CreateRequest(_Body):
     messages: list[Message] | None = None
     quantize: str = ""
     quantization: str = ""
+    draft_quantize: str = ""
     renderer: str = ""
     parser: str = ""
     requires: str = ""

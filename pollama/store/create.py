@@ -44,6 +44,7 @@ from pollama.store.files import TEMP_PREFIX, go_json, temp_name
 from pollama.store.manifest import (
     CONFIG_V1,
     MEDIA_ADAPTER,
+    MEDIA_DRAFT,
     MEDIA_LICENSE,
     MEDIA_MESSAGES,
     MEDIA_MODEL,
@@ -75,6 +76,8 @@ class CreateRequest:
     from_: str = ""
     files: dict[str, str] = field(default_factory=dict)
     adapters: dict[str, str] = field(default_factory=dict)
+    draft_files: dict[str, str] = field(default_factory=dict)  # the DRAFT model (GGUF or safetensors)
+    draft_quantize: str = ""
     template: str | None = None
     system: str | None = None
     licenses: list[str] = field(default_factory=list)
@@ -122,7 +125,9 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     """
     validate_file_names(request.files)
     validate_file_names(request.adapters)
+    validate_file_names(request.draft_files)
     quantize = parse_quantization_type(request.quantize) if request.quantize else ""
+    draft_quantize = _draft_quantization(request)
     with store.reserve() as reserved:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
@@ -140,8 +145,11 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
             yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
         if quantize:
             yield from _quantize_models(store, base, quantize, reserved)
+        if request.draft_files:
+            yield from _draft_layer(store, request.draft_files, base, reserved, draft_quantize)
 
         config = _config_for(base, inherited, request)
+        config.draft = _draft_config(base, inherited)
         layers = [b.layer for b in base]
         statuses = [b.status for b in base]
 
@@ -382,6 +390,45 @@ def _quantize_layer(
     item.layer = Layer(MEDIA_MODEL, written.digest, written.size, name=item.layer.name)
     item.gguf = quantized
     item.status = f"{'creating new' if written.created else 'using existing'} layer {written.digest}"
+
+
+def _draft_quantization(request: CreateRequest) -> str:
+    """The validated ``draft_quantize`` type ("" for none); it needs ``draft_files`` (Ollama's message)."""
+    if not request.draft_quantize:
+        return ""
+    if not request.draft_files:
+        raise InvalidRequest("--draft-quantize requires a DRAFT model")
+    return parse_quantization_type(request.draft_quantize)
+
+
+def _draft_layer(
+    store: ModelStore, files: dict[str, str], base: list[_BaseLayer], reserved: BlobReservation, quantize: str
+) -> Iterator[Progress]:
+    """Make the DRAFT files (one GGUF, or a safetensors folder, converted as FROM folders are) the model's
+    draft layer, quantized to ``quantize`` if given; it replaces a draft inherited from a ``from`` model."""
+    found: list[_BaseLayer] = []
+    yield from _layers_from_files(store, files, found, reserved, adapter=False)
+    if len(found) != 1 or found[0].layer.media_type != MEDIA_MODEL:
+        raise InvalidRequest("a DRAFT must be a single model: one GGUF file or one safetensors folder")
+    item = found[0]
+    if quantize and item.gguf is not None:
+        source_type = file_type_name(item.gguf)
+        check_quantization_source(source_type)
+        if source_type != quantize:
+            yield from _quantize_layer(store, item, source_type, quantize, reserved)
+    old = item.layer
+    item.layer = Layer(MEDIA_DRAFT, old.digest, old.size, from_=old.from_, name=old.name)
+    base[:] = [b for b in base if b.layer.media_type != MEDIA_DRAFT] + [item]
+
+
+def _draft_config(base: list[_BaseLayer], inherited: ModelConfig) -> dict[str, Any] | None:
+    """The config's ``draft``: what the draft layer's GGUF is (or the ``from`` model's, for its layer)."""
+    for item in base:
+        if item.layer.media_type == MEDIA_DRAFT:
+            if item.gguf is None:
+                return inherited.draft
+            return {"model_format": "gguf", "architecture": item.gguf.architecture}
+    return None
 
 
 def _projectors_onto(

@@ -150,6 +150,7 @@ class ModelConfig:
     context_length: int = 0
     embedding_length: int = 0
     base_name: str = ""
+    draft: dict[str, Any] | None = None  # the DRAFT layer's ``{model_format, architecture, ...}``
     architecture: str = "amd64"
     os: str = "linux"
     diff_ids: list[str] = field(default_factory=list)
@@ -174,6 +175,8 @@ class ModelConfig:
             out["embedding_length"] = self.embedding_length
         if self.base_name:
             out["base_name"] = self.base_name
+        if self.draft:
+            out["draft"] = self.draft
         out["architecture"] = self.architecture
         out["os"] = self.os
         out["rootfs"] = {"type": "layers", "diff_ids": self.diff_ids}
@@ -210,6 +213,7 @@ class ModelConfig:
             context_length=number("context_length"),
             embedding_length=number("embedding_length"),
             base_name=text("base_name"),
+            draft=dict(data["draft"]) if isinstance(data.get("draft"), dict) else None,
             architecture=text("architecture") or "amd64",
             os=text("os") or "linux",
             diff_ids=[str(d) for d in (rootfs or {}).get("diff_ids") or []],
