@@ -9,8 +9,8 @@ gemma3n ``per_layer_token_embd``, deepseek2's MLA tensors, glm's embeddings) are
 top: llama.cpp's quantizer has its own rules for those tensors (it leaves the MLA ones
 unquantized, for one), and they apply.
 
-The quantizer runs in a subprocess, ``python -m pollama.convert.quantize SOURCE OUTPUT TYPE``,
-not in a worker thread of the server, because:
+The quantizer runs in a subprocess, ``python -S -m pollama.convert.quantize OUTPUT TYPE
+--library LIBLLAMA``, not in a worker thread of the server, because:
 
 - it must be stoppable: ``llama_model_quantize`` has no cancel hook and runs for minutes on a
   large model; a thread cannot be stopped, a process can be killed at once when the client
@@ -19,12 +19,21 @@ not in a worker thread of the server, because:
   the server down with it; in a subprocess it becomes an error of this request;
 - it keeps llama.cpp, its threads and its memory out of the server process.
 
+Its start is kept off the request's path: ``Quantizer`` starts it before the caller has even
+read the source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source
+later, as one line on its stdin. It starts without ``site`` and binds the four llama.cpp
+functions it calls itself, with ``ctypes``, instead of importing llama-cpp-python's binding (the
+hundreds of prototypes that binding declares, and ``site``'s ``.pth`` files, cost more than the
+rest of the start-up together). Once llama.cpp has written the file, the subprocess hashes it
+(SHA-256, the blob's name) while its pages are hot, and the caller reads the header meanwhile.
+
 The subprocess reports on stdout, one JSON object a line: ``{"tensor": NAME, "index": I,
-"count": N}`` as llama.cpp starts each tensor (read from its log), then ``{"done": true}``, or
-``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's kinds. It watches its stdin: when
-the parent goes away (the pipe closes) it deletes its output and exits, so a killed server leaves
-no quantizer behind. The parent owns the output file (a temporary name in the models directory);
-``quantize_gguf`` kills the subprocess whenever it is closed early or fails.
+"count": N}`` as llama.cpp starts each tensor (read from its log), ``{"written": true}`` when the
+file is complete, then ``{"done": true, "digest": "sha256:…", "size": BYTES}``, or ``{"error":
+MESSAGE, "kind": KIND}`` with the runner protocol's kinds. It watches its stdin: when the parent
+goes away (the pipe closes), before or during the work, it deletes its output and exits, so a
+killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
+the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
 """
 
 from __future__ import annotations
@@ -32,20 +41,19 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
-import importlib
-import importlib.util
+import functools
+import hashlib
 import json
+import mmap
 import os
+import queue
 import re
-import selectors
-import signal
-import subprocess
 import sys
 import threading
-import types
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Never, Self
 
 from pollama.errors import QuantizationFailed, UnsupportedQuantization
 
@@ -141,58 +149,143 @@ def check_quantization_source(file_type: str) -> None:
         raise UnsupportedQuantization("quantization is only supported for F16, BF16 and F32 models")
 
 
-def quantize_gguf(source: GGUFFile, output: Path, type_name: str, *, threads: int = 0) -> Generator[float, None, None]:
-    """Quantize the GGUF ``source`` to ``type_name`` (canonical) into ``output``, in a subprocess.
+class Quantizer:
+    """One quantization into ``output`` as ``type_name`` (canonical), in a subprocess started at once.
 
-    Yields the fraction of the source's tensor bytes done so far, rising to 1.0 when the file is
-    complete, and at least every half second while it runs. Closing the iterator early, or any
-    failure, kills the subprocess; ``output`` belongs to the caller (delete it on failure).
-    Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
-    ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
+    Start it as early as possible, then call ``quantize`` with the source, and ``digest`` once the
+    file is written. Closing it (or leaving its ``with`` block) kills the subprocess if it still
+    runs; ``output`` belongs to the caller (delete it on failure).
     """
-    weights = {tensor.name: tensor.n_bytes for tensor in source.tensors}
-    total = sum(weights.values()) or 1
-    command = [sys.executable, "-m", "pollama.convert.quantize", str(source.path), str(output), type_name]
-    if threads > 0:
-        command += ["--threads", str(threads)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-    assert process.stdout is not None and process.stdin is not None
-    done_bytes = 0
-    current = ""
-    finished = False
-    try:
-        for event in _events(process.stdout):
+
+    def __init__(self, output: Path, type_name: str, *, threads: int = 0) -> None:
+        import subprocess
+
+        self.output = output
+        self.type_name = type_name
+        command = [sys.executable, "-S", "-m", __name__, str(output), type_name, "--library", str(_libllama())]
+        if threads > 0:
+            command += ["--threads", str(threads)]
+        path = os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+            env={**os.environ, "PYTHONPATH": path},
+        )
+        assert self._process.stdout is not None
+        self._events = _events(self._process.stdout)
+        self._written = False
+
+    def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
+        """Quantize ``source``: yields the fraction of its tensor bytes done so far, rising to 1.0
+        when the file is complete, and at least every half second while it runs.
+
+        Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
+        ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
+        """
+        weights = {tensor.name: tensor.n_bytes for tensor in source.tensors}
+        total = sum(weights.values()) or 1
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
+            self._process.stdin.write(json.dumps({"source": str(source.path)}).encode() + b"\n")
+            self._process.stdin.flush()
+        done_bytes = 0
+        current = ""
+        for event in self._events:
             if event is None:  # heartbeat
                 yield done_bytes / total
             elif "tensor" in event:
                 done_bytes += weights.get(current, 0)
                 current = str(event["tensor"])
                 yield min(done_bytes / total, 1.0)
+            elif event.get("written"):
+                self._written = True
+                yield 1.0
+                return
             elif "error" in event:
-                message = str(event["error"])
-                if event.get("kind") == "invalid_request":
-                    raise UnsupportedQuantization(message)
-                raise QuantizationFailed(message)
-            elif event.get("done"):
-                finished = True
-        code = process.wait()
+                self._fail(event)
+        self._fail({})
+
+    def digest(self) -> str:
+        """The ``sha256:<hex>`` digest of the written file, as the subprocess hashed it once
+        llama.cpp had closed it (the subprocess writes nothing after that)."""
+        if not self._written:
+            raise QuantizationFailed(f"quantizing to {self.type_name} failed: the file was not written")
+        for event in self._events:
+            if event is None:
+                continue
+            if "error" in event:
+                self._fail(event)
+            if event.get("done") and isinstance(event.get("digest"), str):
+                return str(event["digest"])  # its exit (or a kill by ``close``) cannot change the file now
+        self._fail({})
+
+    def _fail(self, event: dict[str, Any]) -> Never:
+        """Raise the error ``event`` reports, or else the one the subprocess's exit status implies."""
+        if "error" in event:
+            message = str(event["error"])
+            if event.get("kind") == "invalid_request":
+                raise UnsupportedQuantization(message)
+            raise QuantizationFailed(message)
+        import signal
+
+        code = self._process.wait()
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
-            raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer {how}")
-        if not finished or code != 0:
-            raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer exited with status {code}")
-        yield 1.0
-    finally:
+        else:
+            how = f"exited with status {code}"
+        raise QuantizationFailed(f"quantizing to {self.type_name} failed: the quantizer {how}")
+
+    def close(self) -> None:
+        """Kill the subprocess if it still runs, reap it and close its pipes."""
+        process = self._process
         if process.poll() is None:
             process.kill()
         process.wait()
+        self._events.close()
         for pipe in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
 
-def _events(stdout: IO[bytes]) -> Iterator[dict[str, Any] | None]:
+@functools.cache
+def _libllama() -> Path:
+    """llama-cpp-python's ``libllama`` (where its own binding loads it from), found without importing it."""
+    import importlib.util
+
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        folder = Path(override)
+    else:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or not spec.submodule_search_locations:
+            raise QuantizationFailed("llama-cpp-python is not installed")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    for name in ("libllama.so", "libllama.dylib"):
+        if (folder / name).exists():
+            return folder / name
+    raise QuantizationFailed(f"llama.cpp's library was not found in {folder}")
+
+
+def _package_root() -> str:
+    """The folder holding this ``pollama`` package: the subprocess runs without ``site``."""
+    return str(Path(__file__).resolve().parent.parent.parent)
+
+
+def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
     """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
+    import selectors
+
     fd = stdout.fileno()
     os.set_blocking(fd, False)
     pending = b""
@@ -221,28 +314,75 @@ def _events(stdout: IO[bytes]) -> Iterator[dict[str, Any] | None]:
 # --- the subprocess ----------------------------------------------------------------------------
 
 
+class _QuantizeParams(ctypes.Structure):
+    """llama.h's ``llama_model_quantize_params`` (a test checks it against llama-cpp-python's)."""
+
+    _fields_ = [
+        ("nthread", ctypes.c_int32),
+        ("ftype", ctypes.c_int),
+        ("output_tensor_type", ctypes.c_int),
+        ("token_embedding_type", ctypes.c_int),
+        ("allow_requantize", ctypes.c_bool),
+        ("quantize_output_tensor", ctypes.c_bool),
+        ("only_copy", ctypes.c_bool),
+        ("pure", ctypes.c_bool),
+        ("keep_split", ctypes.c_bool),
+        ("dry_run", ctypes.c_bool),
+        ("imatrix", ctypes.c_void_p),
+        ("kv_overrides", ctypes.c_void_p),
+        ("tt_overrides", ctypes.c_void_p),
+        ("prune_layers", ctypes.c_void_p),
+        ("max_buf_size", ctypes.c_size_t),
+    ]
+
+
+# ggml_log_callback: void (*)(enum ggml_log_level level, const char * text, void * user_data)
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+
+
+def _bind(path: str) -> ctypes.CDLL:
+    """``libllama`` with the prototypes of the functions the quantizer calls."""
+    lib = ctypes.CDLL(path)
+    lib.llama_log_set.argtypes = [_LOG_CALLBACK, ctypes.c_void_p]
+    lib.llama_log_set.restype = None
+    lib.llama_backend_init.argtypes = []
+    lib.llama_backend_init.restype = None
+    lib.llama_model_quantize_default_params.argtypes = []
+    lib.llama_model_quantize_default_params.restype = _QuantizeParams
+    lib.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_QuantizeParams)]
+    lib.llama_model_quantize.restype = ctypes.c_uint32
+    return lib
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pollama.convert.quantize SOURCE OUTPUT TYPE [--threads N]``: run llama.cpp's
-    quantizer, reporting progress and the outcome as JSON lines on stdout."""
+    """``python -S -m pollama.convert.quantize OUTPUT TYPE --library LIBLLAMA [--threads N]``: load
+    llama.cpp, read ``{"source": PATH}`` from stdin, run llama.cpp's quantizer and hash its output,
+    reporting progress and the outcome as JSON lines on stdout."""
     parser = argparse.ArgumentParser(prog="python -m pollama.convert.quantize")
-    parser.add_argument("source")
     parser.add_argument("output")
     parser.add_argument("type", choices=sorted(_FTYPES))
+    parser.add_argument("--library", required=True)
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     output = Path(args.output)
-    threading.Thread(target=_exit_when_orphaned, args=(output,), daemon=True).start()
+    jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
+    threading.Thread(target=_watch_parent, args=(output, jobs), daemon=True).start()
 
-    llama_cpp = _llama_binding()
+    try:
+        lib = _bind(args.library)
+    except (OSError, AttributeError) as exc:
+        _emit({"error": f"quantizing to {args.type} failed: cannot load llama.cpp: {exc}", "kind": "internal"})
+        return 1
     errors: list[str] = []
-    callback = _log_callback(llama_cpp, errors)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
-    params = llama_cpp.llama_model_quantize_default_params()
+    callback = _log_callback(errors)
+    lib.llama_log_set(callback, None)
+    lib.llama_backend_init()
+    params = lib.llama_model_quantize_default_params()
     params.ftype = _FTYPES[args.type]
     params.nthread = args.threads
     params.allow_requantize = True  # as Ollama (llama-quantize --allow-requantize)
-    code = llama_cpp.llama_model_quantize(os.fsencode(args.source), os.fsencode(args.output), ctypes.byref(params))
+    source = jobs.get()
+    code = lib.llama_model_quantize(os.fsencode(source), os.fsencode(output), ctypes.byref(params))
     if code != 0:
         text = "".join(errors)
         match = re.search(r"failed to quantize: (.*)", text)
@@ -250,29 +390,28 @@ def main(argv: list[str] | None = None) -> int:
         kind = "invalid_request" if "imatrix" in reason or "fallback" in reason else "internal"
         _emit({"error": f"quantizing to {args.type} failed: {reason}", "kind": kind})
         return 1
-    _emit({"done": True})
+    _emit({"written": True})
+    digest, size = _sha256(output)
+    _emit({"done": True, "digest": digest, "size": size})
     return 0
 
 
-def _llama_binding() -> Any:
-    """llama-cpp-python's ctypes binding, ``llama_cpp.llama_cpp``, without running the package's
-    ``__init__``, which also imports its high-level API (numpy, jinja2, the chat formats): up to a
-    second of start-up the quantizer does not use, on every quantization."""
-    if "llama_cpp" not in sys.modules:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is not None and spec.submodule_search_locations:
-            package = types.ModuleType("llama_cpp")
-            package.__path__ = list(spec.submodule_search_locations)
-            sys.modules["llama_cpp"] = package
-    return importlib.import_module("llama_cpp.llama_cpp")
+def _sha256(path: Path) -> tuple[str, int]:
+    """The file's ``sha256:<hex>`` digest and size, hashed straight from its mapped pages."""
+    with path.open("rb") as fh:
+        size = os.fstat(fh.fileno()).st_size
+        if size == 0:
+            return "sha256:" + hashlib.sha256().hexdigest(), 0
+        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+            return "sha256:" + hashlib.sha256(mapped).hexdigest(), size
 
 
-def _log_callback(llama_cpp: Any, errors: list[str]) -> Any:
+def _log_callback(errors: list[str]) -> Any:
     """llama.cpp's log sink (a ctypes function pointer: keep it referenced while llama.cpp logs):
     each tensor's start becomes a progress line; errors are kept."""
     last_level = [0]
 
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
+    @_LOG_CALLBACK  # type: ignore[untyped-decorator]
     def on_log(level: int, text: bytes, _user: Any) -> None:
         if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message at its level
             last_level[0] = level
@@ -291,15 +430,21 @@ def _emit(event: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _exit_when_orphaned(output: Path) -> None:
-    """Block on stdin; the parent never writes, so end-of-file means it is gone: clean up and exit."""
+def _watch_parent(output: Path, jobs: queue.SimpleQueue[str]) -> None:
+    """Read stdin: the first line names the source (handed to ``jobs``); the parent writes nothing
+    more, so end-of-file means it is gone, with or without a job: clean up and exit."""
+    pending = b""
     with contextlib.suppress(OSError):
-        while os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
-            pass
+        while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
+            pending += chunk
+            if b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    jobs.put(str(json.loads(line)["source"]))
     with contextlib.suppress(OSError):
         output.unlink()
     os._exit(3)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    os._exit(main())  # every line is flushed: skip the interpreter's teardown (and llama.cpp's)

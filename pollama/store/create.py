@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from pollama.convert.quantize import (
+    Quantizer,
     check_quantization_source,
     file_type_id,
     parse_quantization_type,
-    quantize_gguf,
 )
 from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, QuantizationFailed
 from pollama.gguf import (
@@ -123,7 +123,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     validate_file_names(request.files)
     validate_file_names(request.adapters)
     quantize = parse_quantization_type(request.quantize) if request.quantize else ""
-    with store.reserve() as reserved:
+    with store.reserve() as reserved, _QuantizeStaging(store, quantize) as staging:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
             if request.files:  # e.g. FROM an installed model plus FROM ./mmproj.gguf
@@ -139,7 +139,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
                 raise InvalidRequest("only one adapter is currently supported")
             yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
         if quantize:
-            yield from _quantize_models(store, base, quantize, reserved)
+            yield from _quantize_models(store, base, quantize, reserved, staging)
 
         config = _config_for(base, inherited, request)
         layers = [b.layer for b in base]
@@ -332,52 +332,110 @@ def remove_abandoned_conversions(root: Path) -> None:
             os.close(fd)
 
 
+class _QuantizeStaging:
+    """Quantizer subprocesses, each with its locked temporary output file in ``blobs/``.
+
+    The first one is started as soon as a create asks to quantize, before the source is even read,
+    so that its interpreter and llama.cpp load meanwhile; ``take`` hands it out, and starts more
+    if a create quantizes several model layers. ``close`` kills whatever still runs and deletes
+    every output not installed as a blob (start-up cleanup in any process leaves a locked one alone).
+    """
+
+    def __init__(self, store: ModelStore, target: str) -> None:
+        self._store = store
+        self._target = target
+        self._started: list[tuple[Path, int, Quantizer]] = []
+        self._taken = 0
+        if target:
+            self._start()
+
+    def _start(self) -> None:
+        root = self._store.blobs.root
+        root.mkdir(parents=True, exist_ok=True)
+        staged = temp_name(root, "quantize-")
+        fd = _locked(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            quantizer = Quantizer(staged, self._target)
+        except BaseException:
+            os.close(fd)
+            staged.unlink()
+            raise
+        self._started.append((staged, fd, quantizer))
+
+    def take(self) -> tuple[Path, Quantizer]:
+        """An output path and the quantizer (started, still waiting for its source) that writes it."""
+        if self._taken == len(self._started):
+            self._start()
+        staged, _fd, quantizer = self._started[self._taken]
+        self._taken += 1
+        return staged, quantizer
+
+    def close(self) -> None:
+        """Stop every quantizer, unlock and delete every output still at its temporary name."""
+        started, self._started = self._started, []
+        for staged, fd, quantizer in started:
+            try:
+                quantizer.close()
+            finally:
+                os.close(fd)
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+
+    def __enter__(self) -> _QuantizeStaging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
 def _quantize_models(
-    store: ModelStore, base: list[_BaseLayer], target: str, reserved: BlobReservation
+    store: ModelStore, base: list[_BaseLayer], target: str, reserved: BlobReservation, staging: _QuantizeStaging
 ) -> Iterator[Progress]:
     """Quantize every model layer of ``base`` to ``target`` in place (Ollama: F16/BF16/F32 only;
     a model already of that type is left as it is)."""
-    for item in base:
-        if item.layer.media_type != MEDIA_MODEL or item.gguf is None:
-            continue
-        source_type = file_type_name(item.gguf)
-        check_quantization_source(source_type)
-        if source_type == target:
-            continue
-        yield from _quantize_layer(store, item, source_type, target, reserved)
+    try:
+        for item in base:
+            if item.layer.media_type != MEDIA_MODEL or item.gguf is None:
+                continue
+            source_type = file_type_name(item.gguf)
+            check_quantization_source(source_type)
+            if source_type == target:
+                continue
+            yield from _quantize_layer(store, item, source_type, target, reserved, staging)
+    finally:
+        staging.close()  # a quantizer started for nothing (an F16 model asked for F16) stops here
 
 
 def _quantize_layer(
-    store: ModelStore, item: _BaseLayer, source_type: str, target: str, reserved: BlobReservation
+    store: ModelStore,
+    item: _BaseLayer,
+    source_type: str,
+    target: str,
+    reserved: BlobReservation,
+    staging: _QuantizeStaging,
 ) -> Iterator[Progress]:
     """Quantize one model layer into a new blob and put it in ``item``'s place.
 
-    llama.cpp writes a locked temporary file in ``blobs/`` (start-up cleanup in any process leaves
-    a locked one alone); it becomes a blob only once complete and verified, and is deleted on any
-    failure, including this generator being closed when the client goes away.
+    llama.cpp writes a locked temporary file in ``blobs/``; it becomes a blob only once complete
+    and verified, and is deleted (by ``staging``) on any failure, including this generator being
+    closed when the client goes away. The subprocess hashes the file while its header is verified
+    here; the file is then renamed into place, not copied.
     """
     assert item.gguf is not None
     status = f"quantizing {source_type} model to {target}"
     total = item.layer.size
-    staged = temp_name(store.blobs.root, "quantize-")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with contextlib.closing(quantize_gguf(item.gguf, staged, target)) as fractions:
-            for fraction in fractions:  # also a heartbeat: each step returns within a second
-                yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
-        yield Progress("verifying conversion")
-        quantized = read_gguf(staged)
-        if quantized.metadata.get("general.file_type") != file_type_id(target) or len(quantized.tensors) != len(
-            item.gguf.tensors
-        ):
-            raise QuantizationFailed(f"quantizing to {target} failed: the quantized file does not verify")
-        digest = digest_file(staged)
-        written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
-    finally:
-        os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            staged.unlink()
+    staged, quantizer = staging.take()
+    with contextlib.closing(quantizer.quantize(item.gguf)) as fractions:
+        for fraction in fractions:  # also a heartbeat: each step returns within a second
+            yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
+    yield Progress("verifying conversion")
+    quantized = read_gguf(staged)
+    if quantized.metadata.get("general.file_type") != file_type_id(target) or len(quantized.tensors) != len(
+        item.gguf.tensors
+    ):
+        raise QuantizationFailed(f"quantizing to {target} failed: the quantized file does not verify")
+    digest = quantizer.digest()
+    written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
     quantized.path = written.path
     item.layer = Layer(MEDIA_MODEL, written.digest, written.size, name=item.layer.name)
     item.gguf = quantized
