@@ -152,9 +152,10 @@ def check_quantization_source(file_type: str) -> None:
 class Quantizer:
     """One quantization into ``output`` as ``type_name`` (canonical), in a subprocess started at once.
 
-    Start it as early as possible, then call ``quantize`` with the source, and ``digest`` once the
-    file is written. Closing it (or leaving its ``with`` block) kills the subprocess if it still
-    runs; ``output`` belongs to the caller (delete it on failure).
+    Start it as early as possible, hand it the source's path (``begin``) as soon as it is known,
+    then call ``quantize`` with the source's parsed header, and ``digest`` once the file is
+    written. Closing it (or leaving its ``with`` block) kills the subprocess if it still runs;
+    ``output`` belongs to the caller (delete it on failure).
     """
 
     def __init__(self, output: Path, type_name: str, *, threads: int = 0) -> None:
@@ -176,20 +177,34 @@ class Quantizer:
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
         self._written = False
+        self.source: Path | None = None
+        """The file handed to llama.cpp, once ``begin`` was called."""
+
+    def begin(self, source: Path) -> None:
+        """Hand ``source`` to llama.cpp now (once): a caller that knows the path before it has
+        read and checked the file's header lets llama.cpp start meanwhile."""
+        if self.source is not None:
+            raise ValueError(f"the quantizer already works on {self.source}")
+        self.source = source
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
+            self._process.stdin.write(json.dumps({"source": str(source)}).encode() + b"\n")
+            self._process.stdin.flush()
 
     def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
-        """Quantize ``source``: yields the fraction of its tensor bytes done so far, rising to 1.0
-        when the file is complete, and at least every half second while it runs.
+        """Quantize ``source`` (``begin`` it first if not done yet): yields the fraction of its
+        tensor bytes done so far, rising to 1.0 when the file is complete, and at least every half
+        second while it runs.
 
         Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
         ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
         """
+        if self.source is None:
+            self.begin(source.path)
+        elif self.source != source.path:
+            raise ValueError(f"the quantizer works on {self.source}, not {source.path}")
         weights = {tensor.name: tensor.n_bytes for tensor in source.tensors}
         total = sum(weights.values()) or 1
-        assert self._process.stdin is not None
-        with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
-            self._process.stdin.write(json.dumps({"source": str(source.path)}).encode() + b"\n")
-            self._process.stdin.flush()
         done_bytes = 0
         current = ""
         for event in self._events:

@@ -27,7 +27,7 @@ from pollama.convert.quantize import (
     file_type_id,
     parse_quantization_type,
 )
-from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, QuantizationFailed
+from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, PollamaError, QuantizationFailed
 from pollama.gguf import (
     GGUFFile,
     context_length,
@@ -123,7 +123,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     validate_file_names(request.files)
     validate_file_names(request.adapters)
     quantize = parse_quantization_type(request.quantize) if request.quantize else ""
-    with store.reserve() as reserved, _QuantizeStaging(store, quantize) as staging:
+    with store.reserve() as reserved, _QuantizeStaging(store, quantize, request) as staging:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
             if request.files:  # e.g. FROM an installed model plus FROM ./mmproj.gguf
@@ -336,20 +336,25 @@ class _QuantizeStaging:
     """Quantizer subprocesses, each with its locked temporary output file in ``blobs/``.
 
     The first one is started as soon as a create asks to quantize, before the source is even read,
-    so that its interpreter and llama.cpp load meanwhile; ``take`` hands it out, and starts more
-    if a create quantizes several model layers. ``close`` kills whatever still runs and deletes
-    every output not installed as a blob (start-up cleanup in any process leaves a locked one alone).
+    so that its interpreter and llama.cpp load meanwhile; it is handed the file the request most
+    likely quantizes at once (``_likely_source``), so that llama.cpp reads it while this process
+    parses and checks the same header. ``take`` hands it out for that file, or replaces it (and
+    starts more, for several model layers). ``close`` kills whatever still runs and deletes every
+    output not installed as a blob (start-up cleanup in any process leaves a locked one alone).
     """
 
-    def __init__(self, store: ModelStore, target: str) -> None:
+    def __init__(self, store: ModelStore, target: str, request: CreateRequest) -> None:
         self._store = store
         self._target = target
         self._started: list[tuple[Path, int, Quantizer]] = []
         self._taken = 0
         if target:
-            self._start()
+            quantizer = self._start()
+            guess = _likely_source(store, request)
+            if guess is not None:
+                quantizer.begin(guess)
 
-    def _start(self) -> None:
+    def _start(self) -> Quantizer:
         root = self._store.blobs.root
         root.mkdir(parents=True, exist_ok=True)
         staged = temp_name(root, "quantize-")
@@ -361,9 +366,16 @@ class _QuantizeStaging:
             staged.unlink()
             raise
         self._started.append((staged, fd, quantizer))
+        return quantizer
 
-    def take(self) -> tuple[Path, Quantizer]:
-        """An output path and the quantizer (started, still waiting for its source) that writes it."""
+    def take(self, source: Path) -> tuple[Path, Quantizer]:
+        """An output path and the quantizer that writes it from ``source`` (started already; one
+        that began on another file is stopped and replaced)."""
+        if self._taken < len(self._started):
+            staged, fd, quantizer = self._started[self._taken]
+            if quantizer.source not in (None, source):  # a wrong guess: its output is not this one
+                self._started.pop(self._taken)
+                _stop(staged, fd, quantizer)
         if self._taken == len(self._started):
             self._start()
         staged, _fd, quantizer = self._started[self._taken]
@@ -374,18 +386,38 @@ class _QuantizeStaging:
         """Stop every quantizer, unlock and delete every output still at its temporary name."""
         started, self._started = self._started, []
         for staged, fd, quantizer in started:
-            try:
-                quantizer.close()
-            finally:
-                os.close(fd)
-                with contextlib.suppress(FileNotFoundError):
-                    staged.unlink()
+            _stop(staged, fd, quantizer)
 
     def __enter__(self) -> _QuantizeStaging:
         return self
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def _stop(staged: Path, fd: int, quantizer: Quantizer) -> None:
+    try:
+        quantizer.close()
+    finally:
+        os.close(fd)
+        with contextlib.suppress(FileNotFoundError):
+            staged.unlink()
+
+
+def _likely_source(store: ModelStore, request: CreateRequest) -> Path | None:
+    """The blob a quantizing create will most likely quantize, guessed before anything is read:
+    the model layer of ``from``, or the largest GGUF among ``files`` (a guess only: the file is
+    checked as always before its output is used, and a wrong guess costs only the time spent)."""
+    with contextlib.suppress(PollamaError, OSError, ValueError):
+        if request.from_:
+            _found, manifest, _mtime = store.read_manifest(parse_name(request.from_))
+            models = manifest.layers_of(MEDIA_MODEL)
+            return store.blobs.path(models[0].digest) if models else None
+        paths = [store.blobs.path(digest) for name, digest in request.files.items() if name.endswith(".gguf")]
+        sizes = {path: path.stat().st_size for path in paths if path.is_file()}
+        if sizes and not any(name.endswith(".safetensors") for name in request.files):
+            return max(sizes, key=lambda path: sizes[path])
+    return None
 
 
 def _quantize_models(
@@ -424,7 +456,7 @@ def _quantize_layer(
     assert item.gguf is not None
     status = f"quantizing {source_type} model to {target}"
     total = item.layer.size
-    staged, quantizer = staging.take()
+    staged, quantizer = staging.take(item.gguf.path)
     with contextlib.closing(quantizer.quantize(item.gguf)) as fractions:
         for fraction in fractions:  # also a heartbeat: each step returns within a second
             yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
