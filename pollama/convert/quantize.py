@@ -9,8 +9,8 @@ gemma3n ``per_layer_token_embd``, deepseek2's MLA tensors, glm's embeddings) are
 top: llama.cpp's quantizer has its own rules for those tensors (it leaves the MLA ones
 unquantized, for one), and they apply.
 
-The quantizer runs in a subprocess, ``python -S -m pollama.convert.quantize OUTPUT TYPE
---library LIBLLAMA``, not in a worker thread of the server, because:
+The quantizer runs in a subprocess (``_quantize_worker.py``, a script of the standard library
+alone: its docstring says why and what it reports), not in a worker thread of the server, because:
 
 - it must be stoppable: ``llama_model_quantize`` has no cancel hook and runs for minutes on a
   large model; a thread cannot be stopped, a process can be killed at once when the client
@@ -19,37 +19,23 @@ The quantizer runs in a subprocess, ``python -S -m pollama.convert.quantize OUTP
   the server down with it; in a subprocess it becomes an error of this request;
 - it keeps llama.cpp, its threads and its memory out of the server process.
 
-Its start is kept off the request's path: ``Quantizer`` starts it before the caller has even
-read the source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source
-later, as one line on its stdin. It starts without ``site`` and binds the four llama.cpp
-functions it calls itself, with ``ctypes``, instead of importing llama-cpp-python's binding (the
-hundreds of prototypes that binding declares, and ``site``'s ``.pth`` files, cost more than the
-rest of the start-up together). Once llama.cpp has written the file, the subprocess hashes it
-(SHA-256, the blob's name) while its pages are hot, and the caller reads the header meanwhile.
-
-The subprocess reports on stdout, one JSON object a line: ``{"tensor": NAME, "index": I,
-"count": N}`` as llama.cpp starts each tensor (read from its log), ``{"written": true}`` when the
-file is complete, then ``{"done": true, "digest": "sha256:…", "size": BYTES}``, or ``{"error":
-MESSAGE, "kind": KIND}`` with the runner protocol's kinds. It watches its stdin: when the parent
-goes away (the pipe closes), before or during the work, it deletes its output and exits, so a
-killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
-the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
+Its start is kept off the request's path: ``Quantizer`` starts it before the caller has read the
+source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source's path as
+soon as it is known, as one line on its stdin. Once llama.cpp has written the file, the
+subprocess hashes it (SHA-256, the blob's name) while its pages are hot, and the caller reads the
+header meanwhile. When the parent goes away, before or during the work, the subprocess deletes
+its output and exits, so a killed server leaves no quantizer behind. The parent owns the output
+file (a temporary name in the models directory); ``Quantizer`` kills the subprocess whenever it
+is closed early or fails.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
 import functools
-import hashlib
 import json
-import mmap
 import os
-import queue
-import re
 import sys
-import threading
 from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
@@ -57,7 +43,7 @@ from typing import IO, TYPE_CHECKING, Any, Never, Self
 
 from pollama.errors import QuantizationFailed, UnsupportedQuantization
 
-if TYPE_CHECKING:  # the subprocess imports this module too: it must start without numpy and gguf
+if TYPE_CHECKING:
     from pollama.gguf import GGUFFile
 
 # llama.cpp's ``llama_ftype`` values, in the order of llama-quantize's QUANT_OPTIONS table
@@ -110,8 +96,8 @@ SOURCE_TYPES = ("F16", "BF16", "F32")
 # How often a running quantization reports, even when no tensor finished meanwhile: a consumer
 # driven step by step (the create pipeline in a worker thread) can then stop it within this time.
 _HEARTBEAT = 0.5
-_GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
-_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+# The subprocess's script (run by path, not as a module: see its docstring).
+_WORKER = Path(__file__).resolve().with_name("_quantize_worker.py")
 
 
 def supported_types() -> list[str]:
@@ -163,17 +149,19 @@ class Quantizer:
 
         self.output = output
         self.type_name = type_name
-        command = [sys.executable, "-S", "-m", __name__, str(output), type_name, "--library", str(_libllama())]
-        if threads > 0:
-            command += ["--threads", str(threads)]
-        path = os.pathsep.join(filter(None, [_package_root(), os.environ.get("PYTHONPATH")]))
-        self._process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            close_fds=True,
-            env={**os.environ, "PYTHONPATH": path},
-        )
+        ftype = str(_FTYPES[type_name])
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(_WORKER),
+            str(output),
+            type_name,
+            ftype,
+            str(_libllama()),
+            str(threads),
+        ]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
         self._written = False
@@ -292,11 +280,6 @@ def _libllama() -> Path:
     raise QuantizationFailed(f"llama.cpp's library was not found in {folder}")
 
 
-def _package_root() -> str:
-    """The folder holding this ``pollama`` package: the subprocess runs without ``site``."""
-    return str(Path(__file__).resolve().parent.parent.parent)
-
-
 def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
     """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
     import selectors
@@ -324,142 +307,3 @@ def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
                         yield json.loads(line)
                     except ValueError:
                         continue
-
-
-# --- the subprocess ----------------------------------------------------------------------------
-
-
-class _QuantizeParams(ctypes.Structure):
-    """llama.h's ``llama_model_quantize_params`` (a test checks it against llama-cpp-python's)."""
-
-    _fields_ = [
-        ("nthread", ctypes.c_int32),
-        ("ftype", ctypes.c_int),
-        ("output_tensor_type", ctypes.c_int),
-        ("token_embedding_type", ctypes.c_int),
-        ("allow_requantize", ctypes.c_bool),
-        ("quantize_output_tensor", ctypes.c_bool),
-        ("only_copy", ctypes.c_bool),
-        ("pure", ctypes.c_bool),
-        ("keep_split", ctypes.c_bool),
-        ("dry_run", ctypes.c_bool),
-        ("imatrix", ctypes.c_void_p),
-        ("kv_overrides", ctypes.c_void_p),
-        ("tt_overrides", ctypes.c_void_p),
-        ("prune_layers", ctypes.c_void_p),
-        ("max_buf_size", ctypes.c_size_t),
-    ]
-
-
-# ggml_log_callback: void (*)(enum ggml_log_level level, const char * text, void * user_data)
-_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-
-
-def _bind(path: str) -> ctypes.CDLL:
-    """``libllama`` with the prototypes of the functions the quantizer calls."""
-    lib = ctypes.CDLL(path)
-    lib.llama_log_set.argtypes = [_LOG_CALLBACK, ctypes.c_void_p]
-    lib.llama_log_set.restype = None
-    lib.llama_backend_init.argtypes = []
-    lib.llama_backend_init.restype = None
-    lib.llama_model_quantize_default_params.argtypes = []
-    lib.llama_model_quantize_default_params.restype = _QuantizeParams
-    lib.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(_QuantizeParams)]
-    lib.llama_model_quantize.restype = ctypes.c_uint32
-    return lib
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -S -m pollama.convert.quantize OUTPUT TYPE --library LIBLLAMA [--threads N]``: load
-    llama.cpp, read ``{"source": PATH}`` from stdin, run llama.cpp's quantizer and hash its output,
-    reporting progress and the outcome as JSON lines on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m pollama.convert.quantize")
-    parser.add_argument("output")
-    parser.add_argument("type", choices=sorted(_FTYPES))
-    parser.add_argument("--library", required=True)
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    jobs: queue.SimpleQueue[str] = queue.SimpleQueue()
-    threading.Thread(target=_watch_parent, args=(output, jobs), daemon=True).start()
-
-    try:
-        lib = _bind(args.library)
-    except (OSError, AttributeError) as exc:
-        _emit({"error": f"quantizing to {args.type} failed: cannot load llama.cpp: {exc}", "kind": "internal"})
-        return 1
-    errors: list[str] = []
-    callback = _log_callback(errors)
-    lib.llama_log_set(callback, None)
-    lib.llama_backend_init()
-    params = lib.llama_model_quantize_default_params()
-    params.ftype = _FTYPES[args.type]
-    params.nthread = args.threads
-    params.allow_requantize = True  # as Ollama (llama-quantize --allow-requantize)
-    source = jobs.get()
-    code = lib.llama_model_quantize(os.fsencode(source), os.fsencode(output), ctypes.byref(params))
-    if code != 0:
-        text = "".join(errors)
-        match = re.search(r"failed to quantize: (.*)", text)
-        reason = match.group(1).strip() if match else (text.strip() or f"llama.cpp returned {code}")
-        kind = "invalid_request" if "imatrix" in reason or "fallback" in reason else "internal"
-        _emit({"error": f"quantizing to {args.type} failed: {reason}", "kind": kind})
-        return 1
-    _emit({"written": True})
-    digest, size = _sha256(output)
-    _emit({"done": True, "digest": digest, "size": size})
-    return 0
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    """The file's ``sha256:<hex>`` digest and size, hashed straight from its mapped pages."""
-    with path.open("rb") as fh:
-        size = os.fstat(fh.fileno()).st_size
-        if size == 0:
-            return "sha256:" + hashlib.sha256().hexdigest(), 0
-        with mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            return "sha256:" + hashlib.sha256(mapped).hexdigest(), size
-
-
-def _log_callback(errors: list[str]) -> Any:
-    """llama.cpp's log sink (a ctypes function pointer: keep it referenced while llama.cpp logs):
-    each tensor's start becomes a progress line; errors are kept."""
-    last_level = [0]
-
-    @_LOG_CALLBACK  # type: ignore[untyped-decorator]
-    def on_log(level: int, text: bytes, _user: Any) -> None:
-        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message at its level
-            last_level[0] = level
-        message = text.decode("utf-8", "replace")
-        match = _TENSOR_LINE.match(message)
-        if match:
-            _emit({"tensor": match.group(3), "index": int(match.group(1)), "count": int(match.group(2))})
-        elif last_level[0] == _GGML_LOG_ERROR:
-            errors.append(message)
-
-    return on_log
-
-
-def _emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
-
-
-def _watch_parent(output: Path, jobs: queue.SimpleQueue[str]) -> None:
-    """Read stdin: the first line names the source (handed to ``jobs``); the parent writes nothing
-    more, so end-of-file means it is gone, with or without a job: clean up and exit."""
-    pending = b""
-    with contextlib.suppress(OSError):
-        while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
-            pending += chunk
-            if b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    jobs.put(str(json.loads(line)["source"]))
-    with contextlib.suppress(OSError):
-        output.unlink()
-    os._exit(3)
-
-
-if __name__ == "__main__":
-    os._exit(main())  # every line is flushed: skip the interpreter's teardown (and llama.cpp's)

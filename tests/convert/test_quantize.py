@@ -68,7 +68,7 @@ def _tensor_types(path: Path) -> dict[str, str]:
 
 
 def _quantizers(models: Path) -> list[int]:
-    """Live ``pollama.convert.quantize`` processes writing into ``models``."""
+    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``) writing into ``models``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -78,7 +78,7 @@ def _quantizers(models: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if b"pollama.convert.quantize" in cmdline and str(models).encode() in cmdline and state != "Z":
+        if b"pollama/convert/_quantize_worker.py" in cmdline and str(models).encode() in cmdline and state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -372,7 +372,9 @@ def test_the_quantizers_own_binding_matches_llama_cpp_pythons() -> None:
     llama-cpp-python's binding): field for field, offset for offset, the same struct."""
     from llama_cpp import llama_cpp as binding
 
-    from pollama.convert.quantize import _bind, _libllama, _QuantizeParams
+    from pollama.convert._quantize_worker import QuantizeParams as _QuantizeParams
+    from pollama.convert._quantize_worker import bind as _bind
+    from pollama.convert.quantize import _libllama
 
     ours = [
         (name, getattr(_QuantizeParams, name).offset, getattr(_QuantizeParams, name).size)
