@@ -33,8 +33,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib.util
 import json
 import os
+import selectors
+import signal
+import subprocess
 import sys
 from collections.abc import Generator
 from pathlib import Path
@@ -145,8 +149,6 @@ class Quantizer:
     """
 
     def __init__(self, output: Path, type_name: str, *, threads: int = 0) -> None:
-        import subprocess
-
         self.output = output
         self.type_name = type_name
         ftype = str(_FTYPES[type_name])
@@ -231,8 +233,6 @@ class Quantizer:
             if event.get("kind") == "invalid_request":
                 raise UnsupportedQuantization(message)
             raise QuantizationFailed(message)
-        import signal
-
         code = self._process.wait()
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
@@ -264,8 +264,6 @@ class Quantizer:
 @functools.cache
 def _libllama() -> Path:
     """llama-cpp-python's ``libllama`` (where its own binding loads it from), found without importing it."""
-    import importlib.util
-
     override = os.environ.get("LLAMA_CPP_LIB_PATH")
     if override:
         folder = Path(override)
@@ -282,8 +280,6 @@ def _libllama() -> Path:
 
 def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
     """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
-    import selectors
-
     fd = stdout.fileno()
     os.set_blocking(fd, False)
     pending = b""
