@@ -40,6 +40,7 @@ import selectors
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Generator
 from pathlib import Path
 from types import TracebackType
@@ -100,6 +101,10 @@ SOURCE_TYPES = ("F16", "BF16", "F32")
 # How often a running quantization reports, even when no tensor finished meanwhile: a consumer
 # driven step by step (the create pipeline in a worker thread) can then stop it within this time.
 _HEARTBEAT = 0.5
+# Progress is reported as tensors start, but not more often than this: a small model's hundreds of
+# tensors take a few milliseconds each, and every report crosses threads and the event loop, on
+# the cores the quantizer uses.
+_PROGRESS_INTERVAL = 0.05
 # The subprocess's script (run by path, not as a module: see its docstring).
 _WORKER = Path(__file__).resolve().with_name("_quantize_worker.py")
 
@@ -183,8 +188,8 @@ class Quantizer:
 
     def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
         """Quantize ``source`` (``begin`` it first if not done yet): yields the fraction of its
-        tensor bytes done so far, rising to 1.0 when the file is complete, and at least every half
-        second while it runs.
+        tensor bytes done so far as tensors start (at most every ``_PROGRESS_INTERVAL``), rising to
+        1.0 when the file is complete, and at least every half second while it runs.
 
         Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
         ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
@@ -197,13 +202,17 @@ class Quantizer:
         total = sum(weights.values()) or 1
         done_bytes = 0
         current = ""
+        reported = 0.0
         for event in self._events:
             if event is None:  # heartbeat
+                reported = time.monotonic()
                 yield done_bytes / total
             elif "tensor" in event:
                 done_bytes += weights.get(current, 0)
                 current = str(event["tensor"])
-                yield min(done_bytes / total, 1.0)
+                if time.monotonic() - reported >= _PROGRESS_INTERVAL:
+                    reported = time.monotonic()
+                    yield min(done_bytes / total, 1.0)
             elif event.get("written"):
                 self._written = True
                 yield 1.0

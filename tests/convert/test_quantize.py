@@ -204,7 +204,8 @@ def test_quantize_q4_k_m_like_ollama(quant_server: ServerProcess, smollm2_f16_gg
             ("quantizing F16 model to Q4_K_M", ZERO_DIGEST, f16_size)
         }
         done = [p.get("completed", 0) for p in progress]
-        assert done == sorted(done) and done[-1] == f16_size and len(set(done)) > 100  # one step per tensor
+        # as tensors start, at most every 50 ms: a quantization of more than a second has many steps
+        assert done == sorted(done) and done[-1] == f16_size and len(set(done)) >= 10
 
         assert blob.stat().st_size < f16_size / 2
         reader = gguf.GGUFReader(blob)
