@@ -20,7 +20,9 @@ llama-cpp-python version's sdist (into ``~/.cache/pollama-bench``, as ``bench_ru
 tensors dequantized by the ``gguf`` package), starts a pollama server with it uploaded, and for each
 type times, in alternating order round after round, ``/api/create`` with ``quantize`` (request to
 ``success``: quantization, hashing, verification, manifest) and ``llama-quantize F16 OUT TYPE``
-(process start to exit). It prints the medians and the median of the per-round speed ratios
+(process start to exit). Every round creates another model from the same source, so from the
+second round on the quantized blob is already in the store (pollama then deletes its output
+instead of fsyncing and renaming it, as a repeated ``ollama create`` would). It prints the medians and the median of the per-round speed ratios
 (llama-quantize time / pollama time; the target is ≥ 0.9), and whether pollama's GGUF equals
 llama-quantize's: same tensors, same types, same bytes.
 """

@@ -9,8 +9,8 @@ gemma3n ``per_layer_token_embd``, deepseek2's MLA tensors, glm's embeddings) are
 top: llama.cpp's quantizer has its own rules for those tensors (it leaves the MLA ones
 unquantized, for one), and they apply.
 
-The quantizer runs in a subprocess, ``python -m pollama.convert.quantize SOURCE OUTPUT TYPE``,
-not in a worker thread of the server, because:
+The quantizer runs in a subprocess (``_quantize_worker.py``, a script of the standard library
+alone: its docstring says why and what it reports), not in a worker thread of the server, because:
 
 - it must be stoppable: ``llama_model_quantize`` has no cancel hook and runs for minutes on a
   large model; a thread cannot be stopped, a process can be killed at once when the client
@@ -19,37 +19,36 @@ not in a worker thread of the server, because:
   the server down with it; in a subprocess it becomes an error of this request;
 - it keeps llama.cpp, its threads and its memory out of the server process.
 
-The subprocess reports on stdout, one JSON object a line: ``{"tensor": NAME, "index": I,
-"count": N}`` as llama.cpp starts each tensor (read from its log), then ``{"done": true}``, or
-``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's kinds. It watches its stdin: when
-the parent goes away (the pipe closes) it deletes its output and exits, so a killed server leaves
-no quantizer behind. The parent owns the output file (a temporary name in the models directory);
-``quantize_gguf`` kills the subprocess whenever it is closed early or fails.
+Its start is kept off the request's path: ``Quantizer`` starts it before the caller has read the
+source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source's path as
+soon as it is known, as one line on its stdin. Once llama.cpp has written the file, the
+subprocess hashes it (SHA-256, the blob's name) while its pages are hot, and the caller reads the
+header meanwhile. When the parent goes away, before or during the work, the subprocess deletes
+its output and exits, so a killed server leaves no quantizer behind. The parent owns the output
+file (a temporary name in the models directory); ``Quantizer`` kills the subprocess whenever it
+is closed early or fails.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import ctypes
-import importlib
+import functools
 import importlib.util
 import json
 import os
-import re
 import selectors
 import signal
 import subprocess
 import sys
-import threading
-import types
-from collections.abc import Generator, Iterator
+import time
+from collections.abc import Generator
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Never, Self
 
 from pollama.errors import QuantizationFailed, UnsupportedQuantization
 
-if TYPE_CHECKING:  # the subprocess imports this module too: it must start without numpy and gguf
+if TYPE_CHECKING:
     from pollama.gguf import GGUFFile
 
 # llama.cpp's ``llama_ftype`` values, in the order of llama-quantize's QUANT_OPTIONS table
@@ -102,8 +101,12 @@ SOURCE_TYPES = ("F16", "BF16", "F32")
 # How often a running quantization reports, even when no tensor finished meanwhile: a consumer
 # driven step by step (the create pipeline in a worker thread) can then stop it within this time.
 _HEARTBEAT = 0.5
-_GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
-_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+# Progress is reported as tensors start, but not more often than this: a small model's hundreds of
+# tensors take a few milliseconds each, and every report crosses threads and the event loop, on
+# the cores the quantizer uses.
+_PROGRESS_INTERVAL = 0.05
+# The subprocess's script (run by path, not as a module: see its docstring).
+_WORKER = Path(__file__).resolve().with_name("_quantize_worker.py")
 
 
 def supported_types() -> list[str]:
@@ -141,57 +144,150 @@ def check_quantization_source(file_type: str) -> None:
         raise UnsupportedQuantization("quantization is only supported for F16, BF16 and F32 models")
 
 
-def quantize_gguf(source: GGUFFile, output: Path, type_name: str, *, threads: int = 0) -> Generator[float, None, None]:
-    """Quantize the GGUF ``source`` to ``type_name`` (canonical) into ``output``, in a subprocess.
+class Quantizer:
+    """One quantization into ``output`` as ``type_name`` (canonical), in a subprocess started at once.
 
-    Yields the fraction of the source's tensor bytes done so far, rising to 1.0 when the file is
-    complete, and at least every half second while it runs. Closing the iterator early, or any
-    failure, kills the subprocess; ``output`` belongs to the caller (delete it on failure).
-    Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
-    ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
+    Start it as early as possible, hand it the source's path (``begin``) as soon as it is known,
+    then call ``quantize`` with the source's parsed header, and ``digest`` once the file is
+    written. Closing it (or leaving its ``with`` block) kills the subprocess if it still runs;
+    ``output`` belongs to the caller (delete it on failure).
     """
-    weights = {tensor.name: tensor.n_bytes for tensor in source.tensors}
-    total = sum(weights.values()) or 1
-    command = [sys.executable, "-m", "pollama.convert.quantize", str(source.path), str(output), type_name]
-    if threads > 0:
-        command += ["--threads", str(threads)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
-    assert process.stdout is not None and process.stdin is not None
-    done_bytes = 0
-    current = ""
-    finished = False
-    try:
-        for event in _events(process.stdout):
+
+    def __init__(self, output: Path, type_name: str, *, threads: int = 0) -> None:
+        self.output = output
+        self.type_name = type_name
+        ftype = str(_FTYPES[type_name])
+        command = [
+            sys.executable,
+            "-I",
+            "-S",
+            str(_WORKER),
+            str(output),
+            type_name,
+            ftype,
+            str(_libllama()),
+            str(threads),
+        ]
+        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        assert self._process.stdout is not None
+        self._events = _events(self._process.stdout)
+        self._written = False
+        self.source: Path | None = None
+        """The file handed to llama.cpp, once ``begin`` was called."""
+
+    def begin(self, source: Path) -> None:
+        """Hand ``source`` to llama.cpp now (once): a caller that knows the path before it has
+        read and checked the file's header lets llama.cpp start meanwhile."""
+        if self.source is not None:
+            raise ValueError(f"the quantizer already works on {self.source}")
+        self.source = source
+        assert self._process.stdin is not None
+        with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
+            self._process.stdin.write(json.dumps({"source": str(source)}).encode() + b"\n")
+            self._process.stdin.flush()
+
+    def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
+        """Quantize ``source`` (``begin`` it first if not done yet): yields the fraction of its
+        tensor bytes done so far as tensors start (at most every ``_PROGRESS_INTERVAL``), rising to
+        1.0 when the file is complete, and at least every half second while it runs.
+
+        Raises ``QuantizationFailed`` if llama.cpp fails or the subprocess dies, and
+        ``UnsupportedQuantization`` if llama.cpp finds the type impossible for this model.
+        """
+        if self.source is None:
+            self.begin(source.path)
+        elif self.source != source.path:
+            raise ValueError(f"the quantizer works on {self.source}, not {source.path}")
+        weights = {tensor.name: tensor.n_bytes for tensor in source.tensors}
+        total = sum(weights.values()) or 1
+        done_bytes = 0
+        current = ""
+        reported = 0.0
+        for event in self._events:
             if event is None:  # heartbeat
+                reported = time.monotonic()
                 yield done_bytes / total
             elif "tensor" in event:
                 done_bytes += weights.get(current, 0)
                 current = str(event["tensor"])
-                yield min(done_bytes / total, 1.0)
+                if time.monotonic() - reported >= _PROGRESS_INTERVAL:
+                    reported = time.monotonic()
+                    yield min(done_bytes / total, 1.0)
+            elif event.get("written"):
+                self._written = True
+                yield 1.0
+                return
             elif "error" in event:
-                message = str(event["error"])
-                if event.get("kind") == "invalid_request":
-                    raise UnsupportedQuantization(message)
-                raise QuantizationFailed(message)
-            elif event.get("done"):
-                finished = True
-        code = process.wait()
+                self._fail(event)
+        self._fail({})
+
+    def digest(self) -> str:
+        """The ``sha256:<hex>`` digest of the written file, as the subprocess hashed it once
+        llama.cpp had closed it (the subprocess writes nothing after that)."""
+        if not self._written:
+            raise QuantizationFailed(f"quantizing to {self.type_name} failed: the file was not written")
+        for event in self._events:
+            if event is None:
+                continue
+            if "error" in event:
+                self._fail(event)
+            if event.get("done") and isinstance(event.get("digest"), str):
+                return str(event["digest"])  # its exit (or a kill by ``close``) cannot change the file now
+        self._fail({})
+
+    def _fail(self, event: dict[str, Any]) -> Never:
+        """Raise the error ``event`` reports, or else the one the subprocess's exit status implies."""
+        if "error" in event:
+            message = str(event["error"])
+            if event.get("kind") == "invalid_request":
+                raise UnsupportedQuantization(message)
+            raise QuantizationFailed(message)
+        code = self._process.wait()
         if code < 0:
             how = f"was killed by {signal.Signals(-code).name}"
-            raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer {how}")
-        if not finished or code != 0:
-            raise QuantizationFailed(f"quantizing to {type_name} failed: the quantizer exited with status {code}")
-        yield 1.0
-    finally:
+        else:
+            how = f"exited with status {code}"
+        raise QuantizationFailed(f"quantizing to {self.type_name} failed: the quantizer {how}")
+
+    def close(self) -> None:
+        """Kill the subprocess if it still runs, reap it and close its pipes."""
+        process = self._process
         if process.poll() is None:
             process.kill()
         process.wait()
+        self._events.close()
         for pipe in (process.stdin, process.stdout):
-            with contextlib.suppress(OSError):
-                pipe.close()
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.close()
 
 
-def _events(stdout: IO[bytes]) -> Iterator[dict[str, Any] | None]:
+@functools.cache
+def _libllama() -> Path:
+    """llama-cpp-python's ``libllama`` (where its own binding loads it from), found without importing it."""
+    override = os.environ.get("LLAMA_CPP_LIB_PATH")
+    if override:
+        folder = Path(override)
+    else:
+        spec = importlib.util.find_spec("llama_cpp")
+        if spec is None or not spec.submodule_search_locations:
+            raise QuantizationFailed("llama-cpp-python is not installed")
+        folder = Path(next(iter(spec.submodule_search_locations))) / "lib"
+    for name in ("libllama.so", "libllama.dylib"):
+        if (folder / name).exists():
+            return folder / name
+    raise QuantizationFailed(f"llama.cpp's library was not found in {folder}")
+
+
+def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
     """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
     fd = stdout.fileno()
     os.set_blocking(fd, False)
@@ -216,90 +312,3 @@ def _events(stdout: IO[bytes]) -> Iterator[dict[str, Any] | None]:
                         yield json.loads(line)
                     except ValueError:
                         continue
-
-
-# --- the subprocess ----------------------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m pollama.convert.quantize SOURCE OUTPUT TYPE [--threads N]``: run llama.cpp's
-    quantizer, reporting progress and the outcome as JSON lines on stdout."""
-    parser = argparse.ArgumentParser(prog="python -m pollama.convert.quantize")
-    parser.add_argument("source")
-    parser.add_argument("output")
-    parser.add_argument("type", choices=sorted(_FTYPES))
-    parser.add_argument("--threads", type=int, default=0)
-    args = parser.parse_args(argv)
-    output = Path(args.output)
-    threading.Thread(target=_exit_when_orphaned, args=(output,), daemon=True).start()
-
-    llama_cpp = _llama_binding()
-    errors: list[str] = []
-    callback = _log_callback(llama_cpp, errors)
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-    llama_cpp.llama_backend_init()
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = _FTYPES[args.type]
-    params.nthread = args.threads
-    params.allow_requantize = True  # as Ollama (llama-quantize --allow-requantize)
-    code = llama_cpp.llama_model_quantize(os.fsencode(args.source), os.fsencode(args.output), ctypes.byref(params))
-    if code != 0:
-        text = "".join(errors)
-        match = re.search(r"failed to quantize: (.*)", text)
-        reason = match.group(1).strip() if match else (text.strip() or f"llama.cpp returned {code}")
-        kind = "invalid_request" if "imatrix" in reason or "fallback" in reason else "internal"
-        _emit({"error": f"quantizing to {args.type} failed: {reason}", "kind": kind})
-        return 1
-    _emit({"done": True})
-    return 0
-
-
-def _llama_binding() -> Any:
-    """llama-cpp-python's ctypes binding, ``llama_cpp.llama_cpp``, without running the package's
-    ``__init__``, which also imports its high-level API (numpy, jinja2, the chat formats): up to a
-    second of start-up the quantizer does not use, on every quantization."""
-    if "llama_cpp" not in sys.modules:
-        spec = importlib.util.find_spec("llama_cpp")
-        if spec is not None and spec.submodule_search_locations:
-            package = types.ModuleType("llama_cpp")
-            package.__path__ = list(spec.submodule_search_locations)
-            sys.modules["llama_cpp"] = package
-    return importlib.import_module("llama_cpp.llama_cpp")
-
-
-def _log_callback(llama_cpp: Any, errors: list[str]) -> Any:
-    """llama.cpp's log sink (a ctypes function pointer: keep it referenced while llama.cpp logs):
-    each tensor's start becomes a progress line; errors are kept."""
-    last_level = [0]
-
-    @llama_cpp.llama_log_callback  # type: ignore[untyped-decorator]
-    def on_log(level: int, text: bytes, _user: Any) -> None:
-        if level != 5:  # GGML_LOG_LEVEL_CONT continues the previous message at its level
-            last_level[0] = level
-        message = text.decode("utf-8", "replace")
-        match = _TENSOR_LINE.match(message)
-        if match:
-            _emit({"tensor": match.group(3), "index": int(match.group(1)), "count": int(match.group(2))})
-        elif last_level[0] == _GGML_LOG_ERROR:
-            errors.append(message)
-
-    return on_log
-
-
-def _emit(event: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
-
-
-def _exit_when_orphaned(output: Path) -> None:
-    """Block on stdin; the parent never writes, so end-of-file means it is gone: clean up and exit."""
-    with contextlib.suppress(OSError):
-        while os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
-            pass
-    with contextlib.suppress(OSError):
-        output.unlink()
-    os._exit(3)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 from pollama.convert.quantize import (
+    Quantizer,
     check_quantization_source,
     file_type_id,
     parse_quantization_type,
-    quantize_gguf,
 )
-from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, QuantizationFailed
+from pollama.errors import BlobNotFound, InvalidDigest, InvalidRequest, PollamaError, QuantizationFailed
 from pollama.gguf import (
     GGUFFile,
     context_length,
@@ -128,7 +128,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
     validate_file_names(request.draft_files)
     quantize = parse_quantization_type(request.quantize) if request.quantize else ""
     draft_quantize = _draft_quantization(request)
-    with store.reserve() as reserved:
+    with store.reserve() as reserved, _QuantizeStaging(store, quantize, request) as staging:
         if request.from_:
             base, inherited = _layers_from_model(store, request.from_, reserved)
             if request.files:  # e.g. FROM an installed model plus FROM ./mmproj.gguf
@@ -144,7 +144,7 @@ def create_model(store: ModelStore, request: CreateRequest) -> Generator[Progres
                 raise InvalidRequest("only one adapter is currently supported")
             yield from _layers_from_files(store, request.adapters, base, reserved, adapter=True)
         if quantize:
-            yield from _quantize_models(store, base, quantize, reserved)
+            yield from _quantize_models(store, base, quantize, reserved, staging)
         if request.draft_files:
             yield from _draft_layer(store, request.draft_files, base, reserved, draft_quantize)
 
@@ -340,52 +340,142 @@ def remove_abandoned_conversions(root: Path) -> None:
             os.close(fd)
 
 
-def _quantize_models(
-    store: ModelStore, base: list[_BaseLayer], target: str, reserved: BlobReservation
-) -> Iterator[Progress]:
-    """Quantize every model layer of ``base`` to ``target`` in place (Ollama: F16/BF16/F32 only;
-    a model already of that type is left as it is)."""
-    for item in base:
-        if item.layer.media_type != MEDIA_MODEL or item.gguf is None:
-            continue
-        source_type = file_type_name(item.gguf)
-        check_quantization_source(source_type)
-        if source_type == target:
-            continue
-        yield from _quantize_layer(store, item, source_type, target, reserved)
+class _QuantizeStaging:
+    """Quantizer subprocesses, each with its locked temporary output file in ``blobs/``.
 
-
-def _quantize_layer(
-    store: ModelStore, item: _BaseLayer, source_type: str, target: str, reserved: BlobReservation
-) -> Iterator[Progress]:
-    """Quantize one model layer into a new blob and put it in ``item``'s place.
-
-    llama.cpp writes a locked temporary file in ``blobs/`` (start-up cleanup in any process leaves
-    a locked one alone); it becomes a blob only once complete and verified, and is deleted on any
-    failure, including this generator being closed when the client goes away.
+    The first one is started as soon as a create asks to quantize, before the source is even read,
+    so that its interpreter and llama.cpp load meanwhile; it is handed the file the request most
+    likely quantizes at once (``_likely_source``), so that llama.cpp reads it while this process
+    parses and checks the same header. ``take`` hands it out for that file, or replaces it (and
+    starts more, for several model layers). ``close`` kills whatever still runs and deletes every
+    output not installed as a blob (start-up cleanup in any process leaves a locked one alone).
     """
-    assert item.gguf is not None
-    status = f"quantizing {source_type} model to {target}"
-    total = item.layer.size
-    staged = temp_name(store.blobs.root, "quantize-")
-    fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+
+    def __init__(self, store: ModelStore, target: str, request: CreateRequest | None) -> None:
+        self._store = store
+        self._target = target
+        self._started: list[tuple[Path, int, Quantizer]] = []
+        self._taken = 0
+        if target:
+            quantizer = self._start()
+            guess = _likely_source(store, request) if request is not None else None
+            if guess is not None:
+                quantizer.begin(guess)
+
+    def _start(self) -> Quantizer:
+        root = self._store.blobs.root
+        root.mkdir(parents=True, exist_ok=True)
+        staged = temp_name(root, "quantize-")
+        fd = _locked(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+        try:
+            quantizer = Quantizer(staged, self._target)
+        except BaseException:
+            os.close(fd)
+            staged.unlink()
+            raise
+        self._started.append((staged, fd, quantizer))
+        return quantizer
+
+    def take(self, source: Path) -> tuple[Path, Quantizer]:
+        """An output path and the quantizer that writes it from ``source`` (started already; one
+        that began on another file is stopped and replaced)."""
+        if self._taken < len(self._started):
+            staged, fd, quantizer = self._started[self._taken]
+            if quantizer.source not in (None, source):  # a wrong guess: its output is not this one
+                self._started.pop(self._taken)
+                _stop(staged, fd, quantizer)
+        if self._taken == len(self._started):
+            self._start()
+        staged, _fd, quantizer = self._started[self._taken]
+        self._taken += 1
+        return staged, quantizer
+
+    def close(self) -> None:
+        """Stop every quantizer, unlock and delete every output still at its temporary name."""
+        started, self._started = self._started, []
+        for staged, fd, quantizer in started:
+            _stop(staged, fd, quantizer)
+
+    def __enter__(self) -> _QuantizeStaging:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+
+def _stop(staged: Path, fd: int, quantizer: Quantizer) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        with contextlib.closing(quantize_gguf(item.gguf, staged, target)) as fractions:
-            for fraction in fractions:  # also a heartbeat: each step returns within a second
-                yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
-        yield Progress("verifying conversion")
-        quantized = read_gguf(staged)
-        if quantized.metadata.get("general.file_type") != file_type_id(target) or len(quantized.tensors) != len(
-            item.gguf.tensors
-        ):
-            raise QuantizationFailed(f"quantizing to {target} failed: the quantized file does not verify")
-        digest = digest_file(staged)
-        written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
+        quantizer.close()
     finally:
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             staged.unlink()
+
+
+def _likely_source(store: ModelStore, request: CreateRequest) -> Path | None:
+    """The blob a quantizing create will most likely quantize, guessed before anything is read:
+    the model layer of ``from``, or the largest GGUF among ``files`` (a guess only: the file is
+    checked as always before its output is used, and a wrong guess costs only the time spent)."""
+    with contextlib.suppress(PollamaError, OSError, ValueError):
+        if request.from_:
+            _found, manifest, _mtime = store.read_manifest(parse_name(request.from_))
+            models = manifest.layers_of(MEDIA_MODEL)
+            return store.blobs.path(models[0].digest) if models else None
+        paths = [store.blobs.path(digest) for name, digest in request.files.items() if name.endswith(".gguf")]
+        sizes = {path: path.stat().st_size for path in paths if path.is_file()}
+        if sizes and not any(name.endswith(".safetensors") for name in request.files):
+            return max(sizes, key=lambda path: sizes[path])
+    return None
+
+
+def _quantize_models(
+    store: ModelStore, base: list[_BaseLayer], target: str, reserved: BlobReservation, staging: _QuantizeStaging
+) -> Iterator[Progress]:
+    """Quantize every model layer of ``base`` to ``target`` in place (Ollama: F16/BF16/F32 only;
+    a model already of that type is left as it is)."""
+    try:
+        for item in base:
+            if item.layer.media_type != MEDIA_MODEL or item.gguf is None:
+                continue
+            source_type = file_type_name(item.gguf)
+            check_quantization_source(source_type)
+            if source_type == target:
+                continue
+            yield from _quantize_layer(store, item, source_type, target, reserved, staging)
+    finally:
+        staging.close()  # a quantizer started for nothing (an F16 model asked for F16) stops here
+
+
+def _quantize_layer(
+    store: ModelStore,
+    item: _BaseLayer,
+    source_type: str,
+    target: str,
+    reserved: BlobReservation,
+    staging: _QuantizeStaging,
+) -> Iterator[Progress]:
+    """Quantize one model layer into a new blob and put it in ``item``'s place.
+
+    llama.cpp writes a locked temporary file in ``blobs/``; it becomes a blob only once complete
+    and verified, and is deleted (by ``staging``) on any failure, including this generator being
+    closed when the client goes away. The subprocess hashes the file while its header is verified
+    here; the file is then renamed into place, not copied.
+    """
+    assert item.gguf is not None
+    status = f"quantizing {source_type} model to {target}"
+    total = item.layer.size
+    staged, quantizer = staging.take(item.gguf.path)
+    with contextlib.closing(quantizer.quantize(item.gguf)) as fractions:
+        for fraction in fractions:  # also a heartbeat: each step returns within a second
+            yield Progress(status, digest=_QUANTIZE_DIGEST, total=total, completed=int(fraction * total))
+    yield Progress("verifying conversion")
+    quantized = read_gguf(staged)
+    if quantized.metadata.get("general.file_type") != file_type_id(target) or len(quantized.tensors) != len(
+        item.gguf.tensors
+    ):
+        raise QuantizationFailed(f"quantizing to {target} failed: the quantized file does not verify")
+    digest = quantizer.digest()
+    written = store.blobs.commit_file(staged, digest, actual=digest, reservation=reserved)
     quantized.path = written.path
     item.layer = Layer(MEDIA_MODEL, written.digest, written.size, name=item.layer.name)
     item.gguf = quantized
@@ -415,7 +505,8 @@ def _draft_layer(
         source_type = file_type_name(item.gguf)
         check_quantization_source(source_type)
         if source_type != quantize:
-            yield from _quantize_layer(store, item, source_type, quantize, reserved)
+            with _QuantizeStaging(store, quantize, None) as staging:
+                yield from _quantize_layer(store, item, source_type, quantize, reserved, staging)
     old = item.layer
     item.layer = Layer(MEDIA_DRAFT, old.digest, old.size, from_=old.from_, name=old.name)
     base[:] = [b for b in base if b.layer.media_type != MEDIA_DRAFT] + [item]

@@ -4,6 +4,7 @@ that stops with its client or its server leaves neither a process nor a file beh
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import os
@@ -18,8 +19,12 @@ import gguf
 import httpx
 import pytest
 
-from pollama.convert.quantize import file_type_id, parse_quantization_type, supported_types
+from pollama.convert.quantize import Quantizer, file_type_id, parse_quantization_type, supported_types
 from pollama.errors import UnsupportedQuantization
+from pollama.gguf import read_gguf
+from pollama.names import parse_name
+from pollama.store.create import CreateRequest, _QuantizeStaging
+from pollama.store.store import ModelStore
 from tests.conftest import _POLLAMA_SERVER_VARIABLES, CHATML_TEMPLATE, ServerProcess
 
 ZERO_DIGEST = "0000000000000000000"
@@ -63,7 +68,7 @@ def _tensor_types(path: Path) -> dict[str, str]:
 
 
 def _quantizers(models: Path) -> list[int]:
-    """Live ``pollama.convert.quantize`` processes writing into ``models``."""
+    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``) writing into ``models``."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -73,7 +78,7 @@ def _quantizers(models: Path) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (OSError, IndexError):
             continue
-        if b"pollama.convert.quantize" in cmdline and str(models).encode() in cmdline and state != "Z":
+        if b"pollama/convert/_quantize_worker.py" in cmdline and str(models).encode() in cmdline and state != "Z":
             pids.append(int(entry.name))
     return pids
 
@@ -199,7 +204,8 @@ def test_quantize_q4_k_m_like_ollama(quant_server: ServerProcess, smollm2_f16_gg
             ("quantizing F16 model to Q4_K_M", ZERO_DIGEST, f16_size)
         }
         done = [p.get("completed", 0) for p in progress]
-        assert done == sorted(done) and done[-1] == f16_size and len(set(done)) > 100  # one step per tensor
+        # as tensors start, at most every 50 ms: a quantization of more than a second has many steps
+        assert done == sorted(done) and done[-1] == f16_size and len(set(done)) >= 10
 
         assert blob.stat().st_size < f16_size / 2
         reader = gguf.GGUFReader(blob)
@@ -303,12 +309,15 @@ def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16
         r = client.post("/api/create", json=body)
         assert r.status_code == 400
         assert r.json() == {"error": "quantization is only supported for F16, BF16 and F32 models"}
+        # the quantizer started (and handed this file) before the header was read is gone with the refusal
+        assert _temporaries(quant_server.models) == [] and _quantizers(quant_server.models) == []
         lines = _stream(client, {**body, "stream": True})
         assert lines == [
             {"status": "parsing GGUF"},
             {"error": "quantization is only supported for F16, BF16 and F32 models"},
         ]
         assert client.post("/api/show", json={"model": "x"}).status_code == 404
+        assert _temporaries(quant_server.models) == [] and _quantizers(quant_server.models) == []
 
 
 def test_a_client_that_goes_stops_the_quantizer(
@@ -357,3 +366,76 @@ def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_
                     break
     server.process.wait()
     _wait_until_clean(server.models)
+
+
+def test_the_quantizers_own_binding_matches_llama_cpp_pythons() -> None:
+    """The subprocess declares ``llama_model_quantize_params`` itself (it does not import
+    llama-cpp-python's binding): field for field, offset for offset, the same struct."""
+    from llama_cpp import llama_cpp as binding
+
+    from pollama.convert._quantize_worker import QuantizeParams as _QuantizeParams
+    from pollama.convert._quantize_worker import bind as _bind
+    from pollama.convert.quantize import _libllama
+
+    ours = [
+        (name, getattr(_QuantizeParams, name).offset, getattr(_QuantizeParams, name).size)
+        for name, _ in _QuantizeParams._fields_
+    ]
+    theirs = [
+        (
+            name,
+            getattr(binding.llama_model_quantize_params, name).offset,
+            getattr(binding.llama_model_quantize_params, name).size,
+        )
+        for name, _ in binding.llama_model_quantize_params._fields_
+    ]
+    assert ours == theirs
+    assert ctypes.sizeof(_QuantizeParams) == ctypes.sizeof(binding.llama_model_quantize_params)
+    theirs_defaults = binding.llama_model_quantize_default_params()
+    ours_defaults = _bind(str(_libllama())).llama_model_quantize_default_params()
+    for name, kind in _QuantizeParams._fields_:
+        mine, other = getattr(ours_defaults, name), getattr(theirs_defaults, name)
+        if kind is ctypes.c_void_p:  # the pointers (NULL by default), typed there, untyped here
+            other = ctypes.cast(other, ctypes.c_void_p).value
+        assert mine == other, name
+    assert (ours_defaults.nthread, ours_defaults.allow_requantize) == (0, False)
+
+
+def test_a_quantizer_whose_parent_goes_before_its_source_deletes_its_output(tmp_path: Path) -> None:
+    """Started ahead of its work, the subprocess waits for its source on stdin; if the pipe closes
+    first (the server died), it removes its output file and exits at once."""
+    output = tmp_path / "out.gguf"
+    output.write_bytes(b"")
+    quantizer = Quantizer(output, "Q4_0")
+    try:
+        process = quantizer._process
+        assert process.stdin is not None and process.poll() is None
+        process.stdin.close()
+        assert process.wait(timeout=20) == 3
+        assert not output.exists()
+    finally:
+        quantizer.close()
+
+
+def test_a_wrong_guess_of_the_source_is_replaced(tmp_path: Path, smollm2_f16_gguf: Path) -> None:
+    """A create hands its quantizer the likeliest source before reading any header; if the model
+    layer turns out to be another file, that quantizer and its output go and a new one runs."""
+    store = ModelStore(tmp_path / "models")
+    store.blobs.root.mkdir(parents=True)
+    right = store.blobs.path("sha256:" + "1" * 64)
+    wrong = store.blobs.path("sha256:" + "2" * 64)
+    os.link(smollm2_f16_gguf, right)
+    wrong.write_bytes(smollm2_f16_gguf.read_bytes() + b"\0")  # the larger: the guess
+    request = CreateRequest(
+        name=parse_name("x"), files={"a.gguf": "sha256:" + "1" * 64, "b.gguf": "sha256:" + "2" * 64}, quantize="Q8_0"
+    )
+    with _QuantizeStaging(store, "Q8_0", request) as staging:
+        (first,) = _temporaries(store.root)
+        staged, quantizer = staging.take(right)
+        assert quantizer.source is None and first not in _temporaries(store.root) and staged.exists()
+        source = read_gguf(right)
+        assert list(quantizer.quantize(source))[-1] == 1.0
+        digest = quantizer.digest()
+        assert digest == _digest(staged)
+        assert file_type_id("Q8_0") == read_gguf(staged).metadata["general.file_type"]
+    assert _temporaries(store.root) == [] and _quantizers(store.root) == []
