@@ -174,19 +174,30 @@ CHATML_TEMPLATE = (
 )
 
 
-def create_from_gguf(client: httpx.Client, name: str, gguf: Path, **extra: object) -> None:
-    """Upload ``gguf`` (if missing) and create ``name`` from it through ``/api/create``."""
+def file_digest(path: Path) -> str:
+    """``sha256:<hex>`` of a file, as blobs are named."""
     import hashlib
 
     h = hashlib.sha256()
-    with gguf.open("rb") as fh:
+    with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
-    digest = "sha256:" + h.hexdigest()
+    return "sha256:" + h.hexdigest()
+
+
+def upload_blob(client: httpx.Client, path: Path) -> str:
+    """Upload ``path`` as a blob unless the server has it already; its digest."""
+    digest = file_digest(path)
     if client.head(f"/api/blobs/{digest}").status_code != 200:
-        with gguf.open("rb") as fh:
+        with path.open("rb") as fh:
             r = client.post(f"/api/blobs/{digest}", content=fh.read())
         assert r.status_code in (200, 201), r.text
+    return digest
+
+
+def create_from_gguf(client: httpx.Client, name: str, gguf: Path, **extra: object) -> None:
+    """Upload ``gguf`` (if missing) and create ``name`` from it through ``/api/create``."""
+    digest = upload_blob(client, gguf)
     r = client.post("/api/create", json={"model": name, "files": {gguf.name: digest}, "stream": False, **extra})
     assert r.status_code == 200, r.text
 

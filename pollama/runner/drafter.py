@@ -97,7 +97,7 @@ class DraftModel:
         m = min(n, len(cache))
         # The usual case: the draft sequence and the slot agree up to the shorter of the two (it lags
         # by the tokens accepted since, or leads by rejected draft tokens); compared at C speed.
-        reuse = m if own[:m] == cache[:m] else _common_prefix(own, cache)
+        reuse = m if own[:m] == cache[:m] else common_prefix(own, cache)
         if reuse < n:
             if not self.ctx.seq_remove(seq, reuse, -1):
                 self.ctx.seq_remove(seq)
@@ -162,7 +162,8 @@ class DraftModel:
             del own[keep:]
 
 
-def _common_prefix(a: list[int], b: list[int]) -> int:
+def common_prefix(a: list[int], b: list[int]) -> int:
+    """Length of the shared prefix of two token lists."""
     n = min(len(a), len(b))
     i = 0
     while i < n and a[i] == b[i]:

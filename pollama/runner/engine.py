@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pollama.errors import InvalidRequest, RunnerError
-from pollama.runner.drafter import DraftModel
+from pollama.runner.drafter import DraftModel, common_prefix
 from pollama.runner.native import (
     Batch,
     Context,
@@ -209,15 +209,6 @@ def _mid_image(tokens: list[int], i: int) -> bool:
     """Whether ``tokens[i]`` is an image's embedding other than its first (an image is never split)."""
     parts = image_token_parts(tokens[i]) if 0 <= i < len(tokens) else None
     return parts is not None and parts[1] != 0
-
-
-def common_prefix(a: list[int], b: list[int]) -> int:
-    """Length of the shared prefix of two token lists."""
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 def split_stop(text: str, stops: tuple[str, ...]) -> tuple[str, str, bool]:

@@ -433,15 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         format="runner: %(levelname)s %(message)s",
         stream=sys.stderr,
     )
-    model = Model(
-        ModelParams(
-            path=args.model,
-            n_gpu_layers=args.n_gpu_layers,
-            main_gpu=args.main_gpu,
-            use_mmap=not args.no_mmap,
-            use_mlock=args.mlock,
-        )
-    )
+    model = Model(_model_params(args, args.model))
     adapters = [LoraAdapter(model, path) for path in args.lora]
     if len(args.mmproj) > 1:
         log.warning("only the first projector is used (%d given)", len(args.mmproj))
@@ -507,20 +499,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _model_params(args: argparse.Namespace, path: Path) -> ModelParams:
+    """Load options for the weights at ``path`` (the model or its draft) from the command line."""
+    return ModelParams(
+        path=path,
+        n_gpu_layers=args.n_gpu_layers,
+        main_gpu=args.main_gpu,
+        use_mmap=not args.no_mmap,
+        use_mlock=args.mlock,
+    )
+
+
 def _load_draft(
     args: argparse.Namespace, model: Model, *, num_ctx: int, parallel: int, batch: int, flash: bool | None
 ) -> DraftModel:
     """The draft model with a context of one sequence per slot; ``IncompatibleDraftModel`` when its
     vocabulary is not the target's (its drafts would be token ids meaning other text)."""
-    draft = Model(
-        ModelParams(
-            path=args.draft,
-            n_gpu_layers=args.n_gpu_layers,
-            main_gpu=args.main_gpu,
-            use_mmap=not args.no_mmap,
-            use_mlock=args.mlock,
-        )
-    )
+    draft = Model(_model_params(args, args.draft))
     try:
         reason = vocab_mismatch(model, draft)
         if reason:

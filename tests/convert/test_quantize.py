@@ -25,26 +25,9 @@ from pollama.gguf import read_gguf
 from pollama.names import parse_name
 from pollama.store.create import CreateRequest, _QuantizeStaging
 from pollama.store.store import ModelStore
-from tests.conftest import _POLLAMA_SERVER_VARIABLES, CHATML_TEMPLATE, ServerProcess
+from tests.conftest import _POLLAMA_SERVER_VARIABLES, CHATML_TEMPLATE, ServerProcess, file_digest, upload_blob
 
 ZERO_DIGEST = "0000000000000000000"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def _upload(client: httpx.Client, path: Path) -> str:
-    digest = _digest(path)
-    if client.head(f"/api/blobs/{digest}").status_code != 200:
-        with path.open("rb") as fh:
-            r = client.post(f"/api/blobs/{digest}", content=fh.read())
-        assert r.status_code == 201, r.text
-    return digest
 
 
 def _stream(client: httpx.Client, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -150,7 +133,7 @@ def quant_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerPro
 @pytest.fixture(scope="module")
 def f16_digest(quant_server: ServerProcess, smollm2_f16_gguf: Path) -> str:
     with quant_server.client() as client:
-        return _upload(client, smollm2_f16_gguf)
+        return upload_blob(client, smollm2_f16_gguf)
 
 
 def test_every_llama_cpp_file_type_is_accepted_or_refused_for_its_imatrix() -> None:
@@ -195,7 +178,7 @@ def test_quantize_q4_k_m_like_ollama(quant_server: ServerProcess, smollm2_f16_gg
         assert lines[1 : 1 + len(progress)] == progress
         assert lines[1 + len(progress) :] == [
             {"status": "verifying conversion"},
-            {"status": f"creating new layer {_digest(blob)}"},
+            {"status": f"creating new layer {file_digest(blob)}"},
             {"status": f"creating new layer {template_digest}"},
             {"status": "writing manifest"},
             {"status": "success"},
@@ -242,7 +225,12 @@ def test_cli_quantizes_to_q4_0_with_a_progress_bar(
     lines = result.stderr.splitlines()
     assert lines[0] == "parsing GGUF"
     assert re.fullmatch(rf"quantizing F16 model to Q4_0: 100% ▕█+▏ {size // 10**6} MB", lines[1]), lines[1]
-    assert lines[2:] == ["verifying conversion", f"creating new layer {_digest(blob)}", "writing manifest", "success"]
+    assert lines[2:] == [
+        "verifying conversion",
+        f"creating new layer {file_digest(blob)}",
+        "writing manifest",
+        "success",
+    ]
     types = _tensor_types(blob)
     assert {n: t for n, t in types.items() if t not in ("F32", "Q4_0")} == {"token_embd.weight": "Q8_0"}
     with quant_server.client() as client:
@@ -271,7 +259,7 @@ def test_same_type_is_a_no_op_and_an_installed_model_quantizes_to_q8_0(
         blob = _model_blob(quant_server, "smol-q8")
         assert [line["status"] for line in lines if not line["status"].startswith("quantizing")] == [
             "verifying conversion",
-            f"creating new layer {_digest(blob)}",
+            f"creating new layer {file_digest(blob)}",
             "writing manifest",
             "success",
         ]
@@ -304,7 +292,7 @@ def test_errors_are_ollamas(quant_server: ServerProcess, smollm2_gguf: Path, f16
         assert r.json() == {"error": "quantizing to Q1_0 failed: no tensor type fallback is defined for type q1_0"}
         assert _temporaries(quant_server.models) == [] and _quantizers(quant_server.models) == []
 
-        q41 = _upload(client, smollm2_gguf)
+        q41 = upload_blob(client, smollm2_gguf)
         body = {"model": "x", "files": {smollm2_gguf.name: q41}, "quantize": "q4_K_M", "stream": False}
         r = client.post("/api/create", json=body)
         assert r.status_code == 400
@@ -356,7 +344,7 @@ def test_a_crashing_quantizer_fails_the_request_not_the_server(
 def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_gguf: Path) -> None:
     assert server.process is not None
     with server.client() as client:
-        digest = _upload(client, smollm2_f16_gguf)
+        digest = upload_blob(client, smollm2_f16_gguf)
         body = {"model": "smol", "files": {smollm2_f16_gguf.name: digest}, "quantize": "Q4_0"}
         with client.stream("POST", "/api/create", json=body) as r:
             for line in r.iter_lines():
@@ -436,6 +424,6 @@ def test_a_wrong_guess_of_the_source_is_replaced(tmp_path: Path, smollm2_f16_ggu
         source = read_gguf(right)
         assert list(quantizer.quantize(source))[-1] == 1.0
         digest = quantizer.digest()
-        assert digest == _digest(staged)
+        assert digest == file_digest(staged)
         assert file_type_id("Q8_0") == read_gguf(staged).metadata["general.file_type"]
     assert _temporaries(store.root) == [] and _quantizers(store.root) == []

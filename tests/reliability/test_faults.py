@@ -10,7 +10,6 @@ serve``, a real client, and for the pull a real registry (Debian's ``docker-regi
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,7 +23,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf
+from tests.conftest import CHATML_TEMPLATE, ServerProcess, create_from_gguf, file_digest
 from tests.registry.conftest import CountingProxy, DockerRegistry, write_gguf
 
 # Ollama's message for a runner that died under a request (``llm/server.go``).
@@ -34,14 +33,6 @@ RUNNER_STOPPED = (
 )
 LONG = 100_000  # tokens: minutes of generation unless something stops it
 PROMPT = "Write a very long story about a dragon."
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
 
 
 def _store_leftovers(models: Path) -> list[str]:
@@ -165,7 +156,7 @@ def test_server_killed_mid_upload_leaves_no_blob_and_its_temporary_goes_at_the_n
     start_server: Any, smollm2_gguf: Path
 ) -> None:
     server: ServerProcess = start_server()
-    digest = _digest(smollm2_gguf)
+    digest = file_digest(smollm2_gguf)
     data = smollm2_gguf.read_bytes()
     half_sent = threading.Event()
     release = threading.Event()
@@ -211,7 +202,7 @@ def test_server_killed_mid_upload_leaves_no_blob_and_its_temporary_goes_at_the_n
 
 def test_server_killed_mid_create_lists_no_half_model(start_server: Any, smollm2_gguf: Path) -> None:
     server: ServerProcess = start_server()
-    digest = _digest(smollm2_gguf)
+    digest = file_digest(smollm2_gguf)
     with server.client() as c:
         assert c.post(f"/api/blobs/{digest}", content=smollm2_gguf.read_bytes()).status_code == 201
         body = {
@@ -264,7 +255,7 @@ def pushed(tmp_path: Path, start_server: Any) -> Iterator[tuple[CountingProxy, s
             assert r.status_code == 200, r.text
         source.stop()
         proxy.delay_per_mb = 0.5
-        yield proxy, f"{proxy.host}/test/big", _digest(gguf)
+        yield proxy, f"{proxy.host}/test/big", file_digest(gguf)
     finally:
         proxy.close()
         registry.stop()

@@ -5,7 +5,6 @@ inheritance through ``FROM``, the runner started with the draft (and restarted w
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -14,27 +13,10 @@ import gguf
 import httpx
 import pytest
 
-from tests.conftest import CHATML_TEMPLATE, ServerProcess
+from tests.conftest import CHATML_TEMPLATE, ServerProcess, file_digest, upload_blob
 
 DRAFT_MEDIA = "application/vnd.ollama.image.draft"
 PROMPT = "<|im_start|>user\nWrite a haiku about autumn leaves.<|im_end|>\n<|im_start|>assistant\n"
-
-
-def _digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return "sha256:" + h.hexdigest()
-
-
-def _upload(client: httpx.Client, path: Path) -> str:
-    digest = _digest(path)
-    if client.head(f"/api/blobs/{digest}").status_code != 200:
-        with path.open("rb") as fh:
-            r = client.post(f"/api/blobs/{digest}", content=fh.read())
-        assert r.status_code == 201, r.text
-    return digest
 
 
 def _manifest(server: ServerProcess, name: str) -> dict[str, Any]:
@@ -76,7 +58,7 @@ def test_create_writes_a_draft_layer_and_show_lists_it(
 ) -> None:
     manifest = _manifest(smollm2_server, drafted)
     layers = {layer["mediaType"]: layer for layer in manifest["layers"]}
-    assert layers["application/vnd.ollama.image.model"]["digest"] == _digest(smollm2_gguf)
+    assert layers["application/vnd.ollama.image.model"]["digest"] == file_digest(smollm2_gguf)
     draft_digest = layers[DRAFT_MEDIA]["digest"]
     draft_blob = smollm2_server.models / "blobs" / draft_digest.replace(":", "-")
     assert layers[DRAFT_MEDIA]["size"] == draft_blob.stat().st_size
@@ -154,7 +136,7 @@ def test_errors_are_ollamas(smollm2_server: ServerProcess, smollm2_gguf: Path, t
     assert result.stderr.strip() == "Error: --draft-quantize requires a DRAFT model"
 
     with smollm2_server.client() as client:
-        digest = _upload(client, smollm2_gguf)
+        digest = upload_blob(client, smollm2_gguf)
         body = {"model": "bad", "files": {"m.gguf": digest}, "draft_quantize": "q8_0", "stream": False}
         r = client.post("/api/create", json=body)
         assert (r.status_code, r.json()) == (400, {"error": "--draft-quantize requires a DRAFT model"})
@@ -168,8 +150,8 @@ def test_a_draft_with_another_vocabulary_fails_to_load(
     smollm2_server: ServerProcess, smollm2_gguf: Path, gemma3_gguf: Path
 ) -> None:
     with smollm2_server.client() as client:
-        files = {"m.gguf": _upload(client, smollm2_gguf)}
-        body = {"model": "smol-gemma", "files": files, "draft_files": {"d.gguf": _upload(client, gemma3_gguf)}}
+        files = {"m.gguf": upload_blob(client, smollm2_gguf)}
+        body = {"model": "smol-gemma", "files": files, "draft_files": {"d.gguf": upload_blob(client, gemma3_gguf)}}
         r = client.post("/api/create", json={**body, "stream": False})
         assert r.status_code == 200, r.text
         r = client.post("/api/generate", json={"model": "smol-gemma", "prompt": "hi", "stream": False})
