@@ -57,22 +57,12 @@ function renderList() {
     const li = document.createElement("li");
     li.dataset.id = c.id;
     if (c.id === state.current) li.className = "active";
-    const open = document.createElement("button");
-    open.type = "button";
-    open.className = "title";
-    open.textContent = c.title;
-    open.title = c.title;
-    open.addEventListener("click", () => {
+    const open = button("title", c.title, c.title, () => {
       if (state.busy) stop();
       select(c.id);
       document.body.classList.remove("sidebar-open");
     });
-    const rename = document.createElement("button");
-    rename.type = "button";
-    rename.className = "icon rename";
-    rename.title = "Rename";
-    rename.textContent = "✎";
-    rename.addEventListener("click", () => {
+    const rename = button("icon rename", "✎", "Rename", () => {
       const title = window.prompt("Rename conversation", c.title);
       if (title && title.trim()) {
         c.title = title.trim();
@@ -80,12 +70,7 @@ function renderList() {
         renderList();
       }
     });
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "icon delete";
-    remove.title = "Delete";
-    remove.textContent = "×";
-    remove.addEventListener("click", () => {
+    const remove = button("icon delete", "×", "Delete", () => {
       if (!window.confirm(`Delete “${c.title}”?`)) return;
       if (state.busy && c.id === state.current) stop();
       state.conversations = state.conversations.filter((x) => x.id !== c.id);
@@ -170,13 +155,18 @@ function messageNode(c, m, index) {
   return node;
 }
 
-function toolButton(label, className, onClick) {
+function button(className, text, title, onClick) {
   const b = document.createElement("button");
   b.type = "button";
-  b.className = `small ${className}`;
-  b.textContent = label;
+  b.className = className;
+  b.textContent = text;
+  if (title) b.title = title;
   b.addEventListener("click", onClick);
   return b;
+}
+
+function toolButton(label, className, onClick) {
+  return button(`small ${className}`, label, "", onClick);
 }
 
 function fillBody(body, m) {
@@ -444,12 +434,7 @@ function renderAttachments() {
       img.alt = a.name;
       item.prepend(img);
     }
-    const remove = document.createElement("button");
-    remove.type = "button";
-    remove.className = "icon";
-    remove.title = "Remove";
-    remove.textContent = "×";
-    remove.addEventListener("click", () => {
+    const remove = button("icon", "×", "Remove", () => {
       state.attachments.splice(i, 1);
       renderAttachments();
     });
