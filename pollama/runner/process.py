@@ -29,6 +29,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -444,23 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     num_ctx = max(4, args.ctx_size)
     batch = min(2048, num_ctx) if args.embedding else min(max(1, args.batch_size), num_ctx)
     flash = {"on": True, "off": False}.get(args.flash_attn)
-    ctx = Context(
-        model,
-        ContextParams(
-            n_ctx=num_ctx * parallel,
-            n_batch=batch,
-            n_seq_max=parallel,
-            n_threads=args.threads,
-            embeddings=args.embedding,
-            flash_attention=flash,
-            kv_cache_type=args.kv_cache_type,
-        ),
-        adapters,
-    )
+    context = _context_params(args, num_ctx=num_ctx, parallel=parallel, batch=batch, flash=flash)
+    ctx = Context(model, dataclasses.replace(context, embeddings=args.embedding), adapters)
     drafter = None
     if args.draft is not None and args.draft_max > 0 and not args.embedding:
         try:
-            drafter = _load_draft(args, model, num_ctx=num_ctx, parallel=parallel, batch=batch, flash=flash)
+            drafter = _load_draft(args, model, context)
         except IncompatibleDraftModel as exc:
             print(json.dumps(error_event(exc)), flush=True)  # the server reads it as the load's error
             if mtmd is not None:
@@ -510,9 +500,21 @@ def _model_params(args: argparse.Namespace, path: Path) -> ModelParams:
     )
 
 
-def _load_draft(
-    args: argparse.Namespace, model: Model, *, num_ctx: int, parallel: int, batch: int, flash: bool | None
-) -> DraftModel:
+def _context_params(
+    args: argparse.Namespace, *, num_ctx: int, parallel: int, batch: int, flash: bool | None
+) -> ContextParams:
+    """The KV cache and compute options of a context with a sequence per slot (the model's, its draft's)."""
+    return ContextParams(
+        n_ctx=num_ctx * parallel,
+        n_batch=batch,
+        n_seq_max=parallel,
+        n_threads=args.threads,
+        flash_attention=flash,
+        kv_cache_type=args.kv_cache_type,
+    )
+
+
+def _load_draft(args: argparse.Namespace, model: Model, context: ContextParams) -> DraftModel:
     """The draft model with a context of one sequence per slot; ``IncompatibleDraftModel`` when its
     vocabulary is not the target's (its drafts would be token ids meaning other text)."""
     draft = Model(_model_params(args, args.draft))
@@ -520,21 +522,11 @@ def _load_draft(
         reason = vocab_mismatch(model, draft)
         if reason:
             raise IncompatibleDraftModel(f"the draft model is not compatible with the model: {reason}")
-        ctx = Context(
-            draft,
-            ContextParams(
-                n_ctx=num_ctx * parallel,
-                n_batch=batch,
-                n_seq_max=parallel,
-                n_threads=args.threads,
-                flash_attention=flash,
-                kv_cache_type=args.kv_cache_type,
-            ),
-        )
+        ctx = Context(draft, context)
     except BaseException:
         draft.close()
         raise
-    return DraftModel(draft, ctx, n_max=args.draft_max, num_parallel=parallel, num_batch=batch)
+    return DraftModel(draft, ctx, n_max=args.draft_max, num_parallel=context.n_seq_max, num_batch=context.n_batch)
 
 
 def _remove_socket(path: str) -> None:
