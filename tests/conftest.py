@@ -10,10 +10,12 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -228,6 +230,41 @@ def one_slot_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
         with proc.client() as c:  # loaded: tests find its runner at once
             assert c.post("/api/generate", json={"model": "smollm2"}).json()["done_reason"] == "load"
         yield proc
+
+
+def chatml(user: str) -> str:
+    """A one-turn ChatML prompt (SmolLM2's format) ready for the assistant's answer."""
+    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def start_completion(engine: Any, prompt: str, **kw: Any) -> tuple[Any, threading.Event, dict[str, Any]]:
+    """Submit ``prompt`` to a runner ``Engine`` (greedy unless ``sampling`` is given): the job, an
+    event set when it ends, and its state (``text`` pieces, ``probs`` entries, ``final`` event)."""
+    from pollama.runner.engine import CompletionJob
+    from pollama.runner.native import SamplingParams
+
+    done = threading.Event()
+    state: dict[str, Any] = {"text": [], "probs": [], "final": {}}
+
+    def emit(event: dict[str, Any]) -> None:
+        state["text"].append(event.get("content", ""))
+        state["probs"].extend(event.get("logprobs", []))
+        if event.get("done") or "error" in event:
+            state["final"].update(event)
+            done.set()
+
+    sampling = kw.pop("sampling", None) or SamplingParams(temperature=0, repeat_penalty=1.0)
+    job = CompletionJob(tokens=engine.model.tokenize(prompt), sampling=sampling, emit=emit, **kw)
+    engine.submit(job)
+    return job, done, state
+
+
+def run_completion(engine: Any, prompt: str, **kw: Any) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
+    """Text, final event and logprob entries of one completion on a runner ``Engine`` (no error allowed)."""
+    _, done, state = start_completion(engine, prompt, **kw)
+    assert done.wait(300)
+    assert "error" not in state["final"], state["final"]
+    return "".join(state["text"]), state["final"], state["probs"]
 
 
 @pytest.fixture(scope="module")

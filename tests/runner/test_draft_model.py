@@ -10,7 +10,6 @@ draft model's own drafts.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,15 +19,12 @@ import pytest
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from pollama.runner.drafter import DraftModel, vocab_mismatch
-from pollama.runner.engine import CompletionJob, Engine
+from pollama.runner.engine import Engine
 from pollama.runner.native import Context, ContextParams, Model, ModelParams, SamplingParams
+from tests.conftest import chatml, run_completion, start_completion
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
 N_CTX = 512
-
-
-def chat(user: str) -> str:
-    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @pytest.fixture(scope="module")
@@ -69,31 +65,6 @@ def drafting(model: Model, smollm2_f16_gguf: Path) -> Iterator[Engine]:
         drafter.close()
 
 
-def start_job(engine: Engine, prompt: str, **kw: Any) -> tuple[CompletionJob, threading.Event, dict[str, Any]]:
-    done = threading.Event()
-    state: dict[str, Any] = {"text": [], "probs": [], "final": {}}
-
-    def emit(event: dict[str, Any]) -> None:
-        state["text"].append(event.get("content", ""))
-        state["probs"].extend(event.get("logprobs", []))
-        if event.get("done") or "error" in event:
-            state["final"].update(event)
-            done.set()
-
-    sampling = kw.pop("sampling", GREEDY)
-    job = CompletionJob(tokens=engine.model.tokenize(prompt), sampling=sampling, emit=emit, **kw)
-    engine.submit(job)
-    return job, done, state
-
-
-def run_job(engine: Engine, prompt: str, **kw: Any) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    """Text, final event and logprob entries of one job."""
-    _, done, state = start_job(engine, prompt, **kw)
-    assert done.wait(300)
-    assert "error" not in state["final"], state["final"]
-    return "".join(state["text"]), state["final"], state["probs"]
-
-
 def test_vocabulary_check_follows_llama_cpp(model: Model, gemma3_gguf: Path, smollm2_f16_gguf: Path) -> None:
     with Model(ModelParams(path=smollm2_f16_gguf, vocab_only=True)) as same:
         assert vocab_mismatch(model, same) == ""
@@ -105,16 +76,16 @@ def test_vocabulary_check_follows_llama_cpp(model: Model, gemma3_gguf: Path, smo
 @pytest.mark.parametrize(
     ("prompt", "options"),
     [
-        (chat("Write a short poem about the sea."), {"num_predict": 64}),
-        (chat("List three fruits, one per line."), {"num_predict": 48, "stop": ("\n3",)}),
-        (chat("Explain what a CPU does in two sentences."), {"num_predict": 64}),
+        (chatml("Write a short poem about the sea."), {"num_predict": 64}),
+        (chatml("List three fruits, one per line."), {"num_predict": 48, "stop": ("\n3",)}),
+        (chatml("Explain what a CPU does in two sentences."), {"num_predict": 64}),
     ],
 )
 def test_greedy_output_is_the_same_and_uses_the_drafts(
     plain: Engine, drafting: Engine, prompt: str, options: dict[str, Any]
 ) -> None:
-    off, f_off, _ = run_job(plain, prompt, draft_max=0, **options)
-    on, f_on, _ = run_job(drafting, prompt, draft_max=0, **options)
+    off, f_off, _ = run_completion(plain, prompt, draft_max=0, **options)
+    on, f_on, _ = run_completion(drafting, prompt, draft_max=0, **options)
     assert on == off
     assert f_on["tokens"] == f_off["tokens"]
     assert f_off["draft_tokens"] == 0
@@ -127,9 +98,9 @@ def test_grammar_and_logprobs_are_the_same(plain: Engine, drafting: Engine) -> N
         '{"type":"object","properties":{"name":{"type":"string"},"age":{"type":"integer"}},"required":["name","age"]}'
     )
     grammar = SamplingParams(temperature=0, grammar=json_schema_to_gbnf(schema))
-    prompt = chat("Give me a JSON object for a person named Ann aged 31.")
-    off = run_job(plain, prompt, sampling=grammar, draft_max=0, num_predict=40, logprobs=True, top_logprobs=2)
-    on = run_job(drafting, prompt, sampling=grammar, draft_max=0, num_predict=40, logprobs=True, top_logprobs=2)
+    prompt = chatml("Give me a JSON object for a person named Ann aged 31.")
+    off = run_completion(plain, prompt, sampling=grammar, draft_max=0, num_predict=40, logprobs=True, top_logprobs=2)
+    on = run_completion(drafting, prompt, sampling=grammar, draft_max=0, num_predict=40, logprobs=True, top_logprobs=2)
     assert on[0] == off[0]
     assert [p["token"] for p in on[2]] == [p["token"] for p in off[2]]
     assert [p["logprob"] for p in on[2]] == pytest.approx([p["logprob"] for p in off[2]], abs=1e-3)
@@ -139,43 +110,43 @@ def test_grammar_and_logprobs_are_the_same(plain: Engine, drafting: Engine) -> N
 @pytest.mark.parametrize("seed", [7, 1234])
 def test_sampled_output_at_a_seed_is_the_same(plain: Engine, drafting: Engine, seed: int) -> None:
     sampling = SamplingParams(temperature=0.9, top_k=40, top_p=0.95, seed=seed)
-    prompt = chat("Tell me a story about a fox.")
-    off, _, _ = run_job(plain, prompt, sampling=sampling, draft_max=0, num_predict=64)
-    on, final, _ = run_job(drafting, prompt, sampling=sampling, draft_max=0, num_predict=64)
+    prompt = chatml("Tell me a story about a fox.")
+    off, _, _ = run_completion(plain, prompt, sampling=sampling, draft_max=0, num_predict=64)
+    on, final, _ = run_completion(drafting, prompt, sampling=sampling, draft_max=0, num_predict=64)
     assert on == off
     assert 0 < final["draft_accepted"] < final["draft_tokens"]  # greedy drafts, sampled target: some rejected
 
 
 def test_prompt_lookup_and_the_draft_model_together_are_the_same(plain: Engine, drafting: Engine) -> None:
     passage = "The committee met on Tuesday to review the budget for the new library and the parking lot."
-    prompt = chat(f"Repeat this passage exactly:\n{passage}")
-    off, _, _ = run_job(plain, prompt, draft_max=0, num_predict=40)
-    on, final, _ = run_job(drafting, prompt, num_predict=40)
+    prompt = chatml(f"Repeat this passage exactly:\n{passage}")
+    off, _, _ = run_completion(plain, prompt, draft_max=0, num_predict=40)
+    on, final, _ = run_completion(drafting, prompt, num_predict=40)
     assert on == off
     assert final["draft_accepted"] > 0
 
 
 def test_concurrent_streams_match_their_solo_answers(plain: Engine, drafting: Engine) -> None:
-    prompts = [chat("Name a color and describe it."), chat("Describe a cat in one paragraph.")]
-    solo = [run_job(plain, p, draft_max=0, num_predict=48)[0] for p in prompts]
-    started = [start_job(drafting, p, draft_max=0, num_predict=48) for p in prompts]
+    prompts = [chatml("Name a color and describe it."), chatml("Describe a cat in one paragraph.")]
+    solo = [run_completion(plain, p, draft_max=0, num_predict=48)[0] for p in prompts]
+    started = [start_completion(drafting, p, draft_max=0, num_predict=48) for p in prompts]
     for _, done, _ in started:
         assert done.wait(300)
     assert ["".join(state["text"]) for _, _, state in started] == solo
     # once alone again, the draft sequences catch up with what was generated meanwhile
-    assert run_job(drafting, prompts[0], draft_max=0, num_predict=48)[0] == solo[0]
+    assert run_completion(drafting, prompts[0], draft_max=0, num_predict=48)[0] == solo[0]
 
 
 def test_cancel_mid_draft_leaves_the_next_answer_right(plain: Engine, drafting: Engine) -> None:
-    prompt = chat("Write a long essay about rivers.")
-    job, _, state = start_job(drafting, prompt, draft_max=0, num_predict=200)
+    prompt = chatml("Write a long essay about rivers.")
+    job, _, state = start_completion(drafting, prompt, draft_max=0, num_predict=200)
     deadline = time.monotonic() + 60
     while not state["text"] and not state["final"] and time.monotonic() < deadline:
         time.sleep(0.01)  # polling for the first output (not ordering: the cancel may land anywhere)
     assert state["text"]
     drafting.cancel(job)
-    expected, _, _ = run_job(plain, prompt, draft_max=0, num_predict=32)
-    again, final, _ = run_job(drafting, prompt, draft_max=0, num_predict=32)
+    expected, _, _ = run_completion(plain, prompt, draft_max=0, num_predict=32)
+    again, final, _ = run_completion(drafting, prompt, draft_max=0, num_predict=32)
     assert again == expected
     assert final["draft_accepted"] > 0
 
@@ -187,9 +158,9 @@ def test_context_shift_is_the_same(model: Model, smollm2_f16_gguf: Path) -> None
     ref.start()
     eng, dctx, drafter = _drafting_engine(model, smollm2_f16_gguf, num_ctx=num_ctx)
     try:
-        prompt = chat("Count from one to one hundred in words.")
-        off, f_off, _ = run_job(ref, prompt, draft_max=0, num_predict=100)
-        on, f_on, _ = run_job(eng, prompt, draft_max=0, num_predict=100)
+        prompt = chatml("Count from one to one hundred in words.")
+        off, f_off, _ = run_completion(ref, prompt, draft_max=0, num_predict=100)
+        on, f_on, _ = run_completion(eng, prompt, draft_max=0, num_predict=100)
         assert len(f_off["tokens"]) == 100  # generated past the context: shifted at least once
         assert on == off
         assert f_on["draft_accepted"] > 0

@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
-from pollama.runner.engine import CompletionJob, Engine, PromptLookup
+from pollama.runner.engine import Engine, PromptLookup
 from pollama.runner.native import Context, ContextParams, Model, ModelParams, SamplingParams
+from tests.conftest import chatml, run_completion
 
 GREEDY = SamplingParams(temperature=0, repeat_penalty=1.0)
 
@@ -30,11 +31,7 @@ PASSAGE = (
 )
 
 
-def chat(user: str) -> str:
-    return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-
-
-COPY = chat(f"Repeat this passage exactly:\n{PASSAGE}")
+COPY = chatml(f"Repeat this passage exactly:\n{PASSAGE}")
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +50,9 @@ def engine(model: Model) -> Iterator[Engine]:
     ctx.close()
 
 
-def run_job(engine: Engine, prompt: str, **kw: Any) -> tuple[str, dict[str, Any], list[dict[str, Any]]]:
-    """Text, final event and logprob entries of one job."""
-    done = threading.Event()
-    text: list[str] = []
-    probs: list[dict[str, Any]] = []
-    final: dict[str, Any] = {}
-
-    def emit(event: dict[str, Any]) -> None:
-        text.append(event.get("content", ""))
-        probs.extend(event.get("logprobs", []))
-        if event.get("done") or "error" in event:
-            final.update(event)
-            done.set()
-
-    job = CompletionJob(tokens=engine.model.tokenize(prompt), sampling=kw.pop("sampling", GREEDY), emit=emit, **kw)
-    engine.submit(job)
-    assert done.wait(600)
-    assert "error" not in final, final
-    return "".join(text), final, probs
-
-
 def both(engine: Engine, prompt: str, **kw: Any) -> tuple[tuple[str, dict[str, Any], list[dict[str, Any]]], ...]:
     """The job without speculation, then with it."""
-    return run_job(engine, prompt, draft_max=0, **kw), run_job(engine, prompt, **kw)
+    return run_completion(engine, prompt, draft_max=0, **kw), run_completion(engine, prompt, **kw)
 
 
 def test_lookup_drafts_what_followed_the_last_ngram() -> None:
@@ -102,8 +78,8 @@ def test_copying_is_identical_and_accepts_drafts(engine: Engine) -> None:
 @pytest.mark.parametrize(
     ("prompt", "options"),
     [
-        (chat("Write a python function that adds two numbers, and a test for it."), {"num_predict": 40}),
-        (chat("List the days of the week, one per line."), {"num_predict": 40, "stop": ("Friday",)}),
+        (chatml("Write a python function that adds two numbers, and a test for it."), {"num_predict": 40}),
+        (chatml("List the days of the week, one per line."), {"num_predict": 40, "stop": ("Friday",)}),
         (COPY, {"num_predict": 40, "stop": ("reading room",)}),
         (COPY, {"num_predict": 40, "sampling": SamplingParams(temperature=0, repeat_penalty=1.3, repeat_last_n=16)}),
     ],
@@ -124,7 +100,7 @@ def test_json_schema_grammar_output_is_the_same(engine: Engine) -> None:
         "required": ["name", "tags"],
     }
     sampling = SamplingParams(temperature=0, grammar=json_schema_to_gbnf(json.dumps(schema)))
-    prompt = chat(f'Describe this as JSON with a name and tags: "{PASSAGE}"')
+    prompt = chatml(f'Describe this as JSON with a name and tags: "{PASSAGE}"')
     (off, _, _), (on, f_on, _) = both(engine, prompt, num_predict=48, sampling=sampling)
     assert on == off
     if f_on["done_reason"] == "stop":
@@ -156,12 +132,17 @@ def test_sampled_output_at_a_seed_is_the_same(engine: Engine, sampling: Sampling
 
 
 def test_concurrent_streams_with_speculation_match_their_solo_answers(engine: Engine) -> None:
-    prompts = [COPY, chat("Count from one to twenty in words."), chat("Name three colours."), chat(PASSAGE + " Why?")]
-    solo = [run_job(engine, p, num_predict=24, draft_max=0)[0] for p in prompts]
+    prompts = [
+        COPY,
+        chatml("Count from one to twenty in words."),
+        chatml("Name three colours."),
+        chatml(PASSAGE + " Why?"),
+    ]
+    solo = [run_completion(engine, p, num_predict=24, draft_max=0)[0] for p in prompts]
     results: dict[int, str] = {}
 
     def worker(i: int) -> None:
-        results[i] = run_job(engine, prompts[i], num_predict=24)[0]
+        results[i] = run_completion(engine, prompts[i], num_predict=24)[0]
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(len(prompts))]
     for t in threads:
@@ -176,7 +157,7 @@ def test_context_shift_output_is_the_same(model: Model) -> None:
     eng = Engine(model, ctx, num_ctx=96, num_parallel=2, num_batch=64)
     eng.start()
     try:
-        prompt = chat("Repeat after me, many times: one two three four five six seven.")
+        prompt = chatml("Repeat after me, many times: one two three four five six seven.")
         (off, f_off, _), (on, f_on, _) = both(eng, prompt, num_predict=130)
         assert f_off["eval_count"] == 130  # ran past num_ctx=96: shifted
         assert on == off and f_on["tokens"] == f_off["tokens"]
