@@ -232,6 +232,19 @@ def one_slot_server(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path
         yield proc
 
 
+def imported_by_a_started_app(*modules: str) -> list[bool]:
+    """Whether each of ``modules`` is imported once ``create_app`` has run, in a fresh interpreter."""
+    code = (
+        "import sys\n"
+        "from pollama.config import Settings\n"
+        "from pollama.server.app import create_app\n"
+        "create_app(Settings.from_env())\n"
+        f"print(*[m in sys.modules for m in {list(modules)!r}])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+    return [word == "True" for word in out.stdout.split()]
+
+
 def chatml(user: str) -> str:
     """A one-turn ChatML prompt (SmolLM2's format) ready for the assistant's answer."""
     return f"<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"

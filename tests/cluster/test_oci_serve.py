@@ -7,7 +7,6 @@ import hashlib
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from pollama.names import parse_name
 from pollama.registry.pull import PullOptions, pull_model
 from pollama.store import ModelStore
-from tests.conftest import ServerProcess, free_port
+from tests.conftest import ServerProcess, free_port, imported_by_a_started_app
 
 MANIFEST_TYPE = "application/vnd.docker.distribution.manifest.v2+json"
 
@@ -151,12 +150,4 @@ def test_v2_needs_a_key_when_keys_are_set(start_server: object) -> None:
 
 
 def test_ray_is_not_imported_without_an_address() -> None:
-    code = (
-        "import sys\n"
-        "from pollama.config import Settings\n"
-        "from pollama.server.app import create_app\n"
-        "create_app(Settings.from_env())\n"
-        "print('ray' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "False"
+    assert imported_by_a_started_app("ray") == [False]

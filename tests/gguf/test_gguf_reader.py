@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import random
 import struct
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 
 from pollama.gguf import read_gguf
 from pollama.gguf.reader import _shortest_float32
+from tests.conftest import imported_by_a_started_app
 
 
 def test_float32_values_read_as_their_shortest_round_trip_text() -> None:
@@ -37,12 +36,4 @@ def test_smollm2_header_metadata(smollm2_gguf: Path) -> None:
 
 
 def test_a_started_app_has_not_imported_gguf_or_numpy() -> None:
-    code = (
-        "import sys\n"
-        "from pollama.config import Settings\n"
-        "from pollama.server.app import create_app\n"
-        "create_app(Settings.from_env())\n"
-        "print('gguf' in sys.modules, 'numpy' in sys.modules)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    assert out.stdout.strip() == "False False"
+    assert imported_by_a_started_app("gguf", "numpy") == [False, False]
