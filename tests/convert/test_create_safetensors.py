@@ -69,7 +69,13 @@ def test_create_converts_a_folder(module_server: ServerProcess, tmp_path: Path) 
         assert show["model_info"]["qwen2.block_count"] == 2
         r = client.post(
             "/api/generate",
-            json={"model": "tiny-qwen", "prompt": "the", "raw": True, "stream": False, "options": {"num_predict": 3}},
+            json={
+                "model": "tiny-qwen",
+                "prompt": "the",
+                "raw": True,
+                "stream": False,
+                "options": {"num_predict": 3, "temperature": 0},
+            },
         )
         assert r.status_code == 200, r.text
         assert r.json()["eval_count"] == 3

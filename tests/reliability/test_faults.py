@@ -88,7 +88,8 @@ def test_runner_killed_mid_stream_gives_an_error_line_and_the_next_request_reloa
     assert all("response" in line and not line.get("done") for line in lines[:-1])
     with one_slot_server.client() as c:
         r = c.post(
-            "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 3}}
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 3, "temperature": 0}},
         )
         assert r.status_code == 200, r.text
         assert r.json()["done"] is True and r.json()["eval_count"] == 3
@@ -143,7 +144,8 @@ def test_a_client_leaving_a_stream_frees_the_slot(one_slot_server: ServerProcess
     # With one slot, this only answers if the abandoned generation is no longer running.
     with one_slot_server.client(timeout=60) as c:
         r = c.post(
-            "/api/generate", json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2}}
+            "/api/generate",
+            json={"model": "smollm2", "prompt": "Hi", "stream": False, "options": {"num_predict": 2, "temperature": 0}},
         )
     assert r.status_code == 200, r.text
     assert r.json()["eval_count"] == 2
