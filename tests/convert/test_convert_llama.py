@@ -2,7 +2,9 @@
 
 The reference is a numpy forward pass of the Hugging Face Llama (``convert_reference.forward``) over
 the folder's own safetensors: llama.cpp running the converted GGUF must pick its argmax at every
-greedy step, with logprobs within 0.05.
+greedy step, with logprobs within 0.05. Where the reference's best two tokens are themselves
+within that tolerance (a near-tie: llama.cpp's F16 kernels differ from one CPU to another, AVX2 or
+AVX-512, by about 0.01), either of them is llama.cpp's argmax.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 from tests.conftest import _POLLAMA_SERVER_VARIABLES, ServerProcess
 from tests.convert.convert_reference import byte_level_alphabet, forward, load_folder, log_softmax
 
+LOGPROB_TOLERANCE = 0.05
 PROMPTS = [
     "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n",
     "The three primary colors are",
@@ -95,9 +98,10 @@ def test_greedy_tokens_match_reference(
     config = json.loads((smollm2_hf_folder / "config.json").read_text())
     logits = forward(config, reference_weights, prompt_ids + generated[:-1])
     reference = log_softmax(logits[len(prompt_ids) - 1 :])
-    assert [int(i) for i in reference.argmax(axis=-1)] == generated
     for step, (entry, token) in enumerate(zip(entries, generated, strict=True)):
-        assert abs(entry["logprob"] - reference[step, token]) < 0.05, (step, entry, reference[step, token])
+        best = int(reference[step].argmax())
+        assert token == best or reference[step, best] - reference[step, token] < LOGPROB_TOLERANCE, (step, token, best)
+        assert abs(entry["logprob"] - reference[step, token]) < LOGPROB_TOLERANCE, (step, entry, reference[step, token])
 
 
 def test_chat_uses_the_models_own_template(imported: ServerProcess) -> None:
