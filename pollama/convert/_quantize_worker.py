@@ -3,36 +3,57 @@
 Started by ``pollama.convert.quantize.Quantizer`` (read its docstring for why a subprocess). It is
 run as a script, isolated (``-I -S``: no ``site``, no environment, no working directory on its
 path) and imports nothing but the standard library, never ``pollama`` nor llama-cpp-python: it
-binds the four llama.cpp functions it calls itself, with ``ctypes``. Start-up is on the path of
+binds the few llama.cpp and GGUF functions it calls itself, with ``ctypes``. Start-up is on the path of
 every quantization, and those imports (the package, ``site``'s ``.pth`` files, the hundreds of
 prototypes llama-cpp-python declares) cost more than everything else it does before llama.cpp
-starts.
+starts; for the same reason ``json`` and ``hashlib`` (and ``re``, which ``json`` imports) are
+imported while llama.cpp loads the model, not before.
 
-It loads llama.cpp, reads ``{"source": PATH}`` from stdin, runs ``llama_model_quantize`` and hashes
-the output (SHA-256, from its mapped pages while they are hot), reporting on stdout, one JSON
-object a line: ``{"tensor": NAME, "index": I, "count": N}`` as llama.cpp starts each tensor (read
-from its log), ``{"written": true}`` once the file is complete, then ``{"done": true, "digest":
-"sha256:…", "size": BYTES}``; or ``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's
-kinds. It watches its stdin: the parent writes nothing after the source, so end-of-file means the
-parent is gone, before or during the work; it then deletes its output and exits at once.
+It loads llama.cpp, reads the source's path (one line) from stdin, runs ``llama_model_quantize`` and hashes
+the output (SHA-256, the blob's name), reporting on stdout, one JSON object a line: ``{"tensor":
+NAME, "index": I, "count": N}`` as llama.cpp starts each tensor (read from its log), ``{"written":
+true}`` once the file is complete, then ``{"done": true, "digest": "sha256:…", "size": BYTES,
+"streamed": BOOL}``; or ``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's kinds.
+
+The hash is taken while llama.cpp writes, not after. llama.cpp writes the file front to back but
+its header last (zeros first, then the tensors, then the header over the zeros, once it knows
+every tensor's type), and SHA-256 has to start at the header. So the worker first asks llama.cpp
+for a dry run (``dry_run``: the type of every tensor, in the order it writes them, from its log;
+nothing is written), builds the header those types give with llama.cpp's own GGUF functions, in
+the same steps ``llama_model_quantize`` takes, and hashes that header followed by the tensor
+bytes as they reach the file. When llama.cpp is done, the header it wrote is compared with the
+predicted one; on any difference (or if the prediction could not be made) the finished file is
+hashed again from its start, so the digest is always the file's (``"streamed": false`` then).
+
+It watches its stdin: the parent writes nothing after the source, so end-of-file means the parent
+is gone, before or during the work; it then deletes its output and exits at once.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import hashlib
-import json
-import mmap
 import os
-import re
 import sys
 import threading
+import time
 
 USAGE = "usage: _quantize_worker.py OUTPUT TYPE FTYPE LIBLLAMA THREADS"
 _GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _GGML_LOG_CONT = 5
-_TENSOR_LINE = re.compile(r"^\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+# ggml.h's ``ggml_type`` values by ``ggml_type_name`` (a test checks them against the library). A
+# type missing here only means the header is not predicted and the file is hashed after the fact.
+GGML_TYPES = {
+    "f32": 0, "f16": 1, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "q8_0": 8, "q8_1": 9,
+    "q2_K": 10, "q3_K": 11, "q4_K": 12, "q5_K": 13, "q6_K": 14, "q8_K": 15,
+    "iq2_xxs": 16, "iq2_xs": 17, "iq3_xxs": 18, "iq1_s": 19, "iq4_nl": 20, "iq3_s": 21, "iq2_s": 22,
+    "iq4_xs": 23, "i8": 24, "i16": 25, "i32": 26, "i64": 27, "f64": 28, "iq1_m": 29, "bf16": 30,
+    "tq1_0": 34, "tq2_0": 35, "mxfp4": 39, "nvfp4": 40, "q1_0": 41, "q2_0": 42,
+}  # fmt: skip
+_GGML_QNT_VERSION = 2  # ggml.h's GGML_QNT_VERSION, which llama.cpp writes as general.quantization_version
+_SPLIT_KEYS = (b"split.no", b"split.count", b"split.tensors.count")  # removed from the output's metadata
+_CHUNK = 1 << 20
+_POLL = 0.002  # seconds between looks at a file that has not grown
 
 
 class QuantizeParams(ctypes.Structure):
@@ -57,6 +78,12 @@ class QuantizeParams(ctypes.Structure):
     ]
 
 
+class GGUFInitParams(ctypes.Structure):
+    """gguf.h's ``gguf_init_params``."""
+
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.POINTER(ctypes.c_void_p))]
+
+
 # ggml_log_callback: void (*)(enum ggml_log_level level, const char * text, void * user_data)
 LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 
@@ -72,6 +99,24 @@ def bind(path: str) -> ctypes.CDLL:
     lib.llama_model_quantize_default_params.restype = QuantizeParams
     lib.llama_model_quantize.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(QuantizeParams)]
     lib.llama_model_quantize.restype = ctypes.c_uint32
+    # gguf.h and ggml.h (libllama's dependency, found through it), to build the output's header.
+    pointer, text = ctypes.c_void_p, ctypes.c_char_p
+    for name, argtypes, restype in (
+        ("gguf_init_from_file", [text, GGUFInitParams], pointer),
+        ("gguf_init_empty", [], pointer),
+        ("gguf_set_kv", [pointer, pointer], None),
+        ("gguf_set_val_u32", [pointer, text, ctypes.c_uint32], None),
+        ("gguf_remove_key", [pointer, text], ctypes.c_int64),
+        ("gguf_add_tensor", [pointer, pointer], None),
+        ("gguf_set_tensor_type", [pointer, text, ctypes.c_int], None),
+        ("gguf_get_meta_size", [pointer], ctypes.c_size_t),
+        ("gguf_get_meta_data", [pointer, pointer], None),
+        ("gguf_free", [pointer], None),
+        ("ggml_get_tensor", [pointer, text], pointer),
+        ("ggml_free", [pointer], None),
+    ):
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
     return lib
 
 
@@ -83,7 +128,7 @@ def main(argv: list[str]) -> int:
     except ValueError:
         sys.stderr.write(USAGE + "\n")
         return 2
-    source: list[str] = []
+    source: list[bytes] = []
     ready = threading.Event()
     threading.Thread(target=_watch_parent, args=(output, source, ready), daemon=True).start()
 
@@ -92,31 +137,214 @@ def main(argv: list[str]) -> int:
     except (OSError, AttributeError) as exc:
         _emit({"error": f"quantizing to {type_name} failed: cannot load llama.cpp: {exc}", "kind": "internal"})
         return 1
-    errors: list[str] = []
-    callback = _log_callback(errors)
-    lib.llama_log_set(callback, None)
+    log = QuantizeLog()
+    lib.llama_log_set(log.callback, None)
     lib.llama_backend_init()
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads  # 0: llama.cpp's default, every core (std::thread::hardware_concurrency)
     params.allow_requantize = True  # as Ollama (llama-quantize --allow-requantize)
     ready.wait()
-    code = lib.llama_model_quantize(os.fsencode(source[0]), os.fsencode(output), ctypes.byref(params))
+    threading.Thread(target=_preload, daemon=True).start()
+    source_path, output_path = source[0], os.fsencode(output)
+    # The dry run and the header it gives are worked out beside the real run, not before it.
+    hasher = StreamingHash(output)
+    finished = threading.Event()
+    thread = threading.Thread(target=hasher.run, args=(lib, params, source_path, output_path, log, finished))
+    thread.daemon = True
+    thread.start()
+    code = lib.llama_model_quantize(source_path, output_path, ctypes.byref(params))
+    finished.set()
     if code != 0:
-        text = "".join(errors)
-        match = re.search(r"failed to quantize: (.*)", text)
-        reason = match.group(1).strip() if match else (text.strip() or f"llama.cpp returned {code}")
+        text = "".join(log.errors)
+        _, found, rest = text.partition("failed to quantize: ")
+        reason = rest.split("\n", 1)[0].strip() if found else (text.strip() or f"llama.cpp returned {code}")
         kind = "invalid_request" if "imatrix" in reason or "fallback" in reason else "internal"
         _emit({"error": f"quantizing to {type_name} failed: {reason}", "kind": kind})
         return 1
     _emit({"written": True})
-    digest, size = sha256_file(output)
-    _emit({"done": True, "digest": digest, "size": size})
+    thread.join()
+    streamed = hasher.digest is not None
+    digest, size = (hasher.digest, hasher.size) if hasher.digest is not None else sha256_file(output)
+    _emit({"done": True, "digest": digest, "size": size, "streamed": streamed})
     return 0
+
+
+class QuantizeLog:
+    """llama.cpp's log sink (``callback``, a ctypes function pointer: keep it referenced while
+    llama.cpp logs). Lines from the thread running a dry run (``dry_thread``) make ``plan``: each
+    tensor's name in the order llama.cpp writes them, with its new type's name (``None``: kept as
+    it is). Lines from the real run: each tensor's start becomes a progress line and sets
+    ``writing`` (the output is open by then), and errors are kept."""
+
+    def __init__(self) -> None:
+        self.dry_thread: int | None = None
+        self.plan: list[tuple[str, str | None]] = []
+        self.errors: list[str] = []
+        self.writing = threading.Event()
+        self._level = 0
+        self.callback = LOG_CALLBACK(self._on_log)
+
+    def _on_log(self, level: int, text: bytes, _user: object) -> None:
+        message = text.decode("utf-8", "replace")
+        tensor = _tensor_line(message)
+        if threading.get_ident() == self.dry_thread:
+            if tensor:
+                self.plan.append((tensor[2], None))
+            elif self.plan and (new_type := _dry_run_type(message)):
+                self.plan[-1] = (self.plan[-1][0], new_type)
+            return
+        if level != _GGML_LOG_CONT:  # a continuation keeps the level of the message it continues
+            self._level = level
+        if tensor:
+            self.writing.set()
+            _emit({"tensor": tensor[2], "index": tensor[0], "count": tensor[1]})
+        elif self._level == _GGML_LOG_ERROR:
+            self.errors.append(message)
+
+
+def _tensor_line(message: str) -> tuple[int, int, str] | None:
+    """``(index, count, name)`` of the line llama.cpp logs as it starts a tensor (``[  12/ 272]
+    blk.1.attn_k.weight - [...], type = f16, ``), else ``None``."""
+    if not message.startswith("["):
+        return None
+    head, closed, rest = message[1:].partition("]")
+    index, slash, count = head.partition("/")
+    words = rest.split(None, 1)
+    if not (closed and slash and index.strip().isdigit() and count.strip().isdigit() and words):
+        return None
+    return int(index), int(count), words[0]
+
+
+def _dry_run_type(message: str) -> str | None:
+    """The new type's name in a dry run's size line for a tensor that changes type (``size =
+    54.00 MiB -> 15.19 MiB (q4_0)``), else ``None``."""
+    line = message.rstrip()
+    if not (line.startswith("size = ") and "->" in line and line.endswith(")")):
+        return None
+    return line[line.rfind("(") + 1 : -1] or None
+
+
+def dry_run(
+    lib: ctypes.CDLL, params: QuantizeParams, source: bytes, output: bytes, log: QuantizeLog
+) -> list[tuple[str, str | None]]:
+    """llama.cpp's plan for ``source`` (see ``QuantizeLog.plan``) from a dry run in this thread,
+    which writes no file; empty if it fails (the real run then reports why)."""
+    dry = QuantizeParams.from_buffer_copy(params)
+    dry.dry_run = True
+    log.dry_thread = threading.get_ident()
+    try:
+        code = lib.llama_model_quantize(source, output, ctypes.byref(dry))
+    finally:
+        log.dry_thread = None
+    return log.plan if code == 0 else []
+
+
+def predicted_header(lib: ctypes.CDLL, source: bytes, plan: list[tuple[str, str | None]], ftype: int) -> bytes | None:
+    """The header (metadata, tensor infos, padding) llama.cpp will write when it quantizes
+    ``source`` as ``plan`` says, built with its GGUF functions in ``llama_model_quantize``'s
+    steps: the source's metadata, the quantization version and file type set, the split keys
+    removed, the tensors added in order, then given their new types. ``None`` if it cannot be."""
+    types: dict[str, int] = {}
+    for name, type_name in plan:
+        if type_name is not None:
+            if type_name not in GGML_TYPES:
+                return None
+            types[name] = GGML_TYPES[type_name]
+    if len({name for name, _ in plan}) != len(plan):
+        return None
+    tensors = ctypes.c_void_p()
+    metadata = lib.gguf_init_from_file(source, GGUFInitParams(True, ctypes.pointer(tensors)))
+    if not metadata:
+        return None
+    header = lib.gguf_init_empty()
+    try:
+        lib.gguf_set_kv(header, metadata)
+        lib.gguf_set_val_u32(header, b"general.quantization_version", _GGML_QNT_VERSION)
+        lib.gguf_set_val_u32(header, b"general.file_type", ftype)
+        for key in _SPLIT_KEYS:
+            lib.gguf_remove_key(header, key)
+        found = [lib.ggml_get_tensor(tensors, name.encode()) for name, _ in plan]
+        if not all(found):
+            return None
+        for tensor in found:
+            lib.gguf_add_tensor(header, tensor)
+        for name, type_id in types.items():
+            lib.gguf_set_tensor_type(header, name.encode(), type_id)
+        data = ctypes.create_string_buffer(lib.gguf_get_meta_size(header))
+        lib.gguf_get_meta_data(header, data)
+        return data.raw
+    finally:
+        lib.gguf_free(header)
+        lib.gguf_free(metadata)
+        lib.ggml_free(tensors)
+
+
+class StreamingHash:
+    """The SHA-256 of a file llama.cpp is writing, taken as it grows: the predicted header, then the
+    bytes after it as they reach the file. ``digest`` stays ``None`` unless, once the file is
+    finished, its header is the predicted one and every byte after it was hashed."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.digest: str | None = None
+        self.size = 0
+
+    def run(
+        self,
+        lib: ctypes.CDLL,
+        params: QuantizeParams,
+        source: bytes,
+        output: bytes,
+        log: QuantizeLog,
+        finished: threading.Event,
+    ) -> None:
+        """Predict the header (a dry run beside the real one), then hash the file from when
+        ``log.writing`` is set until ``finished`` is and nothing more is left."""
+        plan = dry_run(lib, params, source, output, log)
+        header = predicted_header(lib, source, plan, params.ftype) if plan else None
+        if header is None:
+            return
+        while not log.writing.wait(0.05):
+            if finished.is_set():
+                return
+        try:
+            fd = os.open(self.path, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            self.follow(fd, header, finished)
+        finally:
+            os.close(fd)
+
+    def follow(self, fd: int, header: bytes, finished: threading.Event) -> None:
+        """Hash ``header`` and then the file open at ``fd`` from ``len(header)`` on, as it grows,
+        until ``finished`` is set and the end is read; keep the digest if the file then starts
+        with ``header``."""
+        import hashlib
+
+        hasher = hashlib.sha256(header)
+        position = len(header)
+        view = memoryview(bytearray(_CHUNK))
+        while True:
+            last = finished.is_set()  # before the read: a read after the end sees every byte
+            count = os.preadv(fd, [view], position)
+            if count:
+                hasher.update(view[:count])
+                position += count
+            elif last:
+                break
+            else:
+                time.sleep(_POLL)
+        if os.fstat(fd).st_size == position and os.pread(fd, len(header), 0) == header:
+            self.digest, self.size = "sha256:" + hasher.hexdigest(), position
 
 
 def sha256_file(path: str) -> tuple[str, int]:
     """The file's ``sha256:<hex>`` digest and size, hashed straight from its mapped pages."""
+    import hashlib
+    import mmap
+
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size == 0:
@@ -126,42 +354,29 @@ def sha256_file(path: str) -> tuple[str, int]:
             return "sha256:" + hashlib.sha256(mapped).hexdigest(), size
 
 
-def _log_callback(errors: list[str]) -> object:
-    """llama.cpp's log sink (a ctypes function pointer: keep it referenced while llama.cpp logs):
-    each tensor's start becomes a progress line; errors are kept."""
-    last_level = [0]
-
-    @LOG_CALLBACK  # type: ignore[untyped-decorator]
-    def on_log(level: int, text: bytes, _user: object) -> None:
-        if level != _GGML_LOG_CONT:  # a continuation keeps the level of the message it continues
-            last_level[0] = level
-        message = text.decode("utf-8", "replace")
-        match = _TENSOR_LINE.match(message)
-        if match:
-            _emit({"tensor": match.group(3), "index": int(match.group(1)), "count": int(match.group(2))})
-        elif last_level[0] == _GGML_LOG_ERROR:
-            errors.append(message)
-
-    return on_log
+def _preload() -> None:
+    """Import what the reports and the hash need, beside llama.cpp's model load (see the docstring)."""
+    import hashlib  # noqa: F401
+    import json  # noqa: F401
 
 
 def _emit(event: dict[str, object]) -> None:
+    import json  # loaded by ``_preload`` by now, or else here
+
     sys.stdout.write(json.dumps(event) + "\n")
     sys.stdout.flush()
 
 
-def _watch_parent(output: str, source: list[str], ready: threading.Event) -> None:
-    """Read stdin: the first line names the source (then ``ready`` is set); end-of-file, with or
-    without a source, means the parent is gone: delete the output and exit."""
+def _watch_parent(output: str, source: list[bytes], ready: threading.Event) -> None:
+    """Read stdin: the first line is the source's path (then ``ready`` is set); end-of-file, with
+    or without a source, means the parent is gone: delete the output and exit."""
     pending = b""
     with contextlib.suppress(OSError):
         while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
             pending += chunk
             if not ready.is_set() and b"\n" in pending:
-                line = pending.split(b"\n", 1)[0]
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    source.append(str(json.loads(line)["source"]))
-                    ready.set()
+                source.append(pending.split(b"\n", 1)[0])
+                ready.set()
     with contextlib.suppress(OSError):
         os.unlink(output)
     os._exit(3)

@@ -21,10 +21,10 @@ alone: its docstring says why and what it reports), not in a worker thread of th
 
 Its start is kept off the request's path: ``Quantizer`` starts it before the caller has read the
 source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source's path as
-soon as it is known, as one line on its stdin. Once llama.cpp has written the file, the
-subprocess hashes it (SHA-256, the blob's name) while its pages are hot, and the caller reads the
-header meanwhile. When the parent goes away, before or during the work, the subprocess deletes
-its output and exits, so a killed server leaves no quantizer behind. The parent owns the output
+soon as it is known, as one line on its stdin. The subprocess hashes the file (SHA-256, the
+blob's name) as llama.cpp writes it, and the caller reads the finished header meanwhile. When
+the parent goes away, before or during the work, the subprocess deletes its output and exits, so
+a killed server leaves no quantizer behind. The parent owns the output
 file (a temporary name in the models directory); ``Quantizer`` kills the subprocess whenever it
 is closed early or fails.
 """
@@ -172,6 +172,8 @@ class Quantizer:
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
         self._written = False
+        self.streamed = False
+        """Whether the digest was taken as the file was written (else from the finished file)."""
         self.source: Path | None = None
         """The file handed to llama.cpp, once ``begin`` was called."""
 
@@ -183,7 +185,7 @@ class Quantizer:
         self.source = source
         assert self._process.stdin is not None
         with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
-            self._process.stdin.write(json.dumps({"source": str(source)}).encode() + b"\n")
+            self._process.stdin.write(os.fsencode(source) + b"\n")
             self._process.stdin.flush()
 
     def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
@@ -222,8 +224,8 @@ class Quantizer:
         self._fail({})
 
     def digest(self) -> str:
-        """The ``sha256:<hex>`` digest of the written file, as the subprocess hashed it once
-        llama.cpp had closed it (the subprocess writes nothing after that)."""
+        """The ``sha256:<hex>`` digest of the written file, as the subprocess hashed it (checked
+        against the file once llama.cpp had closed it; the subprocess writes nothing after that)."""
         if not self._written:
             raise QuantizationFailed(f"quantizing to {self.type_name} failed: the file was not written")
         for event in self._events:
@@ -232,6 +234,7 @@ class Quantizer:
             if "error" in event:
                 self._fail(event)
             if event.get("done") and isinstance(event.get("digest"), str):
+                self.streamed = bool(event.get("streamed"))
                 return str(event["digest"])  # its exit (or a kill by ``close``) cannot change the file now
         self._fail({})
 

@@ -225,11 +225,15 @@ class _Parser:
         self.pos = end
         return text
 
-    def _skip_string(self) -> None:
-        length = self._scalar("Q")
-        self.pos += length
-        if self.pos > self.size:
+    def _skip_strings(self, count: int) -> None:
+        """Step over ``count`` strings (a vocabulary: tens of thousands, so the loop is kept tight)."""
+        length_at = struct.Struct(self.endian + "Q").unpack_from
+        buf, pos = self.buf, self.pos
+        for _ in range(count):
+            pos += 8 + length_at(buf, pos)[0]
+        if pos > self.size:
             raise ValueError("string runs past the end of the file")
+        self.pos = pos
 
     def _value(self, vtype: GGUFValueType) -> Any:
         v = gguf_format().GGUFValueType
@@ -263,8 +267,7 @@ class _Parser:
         if etype == v.STRING:
             if keep:
                 return [self._string() for _ in range(count)]
-            for _ in range(count):
-                self._skip_string()
+            self._skip_strings(count)
             return SkippedArray(etype, count)
         if etype == v.ARRAY:
             items = []

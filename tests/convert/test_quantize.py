@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -427,3 +428,68 @@ def test_a_wrong_guess_of_the_source_is_replaced(tmp_path: Path, smollm2_f16_ggu
         assert digest == file_digest(staged)
         assert file_type_id("Q8_0") == read_gguf(staged).metadata["general.file_type"]
     assert _temporaries(store.root) == [] and _quantizers(store.root) == []
+
+
+@pytest.mark.parametrize("type_name", ["Q4_0", "Q4_K_M", "Q6_K", "IQ4_NL", "Q2_K"])
+def test_the_digest_is_taken_while_the_file_is_written(tmp_path: Path, smollm2_f16_gguf: Path, type_name: str) -> None:
+    """The subprocess predicts the header llama.cpp writes last (from a dry run) and hashes the
+    file as it is written: for llama.cpp's mixes (K-quants with their fallbacks, an i-quant) the
+    prediction holds, so no second pass is needed, and the digest is the file's."""
+    output = tmp_path / "out.gguf"
+    with Quantizer(output, type_name) as quantizer:
+        assert list(quantizer.quantize(read_gguf(smollm2_f16_gguf)))[-1] == 1.0
+        digest = quantizer.digest()
+    assert quantizer.streamed
+    assert digest == file_digest(output)
+    assert read_gguf(output).metadata["general.file_type"] == file_type_id(type_name)
+
+
+@pytest.mark.parametrize("predicted", [True, False])
+def test_a_streamed_digest_is_kept_only_if_the_header_written_last_is_the_predicted_one(
+    tmp_path: Path, predicted: bool
+) -> None:
+    """As llama.cpp does: zeros where the header goes, the body written in pieces, then the header."""
+    from pollama.convert._quantize_worker import StreamingHash
+
+    path, header, body = tmp_path / "out.gguf", b"GGUF" + os.urandom(60), os.urandom(3 << 20)
+    written = header if predicted else header[:-1] + b"x"
+    path.write_bytes(b"\0" * len(header))
+    hasher, finished = StreamingHash(str(path)), threading.Event()
+    fd = os.open(path, os.O_RDONLY)
+    follower = threading.Thread(target=hasher.follow, args=(fd, header, finished))
+    follower.start()
+    try:
+        with path.open("r+b") as out:
+            out.seek(len(header))
+            for start in range(0, len(body), 1 << 18):
+                out.write(body[start : start + (1 << 18)])
+                out.flush()
+                time.sleep(0.002)
+            out.seek(0)
+            out.write(written)
+        finished.set()
+        follower.join(timeout=30)
+    finally:
+        os.close(fd)
+    if predicted:
+        assert (hasher.digest, hasher.size) == (file_digest(path), len(header) + len(body))
+    else:
+        assert hasher.digest is None
+
+
+def test_the_workers_ggml_type_names_are_llama_cpps() -> None:
+    """The names a dry run prints for each tensor's type, mapped to ``ggml_type`` values, as
+    llama.cpp itself names them."""
+    from pollama.convert._quantize_worker import GGML_TYPES
+    from pollama.convert._quantize_worker import bind as _bind
+    from pollama.convert.quantize import _libllama
+
+    lib = _bind(str(_libllama()))
+    lib.ggml_type_name.argtypes, lib.ggml_type_name.restype = [ctypes.c_int], ctypes.c_char_p
+    assert {name: lib.ggml_type_name(value).decode() for name, value in GGML_TYPES.items()} == {
+        name: name for name in GGML_TYPES
+    }
+    known = {kind.name: kind.value for kind in gguf.GGMLQuantizationType}  # the gguf package's, too
+    assert {name: value for name, value in GGML_TYPES.items() if name.upper() in known} == {
+        name: known[name.upper()] for name in GGML_TYPES if name.upper() in known
+    }
