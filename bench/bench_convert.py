@@ -4,7 +4,7 @@
 Run by hand (not in CI)::
 
     python bench/bench_convert.py [--only all|convert|quantize] [--convert-rounds 3]
-                                  [--rounds 5] [--types Q4_K_M,Q4_0] [--threads N]
+                                  [--rounds 15] [--types Q4_K_M,Q4_0] [--threads N]
 
 Conversion: SmolLM2-135M-Instruct is rebuilt as a Hugging Face folder (BF16, two safetensors shards,
 ``tests/conftest.py``'s ``write_smollm2_hf_folder``, as the ``smollm2_hf_folder`` fixture), then each
@@ -22,9 +22,11 @@ type times, in alternating order round after round, ``/api/create`` with ``quant
 ``success``: quantization, hashing, verification, manifest) and ``llama-quantize F16 OUT TYPE``
 (process start to exit). Every round creates another model from the same source, so from the
 second round on the quantized blob is already in the store (pollama then deletes its output
-instead of fsyncing and renaming it, as a repeated ``ollama create`` would). It prints the medians and the median of the per-round speed ratios
-(llama-quantize time / pollama time; the target is ≥ 0.9), and whether pollama's GGUF equals
-llama-quantize's: same tensors, same types, same bytes.
+instead of fsyncing and renaming it, as a repeated ``ollama create`` would). It prints the
+medians, the median of the per-round speed ratios (llama-quantize time / pollama time; the target
+is ≥ 0.9) with their spread (lowest and highest round: a sub-second job on a shared machine moves
+by ±10% from one round to the next, hence 15 rounds by default), and whether pollama's GGUF
+equals llama-quantize's: same tensors, same types, same bytes.
 """
 
 from __future__ import annotations
@@ -171,7 +173,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", choices=("all", "convert", "quantize"), default="all")
     parser.add_argument("--convert-rounds", type=int, default=3)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--types", default="Q4_K_M,Q4_0")
     parser.add_argument("--threads", type=int, default=0, help="0: llama.cpp's default (all cores), for both")
     args = parser.parse_args()
@@ -201,7 +203,7 @@ def main() -> None:
             digest = sha256(f16)
             client.post(f"/api/blobs/{digest}", content=f16.read_bytes()).raise_for_status()
             print(f"source: {f16.stat().st_size / 1e6:.1f} MB F16, {os.cpu_count()} cores, {args.rounds} rounds")
-            print(f"{'type':<8}{'llama-quantize s':>18}{'pollama s':>11}{'speed ratio':>13}  output")
+            print(f"{'type':<8}{'llama-quantize s':>18}{'pollama s':>11}{'speed ratio':>13}{'spread':>13}  output")
             for type_name in args.types.split(","):
                 theirs = home / f"llama-quantize-{type_name}.gguf"
 
@@ -237,7 +239,7 @@ def main() -> None:
                 ours = home / "models" / "blobs" / model_digest.replace(":", "-")
                 assert show.json()["details"]["quantization_level"] == type_name
                 print(f"{type_name:<8}{statistics.median(times_theirs):>18.2f}{statistics.median(times_ours):>11.2f}"
-                      f"{statistics.median(ratios):>12.2f}x  {compare(ours, theirs)}")
+                      f"{statistics.median(ratios):>12.2f}x{f'{min(ratios):.2f}-{max(ratios):.2f}':>13}  {compare(ours, theirs)}")
         finally:
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(timeout=30)
