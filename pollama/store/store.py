@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -139,20 +140,25 @@ class ModelStore:
         return self.manifests_dir.joinpath(*name.parts)
 
     def entries(self) -> Iterator[ManifestEntry]:
-        """Every manifest under ``manifests/`` whose path is a valid model name."""
-        if not self.manifests_dir.is_dir():
-            return
-        for host in sorted(self.manifests_dir.iterdir()):
-            for path in sorted(host.glob("*/*/*")):
-                if not path.is_file() or path.name.startswith("."):
-                    continue
-                ns, model, tag = path.parts[-3:]
-                try:
-                    name = parse_name(f"{host.name}/{ns}/{model}:{tag}")
-                except ValueError:
-                    log.warning("ignoring manifest with an invalid name: %s", path)
-                    continue
-                yield ManifestEntry(name, path)
+        """Every manifest under ``manifests/`` whose path is a valid model name.
+
+        It reads without the store lock, so a delete may remove a folder while this walks: that
+        folder is skipped, as if it had gone a moment earlier (a ``glob`` would raise instead).
+        """
+        root = self.manifests_dir
+        for host in _names_in(root):
+            for ns in _names_in(root / host):
+                for model in _names_in(root / host / ns):
+                    for tag in _names_in(root / host / ns / model):
+                        path = root / host / ns / model / tag
+                        if tag.startswith(".") or not path.is_file():
+                            continue
+                        try:
+                            name = parse_name(f"{host}/{ns}/{model}:{tag}")
+                        except ValueError:
+                            log.warning("ignoring manifest with an invalid name: %s", path)
+                            continue
+                        yield ManifestEntry(name, path)
 
     def resolve(self, name: ModelName) -> ModelName | None:
         """The installed name matching ``name`` case-insensitively, with its stored casing."""
@@ -366,6 +372,14 @@ class ModelStore:
                         with contextlib.suppress(OSError):
                             directory.rmdir()
         return removed
+
+
+def _names_in(folder: Path) -> list[str]:
+    """The sorted names in ``folder``; none if it is gone (or is not a folder)."""
+    try:
+        return sorted(os.listdir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _json_or(text: str, default: Any) -> Any:

@@ -426,3 +426,38 @@ def test_startup_cleanup_leaves_a_blob_that_is_still_being_written(store: ModelS
     assert (written.digest, written.size, written.created) == (sha(b"in flight"), 9, True)
     assert written.path.read_bytes() == b"in flight"
     assert [p.name for p in store.blobs.list_files()] == [written.path.name]
+
+
+def test_listing_while_models_are_deleted_never_fails(store: ModelStore) -> None:
+    """``entries`` walks ``manifests/`` without the store lock while deletes remove folders under
+    it (a model's folder goes with its last tag): a folder gone mid-walk is skipped, not an error
+    (a ``glob`` over the tree raised FileNotFoundError, a 500 for ``/api/tags``)."""
+    keep = [f"keep{i}" for i in range(5)]
+    for name in keep:
+        text_model(store, name, b"weights")
+    stop, errors, listed = threading.Event(), [], []
+
+    def churn() -> None:
+        n = 0
+        while not stop.is_set():
+            name = f"gone{n % 7}/m{n}"
+            text_model(store, name, b"weights")
+            store.delete(parse_name(name))
+            n += 1
+
+    def lister() -> None:
+        try:
+            while not stop.is_set():
+                listed.append(sorted(e.name.display for e in store.entries() if e.name.model.startswith("keep")))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=churn), *(threading.Thread(target=lister) for _ in range(2))]
+    for thread in threads:
+        thread.start()
+    time.sleep(2)
+    stop.set()
+    for thread in threads:
+        thread.join(30)
+    assert errors == []
+    assert len(listed) > 20 and all(names == [f"{name}:latest" for name in keep] for names in listed)
