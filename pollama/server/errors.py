@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pollama.errors import (
     IncompatibleDraftModel,
@@ -97,8 +98,38 @@ def _routes(routes: list[Any]) -> Iterator[Any]:
             yield route
 
 
+class UnexpectedErrors:
+    """ASGI middleware, the innermost: an exception no handler took becomes the 500 ``{"error":
+    ...}`` here. (Starlette's own handler for ``Exception`` answers and then re-raises, and uvicorn
+    then closes the connection: a keep-alive client's next request on it was reset.)"""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_noting_start(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_start)
+        except Exception as exc:
+            if started:
+                raise  # a response under way can only be ended by closing the connection
+            await error_response(exc)(scope, receive, send)
+
+
 def install_error_handlers(app: FastAPI) -> None:
-    """Render domain errors and routing errors the way Ollama does."""
+    """Render domain errors and routing errors the way Ollama does (install it before any other
+    middleware, so that ``UnexpectedErrors`` is the innermost)."""
+
+    app.add_middleware(UnexpectedErrors)
 
     @app.exception_handler(PollamaError)
     async def _domain_error(_: Request, exc: PollamaError) -> JSONResponse:

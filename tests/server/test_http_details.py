@@ -135,3 +135,46 @@ def test_queue_overflow_503_has_retry_after(start_server: object, smollm2_gguf: 
     for r in busy:
         assert r.json() == {"error": "server busy, please try again.  maximum pending requests exceeded"}
         assert r.headers["retry-after"] == "1"
+
+
+def test_an_unexpected_error_is_a_500_and_its_connection_stays_usable(isolated_env: Path) -> None:
+    """An exception no handler knows is Ollama's 500 ``{"error": ...}``, and the keep-alive
+    connection it came on serves the next request (uvicorn closed it when the exception reached
+    it, which reset a client's next request; a real uvicorn here, as ``serve`` runs it)."""
+    import http.client
+    import json
+
+    import uvicorn
+
+    from pollama.config import Settings
+    from pollama.server.app import create_app
+    from tests.conftest import free_port
+
+    app = create_app(Settings.from_env())
+
+    @app.get("/api/broken")
+    async def broken() -> None:
+        raise RuntimeError("the disk went away")
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="critical"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            threading.Event().wait(0.01)
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", "/api/broken")
+        first = connection.getresponse()
+        assert (first.status, json.loads(first.read())) == (500, {"error": "the disk went away"})
+        sock = connection.sock
+        connection.request("GET", "/api/version")
+        second = connection.getresponse()
+        assert second.status == 200 and "version" in json.loads(second.read())
+        assert connection.sock is sock  # the same connection
+        connection.close()
+    finally:
+        server.should_exit = True
+        thread.join(30)
