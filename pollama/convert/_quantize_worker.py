@@ -150,8 +150,7 @@ def main(argv: list[str]) -> int:
     # The dry run and the header it gives are worked out beside the real run, not before it.
     hasher = StreamingHash(output)
     finished = threading.Event()
-    thread = threading.Thread(target=hasher.run, args=(lib, params, source_path, output_path, log, finished))
-    thread.daemon = True
+    thread = threading.Thread(target=hasher.run, args=(lib, params, source_path, log, finished), daemon=True)
     thread.start()
     code = lib.llama_model_quantize(source_path, output_path, ctypes.byref(params))
     finished.set()
@@ -165,21 +164,24 @@ def main(argv: list[str]) -> int:
     _emit({"written": True})
     thread.join()
     streamed = hasher.digest is not None
-    digest, size = (hasher.digest, hasher.size) if hasher.digest is not None else sha256_file(output)
+    digest, size = (hasher.digest, hasher.size) if streamed else sha256_file(output)
     _emit({"done": True, "digest": digest, "size": size, "streamed": streamed})
     return 0
 
 
+Plan = list[tuple[str, str | None]]
+"""Each tensor's name in the order llama.cpp writes them, with its new type's name (``None``: kept)."""
+
+
 class QuantizeLog:
     """llama.cpp's log sink (``callback``, a ctypes function pointer: keep it referenced while
-    llama.cpp logs). Lines from the thread running a dry run (``dry_thread``) make ``plan``: each
-    tensor's name in the order llama.cpp writes them, with its new type's name (``None``: kept as
-    it is). Lines from the real run: each tensor's start becomes a progress line and sets
+    llama.cpp logs). Lines from the thread running a dry run (``dry_thread``) make ``plan`` (a
+    ``Plan``). Lines from the real run: each tensor's start becomes a progress line and sets
     ``writing`` (the output is open by then), and errors are kept."""
 
     def __init__(self) -> None:
         self.dry_thread: int | None = None
-        self.plan: list[tuple[str, str | None]] = []
+        self.plan: Plan = []
         self.errors: list[str] = []
         self.writing = threading.Event()
         self._level = 0
@@ -225,11 +227,9 @@ def _dry_run_type(message: str) -> str | None:
     return line[line.rfind("(") + 1 : -1] or None
 
 
-def dry_run(
-    lib: ctypes.CDLL, params: QuantizeParams, source: bytes, output: bytes, log: QuantizeLog
-) -> list[tuple[str, str | None]]:
-    """llama.cpp's plan for ``source`` (see ``QuantizeLog.plan``) from a dry run in this thread,
-    which writes no file; empty if it fails (the real run then reports why)."""
+def dry_run(lib: ctypes.CDLL, params: QuantizeParams, source: bytes, output: bytes, log: QuantizeLog) -> Plan:
+    """llama.cpp's ``Plan`` for ``source`` from a dry run in this thread, which writes no file;
+    empty if it fails (the real run then reports why)."""
     dry = QuantizeParams.from_buffer_copy(params)
     dry.dry_run = True
     log.dry_thread = threading.get_ident()
@@ -240,7 +240,7 @@ def dry_run(
     return log.plan if code == 0 else []
 
 
-def predicted_header(lib: ctypes.CDLL, source: bytes, plan: list[tuple[str, str | None]], ftype: int) -> bytes | None:
+def predicted_header(lib: ctypes.CDLL, source: bytes, plan: Plan, ftype: int) -> bytes | None:
     """The header (metadata, tensor infos, padding) llama.cpp will write when it quantizes
     ``source`` as ``plan`` says, built with its GGUF functions in ``llama_model_quantize``'s
     steps: the source's metadata, the quantization version and file type set, the split keys
@@ -295,13 +295,12 @@ class StreamingHash:
         lib: ctypes.CDLL,
         params: QuantizeParams,
         source: bytes,
-        output: bytes,
         log: QuantizeLog,
         finished: threading.Event,
     ) -> None:
         """Predict the header (a dry run beside the real one), then hash the file from when
         ``log.writing`` is set until ``finished`` is and nothing more is left."""
-        plan = dry_run(lib, params, source, output, log)
+        plan = dry_run(lib, params, source, os.fsencode(self.path), log)
         header = predicted_header(lib, source, plan, params.ftype) if plan else None
         if header is None:
             return

@@ -24,9 +24,8 @@ source (the interpreter starts and loads llama.cpp meanwhile) and hands it the s
 soon as it is known, as one line on its stdin. The subprocess hashes the file (SHA-256, the
 blob's name) as llama.cpp writes it, and the caller reads the finished header meanwhile. When
 the parent goes away, before or during the work, the subprocess deletes its output and exits, so
-a killed server leaves no quantizer behind. The parent owns the output
-file (a temporary name in the models directory); ``Quantizer`` kills the subprocess whenever it
-is closed early or fails.
+a killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
+the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
 """
 
 from __future__ import annotations
