@@ -145,20 +145,16 @@ class ModelStore:
         It reads without the store lock, so a delete may remove a folder while this walks: that
         folder is skipped, as if it had gone a moment earlier (a ``glob`` would raise instead).
         """
-        root = self.manifests_dir
-        for host in _names_in(root):
-            for ns in _names_in(root / host):
-                for model in _names_in(root / host / ns):
-                    for tag in _names_in(root / host / ns / model):
-                        path = root / host / ns / model / tag
-                        if tag.startswith(".") or not path.is_file():
-                            continue
-                        try:
-                            name = parse_name(f"{host}/{ns}/{model}:{tag}")
-                        except ValueError:
-                            log.warning("ignoring manifest with an invalid name: %s", path)
-                            continue
-                        yield ManifestEntry(name, path)
+        for host, ns, model, tag in _paths_below(self.manifests_dir, 4):
+            path = self.manifests_dir / host / ns / model / tag
+            if tag.startswith(".") or not path.is_file():
+                continue
+            try:
+                name = parse_name(f"{host}/{ns}/{model}:{tag}")
+            except ValueError:
+                log.warning("ignoring manifest with an invalid name: %s", path)
+                continue
+            yield ManifestEntry(name, path)
 
     def resolve(self, name: ModelName) -> ModelName | None:
         """The installed name matching ``name`` case-insensitively, with its stored casing."""
@@ -374,12 +370,19 @@ class ModelStore:
         return removed
 
 
-def _names_in(folder: Path) -> list[str]:
-    """The sorted names in ``folder``; none if it is gone (or is not a folder)."""
+def _paths_below(folder: Path, depth: int) -> Iterator[tuple[str, ...]]:
+    """The names on every path ``depth`` levels below ``folder``, in sorted order; a folder that is
+    gone (or is not a folder) when it is reached has none."""
     try:
-        return sorted(os.listdir(folder))
+        names = sorted(os.listdir(folder))
     except (FileNotFoundError, NotADirectoryError):
-        return []
+        return
+    for name in names:
+        if depth == 1:
+            yield (name,)
+        else:
+            for rest in _paths_below(folder / name, depth - 1):
+                yield (name, *rest)
 
 
 def _json_or(text: str, default: Any) -> Any:
