@@ -5,6 +5,7 @@ images are a 400 on every API, 405 answers carry ``Allow``, and every 503 for a 
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -164,7 +165,7 @@ def test_an_unexpected_error_is_a_500_and_its_connection_stays_usable(isolated_e
         for _ in range(500):
             if server.started:
                 break
-            threading.Event().wait(0.01)
+            time.sleep(0.01)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
         connection.request("GET", "/api/broken")
         first = connection.getresponse()
