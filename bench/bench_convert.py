@@ -22,7 +22,10 @@ type times, in alternating order round after round, ``/api/create`` with ``quant
 ``success``: quantization, hashing, verification, manifest) and ``llama-quantize F16 OUT TYPE``
 (process start to exit). Every round creates another model from the same source, so from the
 second round on the quantized blob is already in the store (pollama then deletes its output
-instead of fsyncing and renaming it, as a repeated ``ollama create`` would). It prints the
+instead of fsyncing and renaming it, as a repeated ``ollama create`` would), and from the second
+round on pollama's quantizer subprocess was started ahead (it keeps one ready for a minute after
+each quantization: ``pollama.convert.quantize.Quantizers``). Each timed job is followed by
+``_SETTLE`` seconds of quiet, so that neither starts while the other's aftermath still runs. It prints the
 medians, the median of the per-round speed ratios (llama-quantize time / pollama time; the target
 is ≥ 0.9) with their spread (lowest and highest round: a sub-second job on a shared machine moves
 by ±10% from one round to the next, hence 15 rounds by default), and whether pollama's GGUF
@@ -49,6 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_runtime import build_llama_tool, free_port, smollm2  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
+# Seconds of quiet after every timed quantization, so that neither tool's job starts while the
+# other's aftermath (its exit, pollama's spare quantizer starting) still runs on the same cores.
+_SETTLE = 0.3
 
 # Run in a fresh interpreter per round. Peak RSS is /proc's VmHWM, the high-water mark of this
 # process's own memory: ru_maxrss is kept across fork and exec on Linux, so it would report this
@@ -224,12 +230,16 @@ def main() -> None:
                     assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
                     return elapsed
 
+                def settle() -> float:
+                    time.sleep(_SETTLE)
+                    return 0.0
+
                 times_theirs, times_ours, ratios = [], [], []
                 for round_no in range(args.rounds):
                     if round_no % 2:
-                        b, a = run_theirs(), run_ours(round_no)
+                        b, _, a, _ = run_theirs(), settle(), run_ours(round_no), settle()
                     else:
-                        a, b = run_ours(round_no), run_theirs()
+                        a, _, b, _ = run_ours(round_no), settle(), run_theirs(), settle()
                     times_ours.append(a)
                     times_theirs.append(b)
                     ratios.append(b / a)

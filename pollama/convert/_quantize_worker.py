@@ -1,17 +1,25 @@
-"""The quantizer subprocess: ``python -I -S _quantize_worker.py OUTPUT TYPE FTYPE LIBLLAMA THREADS``.
+"""The quantizer subprocess: ``python -I -S -c COMMAND FOLDER LIBLLAMA``.
 
-Started by ``pollama.convert.quantize.Quantizer`` (read its docstring for why a subprocess). It is
-run as a script, isolated (``-I -S``: no ``site``, no environment, no working directory on its
-path) and imports nothing but the standard library, never ``pollama`` nor llama-cpp-python: it
-binds the few llama.cpp and GGUF functions it calls itself, with ``ctypes``. Start-up is on the path of
-every quantization, and those imports (the package, ``site``'s ``.pth`` files, the hundreds of
-prototypes llama-cpp-python declares) cost more than everything else it does before llama.cpp
-starts; for the same reason ``json`` and ``hashlib`` (and ``re``, which ``json`` imports) are
-imported while llama.cpp loads the model, not before.
+Started by ``pollama.convert.quantize.Quantizer`` (read its docstring for why a subprocess), with
+``COMMAND`` (``Quantizer``'s ``_WORKER_COMMAND``) importing this module from ``FOLDER`` and calling
+``run``: imported, not run as a script, so that its compiled form is cached like any module's
+(compiling it took a few milliseconds of every start). It runs isolated (``-I -S``: no ``site``,
+no environment, no working directory on its path) and imports nothing but the standard library,
+never ``pollama`` nor llama-cpp-python: it binds the few llama.cpp and GGUF functions it calls
+itself, with ``ctypes``. Start-up is on the path of every quantization, and those imports (the
+package, ``site``'s ``.pth`` files, the hundreds of prototypes llama-cpp-python declares) cost
+more than everything else it does before llama.cpp starts; for the same reason ``json`` and
+``hashlib`` (and ``re``, which ``json`` imports) are imported while llama.cpp loads the model,
+not before.
 
-It loads llama.cpp, reads the source's path (one line) from stdin, runs ``llama_model_quantize`` and hashes
-the output (SHA-256, the blob's name), reporting on stdout, one JSON object a line: ``{"tensor":
-NAME, "index": I, "count": N}`` as llama.cpp starts each tensor (read from its log), ``{"written":
+It loads llama.cpp, then reads its job from stdin, one line: ``OUTPUT``, ``TYPE`` (the name, for
+messages), ``FTYPE`` (llama.cpp's ``llama_ftype``) and ``THREADS`` (0: every core), separated by
+NUL bytes. It can thus be started ahead of any work, and wait with llama.cpp loaded. Then it reads
+the source's path (one more line), runs ``llama_model_quantize`` and hashes the output (SHA-256,
+the blob's name), reporting on stdout, one JSON object a line:
+``{"tensors": [NAME, ...]}`` with the tensors llama.cpp started since the last such line (read from
+its log, sent at most every ``_PROGRESS_INTERVAL``), ``{"header": BYTES}`` followed by that many
+bytes (the header llama.cpp will write, as soon as it is predicted: see below), ``{"written":
 true}`` once the file is complete, then ``{"done": true, "digest": "sha256:…", "size": BYTES,
 "streamed": BOOL}``; or ``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's kinds.
 
@@ -24,9 +32,12 @@ the same steps ``llama_model_quantize`` takes, and hashes that header followed b
 bytes as they reach the file. When llama.cpp is done, the header it wrote is compared with the
 predicted one; on any difference (or if the prediction could not be made) the finished file is
 hashed again from its start, so the digest is always the file's (``"streamed": false`` then).
+With ``"streamed": true``, the header sent earlier is byte for byte the one in the file, so the
+parent can read it while llama.cpp still works.
 
 It watches its stdin: the parent writes nothing after the source, so end-of-file means the parent
-is gone, before or during the work; it then deletes its output and exits at once.
+is gone, before, during or without any work; it then deletes its output (if it had a job) and
+exits at once.
 """
 
 from __future__ import annotations
@@ -38,7 +49,8 @@ import sys
 import threading
 import time
 
-USAGE = "usage: _quantize_worker.py OUTPUT TYPE FTYPE LIBLLAMA THREADS"
+USAGE = "usage: _quantize_worker.py LIBLLAMA, then on stdin OUTPUT\\0TYPE\\0FTYPE\\0THREADS and SOURCE lines"
+_PROGRESS_INTERVAL = 0.02  # seconds: a small model's tensors take a millisecond or two each
 _GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _GGML_LOG_CONT = 5
 # ggml.h's ``ggml_type`` values by ``ggml_type_name`` (a test checks them against the library). A
@@ -121,32 +133,38 @@ def bind(path: str) -> ctypes.CDLL:
 
 
 def main(argv: list[str]) -> int:
-    """Quantize as the arguments say (see the module docstring); the exit status is 0 on success."""
+    """Quantize as the argument and stdin say (see the module docstring); the exit status is 0 on success."""
+    if len(argv) != 1:
+        sys.stderr.write(USAGE + "\n")
+        return 2
+    lines: list[bytes] = []  # the job, then the source
+    job_ready, source_ready = threading.Event(), threading.Event()
+    threading.Thread(target=_watch_parent, args=(lines, job_ready, source_ready), daemon=True).start()
     try:
-        output, type_name, ftype_text, library, threads_text = argv
-        ftype, threads = int(ftype_text), int(threads_text)
+        lib: ctypes.CDLL | None = bind(argv[0])
+    except (OSError, AttributeError) as exc:
+        lib, failure = None, exc
+    log = QuantizeLog()
+    if lib is not None:
+        lib.llama_log_set(log.callback, None)
+        lib.llama_backend_init()
+    job_ready.wait()  # a quantizer started ahead of its work waits here, llama.cpp loaded
+    try:
+        output_path, type_bytes, ftype_text, threads_text = lines[0].split(b"\0")
+        ftype, threads, type_name = int(ftype_text), int(threads_text), type_bytes.decode()
     except ValueError:
         sys.stderr.write(USAGE + "\n")
         return 2
-    source: list[bytes] = []
-    ready = threading.Event()
-    threading.Thread(target=_watch_parent, args=(output, source, ready), daemon=True).start()
-
-    try:
-        lib = bind(library)
-    except (OSError, AttributeError) as exc:
-        _emit({"error": f"quantizing to {type_name} failed: cannot load llama.cpp: {exc}", "kind": "internal"})
+    if lib is None:
+        _emit({"error": f"quantizing to {type_name} failed: cannot load llama.cpp: {failure}", "kind": "internal"})
         return 1
-    log = QuantizeLog()
-    lib.llama_log_set(log.callback, None)
-    lib.llama_backend_init()
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftype
     params.nthread = threads  # 0: llama.cpp's default, every core (std::thread::hardware_concurrency)
     params.allow_requantize = True  # as Ollama (llama-quantize --allow-requantize)
-    ready.wait()
+    source_ready.wait()
     threading.Thread(target=_preload, daemon=True).start()
-    source_path, output_path = source[0], os.fsencode(output)
+    source_path, output = lines[1], os.fsdecode(output_path)
     # The dry run and the header it gives are worked out beside the real run, not before it.
     hasher = StreamingHash(output)
     finished = threading.Event()
@@ -161,6 +179,7 @@ def main(argv: list[str]) -> int:
         kind = "invalid_request" if "imatrix" in reason or "fallback" in reason else "internal"
         _emit({"error": f"quantizing to {type_name} failed: {reason}", "kind": kind})
         return 1
+    log.send_progress()
     _emit({"written": True})
     thread.join()
     streamed = hasher.digest is not None
@@ -176,14 +195,16 @@ Plan = list[tuple[str, str | None]]
 class QuantizeLog:
     """llama.cpp's log sink (``callback``, a ctypes function pointer: keep it referenced while
     llama.cpp logs). Lines from the thread running a dry run (``dry_thread``) make ``plan`` (a
-    ``Plan``). Lines from the real run: each tensor's start becomes a progress line and sets
-    ``writing`` (the output is open by then), and errors are kept."""
+    ``Plan``). Lines from the real run: each tensor's start sets ``writing`` (the output is open by
+    then) and is reported, in batches (``send_progress``), and errors are kept."""
 
     def __init__(self) -> None:
         self.dry_thread: int | None = None
         self.plan: Plan = []
         self.errors: list[str] = []
         self.writing = threading.Event()
+        self._started: list[str] = []  # tensors started since the last progress line
+        self._sent = 0.0
         self._level = 0
         self.callback = LOG_CALLBACK(self._on_log)
 
@@ -200,9 +221,18 @@ class QuantizeLog:
             self._level = level
         if tensor:
             self.writing.set()
-            _emit({"tensor": tensor[2], "index": tensor[0], "count": tensor[1]})
+            self._started.append(tensor[2])
+            if time.monotonic() - self._sent >= _PROGRESS_INTERVAL:
+                self.send_progress()
         elif self._level == _GGML_LOG_ERROR:
             self.errors.append(message)
+
+    def send_progress(self) -> None:
+        """Report the tensors started since the last report, if any."""
+        if self._started:
+            _emit({"tensors": self._started})
+            self._started = []
+            self._sent = time.monotonic()
 
 
 def _tensor_line(message: str) -> tuple[int, int, str] | None:
@@ -304,6 +334,7 @@ class StreamingHash:
         header = predicted_header(lib, source, plan, params.ftype) if plan else None
         if header is None:
             return
+        _emit({"header": len(header)}, header)
         while not log.writing.wait(0.05):
             if finished.is_set():
                 return
@@ -359,29 +390,42 @@ def _preload() -> None:
     import json  # noqa: F401
 
 
-def _emit(event: dict[str, object]) -> None:
+_SEND = threading.Lock()  # two threads report: llama.cpp's log (progress) and the hash (the header)
+
+
+def _emit(event: dict[str, object], payload: bytes = b"") -> None:
+    """Write ``event`` as a line on stdout, then ``payload`` (its announced bytes) if any."""
     import json  # loaded by ``_preload`` by now, or else here
 
-    sys.stdout.write(json.dumps(event) + "\n")
-    sys.stdout.flush()
+    data = memoryview(json.dumps(event).encode() + b"\n" + payload)
+    with _SEND:
+        while data:
+            data = data[os.write(1, data) :]
 
 
-def _watch_parent(output: str, source: list[bytes], ready: threading.Event) -> None:
-    """Read stdin: the first line is the source's path (then ``ready`` is set); end-of-file, with
-    or without a source, means the parent is gone: delete the output and exit."""
+def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: threading.Event) -> None:
+    """Read stdin into ``lines``: the job (``job_ready`` set), then the source's path
+    (``source_ready`` set). End-of-file, at any point, means the parent is gone: delete the
+    output (once the job named it) and exit."""
     pending = b""
     with contextlib.suppress(OSError):
         while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
             pending += chunk
-            if not ready.is_set() and b"\n" in pending:
-                source.append(pending.split(b"\n", 1)[0])
-                ready.set()
-    with contextlib.suppress(OSError):
-        os.unlink(output)
+            while len(lines) < 2 and b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                lines.append(line)
+                (job_ready if len(lines) == 1 else source_ready).set()
+    if lines:
+        with contextlib.suppress(OSError):
+            os.unlink(lines[0].split(b"\0", 1)[0])
     os._exit(3)
 
 
+def run() -> None:
+    """Quantize as ``sys.argv`` says (after the module's folder) and exit with ``main``'s status."""
+    # Every line is written unbuffered: skip the interpreter's teardown (and llama.cpp's).
+    os._exit(main(sys.argv[2:]))
+
+
 if __name__ == "__main__":
-    status = main(sys.argv[1:])
-    sys.stdout.flush()
-    os._exit(status)  # every line is flushed: skip the interpreter's teardown (and llama.cpp's)
+    os._exit(main(sys.argv[1:]))

@@ -19,10 +19,12 @@ alone: its docstring says why and what it reports), not in a worker thread of th
   the server down with it; in a subprocess it becomes an error of this request;
 - it keeps llama.cpp, its threads and its memory out of the server process.
 
-Its start is kept off the request's path: ``Quantizer`` starts it before the caller has read the
-source (the interpreter starts and loads llama.cpp meanwhile) and hands it the source's path as
+Its start is kept off the request's path: ``Quantizer`` starts it (or takes the one a store's
+``Quantizers`` started ahead, after the last quantization) before the caller has read the source,
+so that the interpreter starts and loads llama.cpp meanwhile, and hands it the source's path as
 soon as it is known, as one line on its stdin. The subprocess hashes the file (SHA-256, the
-blob's name) as llama.cpp writes it, and the caller reads the finished header meanwhile. When
+blob's name) as llama.cpp writes it, and sends the header llama.cpp is to write as soon as it has
+predicted it, so that the caller parses it meanwhile (``header``), not once the file is done. When
 the parent goes away, before or during the work, the subprocess deletes its output and exits, so
 a killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
 the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
@@ -31,6 +33,7 @@ the models directory); ``Quantizer`` kills the subprocess whenever it is closed 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import importlib.util
 import json
@@ -39,13 +42,14 @@ import selectors
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from types import TracebackType
 from typing import IO, TYPE_CHECKING, Any, Never, Self
 
-from pollama.errors import QuantizationFailed, UnsupportedQuantization
+from pollama.errors import PollamaError, QuantizationFailed, UnsupportedQuantization
 
 if TYPE_CHECKING:
     from pollama.gguf import GGUFFile
@@ -104,8 +108,11 @@ _HEARTBEAT = 0.5
 # tensors take a few milliseconds each, and every report crosses threads and the event loop, on
 # the cores the quantizer uses.
 _PROGRESS_INTERVAL = 0.05
-# The subprocess's script (run by path, not as a module: see its docstring).
+# The subprocess's module, imported from its folder by a stand-alone interpreter (see its docstring).
 _WORKER = Path(__file__).resolve().with_name("_quantize_worker.py")
+_WORKER_COMMAND = "import sys; sys.path.insert(0, sys.argv[1]); import _quantize_worker; _quantize_worker.run()"
+SPARE_SECONDS = 60.0
+"""How long a quantizer started ahead (``Quantizers``) waits for work before it is stopped."""
 
 
 def supported_types() -> list[str]:
@@ -152,25 +159,29 @@ class Quantizer:
     ``output`` belongs to the caller (delete it on failure).
     """
 
-    def __init__(self, output: Path, type_name: str, *, threads: int = 0) -> None:
+    def __init__(
+        self,
+        output: Path,
+        type_name: str,
+        *,
+        threads: int = 0,
+        process: subprocess.Popen[bytes] | None = None,
+        on_done: Callable[[], object] | None = None,
+    ) -> None:
+        """``process``: a subprocess started ahead (``_spawn``) and given no job yet, else one is
+        started now; ``on_done`` is called when a quantizer that finished is closed."""
         self.output = output
         self.type_name = type_name
-        ftype = str(_FTYPES[type_name])
-        command = [
-            sys.executable,
-            "-I",
-            "-S",
-            str(_WORKER),
-            str(output),
-            type_name,
-            ftype,
-            str(_libllama()),
-            str(threads),
-        ]
-        self._process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+        self._process = process if process is not None else _spawn()
+        self._on_done = on_done
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
+        fields = (os.fsencode(output), type_name.encode(), str(_FTYPES[type_name]).encode(), str(threads).encode())
+        self._send(b"\0".join(fields))
         self._written = False
+        self._predicted: GGUFFile | None = None  # the header llama.cpp is to write, parsed
+        self._size = 0
+        self._finished = False
         self.streamed = False
         """Whether the digest was taken as the file was written (else from the finished file)."""
         self.source: Path | None = None
@@ -182,9 +193,12 @@ class Quantizer:
         if self.source is not None:
             raise ValueError(f"the quantizer already works on {self.source}")
         self.source = source
+        self._send(os.fsencode(source))
+
+    def _send(self, line: bytes) -> None:
         assert self._process.stdin is not None
         with contextlib.suppress(OSError):  # a subprocess already gone: its exit status says why
-            self._process.stdin.write(os.fsencode(source) + b"\n")
+            self._process.stdin.write(line + b"\n")
             self._process.stdin.flush()
 
     def quantize(self, source: GGUFFile) -> Generator[float, None, None]:
@@ -208,9 +222,12 @@ class Quantizer:
             if event is None:  # heartbeat
                 reported = time.monotonic()
                 yield done_bytes / total
-            elif "tensor" in event:
-                done_bytes += weights.get(current, 0)
-                current = str(event["tensor"])
+            elif "header" in event:
+                self._predicted = _parse_header(event["header"], self.output)
+            elif "tensors" in event:
+                for name in event["tensors"]:
+                    done_bytes += weights.get(current, 0)
+                    current = str(name)
                 if time.monotonic() - reported >= _PROGRESS_INTERVAL:
                     reported = time.monotonic()
                     yield min(done_bytes / total, 1.0)
@@ -230,12 +247,29 @@ class Quantizer:
         for event in self._events:
             if event is None:
                 continue
+            if "header" in event:  # a prediction that came after the last tensor
+                self._predicted = _parse_header(event["header"], self.output)
             if "error" in event:
                 self._fail(event)
             if event.get("done") and isinstance(event.get("digest"), str):
                 self.streamed = bool(event.get("streamed"))
+                self._size = int(event.get("size", 0))
+                self._finished = True
                 return str(event["digest"])  # its exit (or a kill by ``close``) cannot change the file now
         self._fail({})
+
+    @property
+    def finished(self) -> bool:
+        """Whether ``digest`` returned: the file is complete and the subprocess exits by itself."""
+        return self._finished
+
+    def header(self) -> GGUFFile | None:
+        """The written file's parsed header, once ``digest`` returned, if the subprocess predicted
+        it and confirmed that the file holds exactly that header (``streamed``); else ``None``
+        (read the file then). The prediction arrives while llama.cpp works, and is parsed then."""
+        if not (self.streamed and self._predicted is not None):
+            return None
+        return dataclasses.replace(self._predicted, file_size=self._size)
 
     def _fail(self, event: dict[str, Any]) -> Never:
         """Raise the error ``event`` reports, or else the one the subprocess's exit status implies."""
@@ -252,16 +286,13 @@ class Quantizer:
         raise QuantizationFailed(f"quantizing to {self.type_name} failed: the quantizer {how}")
 
     def close(self) -> None:
-        """Kill the subprocess if it still runs, reap it and close its pipes."""
-        process = self._process
-        if process.poll() is None:
-            process.kill()
-        process.wait()
+        """Kill the subprocess if it still runs, reap it and close its pipes (then, if it had
+        finished, call ``on_done``)."""
+        _stop_process(self._process)
         self._events.close()
-        for pipe in (process.stdin, process.stdout):
-            if pipe is not None:
-                with contextlib.suppress(OSError):
-                    pipe.close()
+        if self._finished and self._on_done is not None:
+            on_done, self._on_done = self._on_done, None
+            on_done()
 
     def __enter__(self) -> Self:
         return self
@@ -270,6 +301,88 @@ class Quantizer:
         self, kind: type[BaseException] | None, value: BaseException | None, traceback: TracebackType | None
     ) -> None:
         self.close()
+
+
+class Quantizers:
+    """Where a store's ``Quantizer``s come from (``start``).
+
+    When a finished quantizer is closed, the next subprocess is started ahead and kept for ``keep``
+    seconds, idle: its interpreter and llama.cpp load while nothing waits for them, so that a
+    quantization that follows (the same model to another type, the next model of a script)
+    starts at once, not 20-30 ms later. There is one such spare at most; it expires, is stopped
+    by ``close``, and exits by itself when this process goes (its stdin closes).
+    """
+
+    def __init__(self, *, keep: float = SPARE_SECONDS) -> None:
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._spare: subprocess.Popen[bytes] | None = None
+        self._timer: threading.Timer | None = None
+        self._closed = False
+
+    def start(self, output: Path, type_name: str, *, threads: int = 0) -> Quantizer:
+        """A ``Quantizer`` into ``output``, in the spare subprocess if one is ready."""
+        with self._lock:
+            spare, self._spare = self._spare, None
+            if self._timer is not None:
+                self._timer.cancel()
+        if spare is not None and spare.poll() is not None:  # it died meanwhile
+            _stop_process(spare)
+            spare = None
+        return Quantizer(output, type_name, threads=threads, process=spare, on_done=self._start_spare)
+
+    def spare_pid(self) -> int | None:
+        """The spare subprocess's pid, if one waits."""
+        with self._lock:
+            return self._spare.pid if self._spare is not None else None
+
+    def close(self) -> None:
+        """Stop the spare; start no more."""
+        with self._lock:
+            self._closed = True
+            spare, self._spare = self._spare, None
+            if self._timer is not None:
+                self._timer.cancel()
+        if spare is not None:
+            _stop_process(spare)
+
+    def _start_spare(self) -> None:
+        if self.keep <= 0:
+            return
+        with self._lock:
+            if self._closed or self._spare is not None:
+                return
+            try:
+                self._spare = spare = _spawn()
+            except (OSError, QuantizationFailed):  # only a head start lost: the next one reports it
+                return
+            self._timer = threading.Timer(self.keep, self._expire, args=(spare,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _expire(self, spare: subprocess.Popen[bytes]) -> None:
+        with self._lock:
+            if self._spare is not spare:
+                return
+            self._spare = None
+        _stop_process(spare)
+
+
+def _spawn() -> subprocess.Popen[bytes]:
+    """A quantizer subprocess, loading llama.cpp and then waiting for its job on stdin."""
+    command = [sys.executable, "-I", "-S", "-c", _WORKER_COMMAND, str(_WORKER.parent), str(_libllama())]
+    return subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, close_fds=True)
+
+
+def _stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` if it still runs, reap it and close its pipes."""
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    for pipe in (process.stdin, process.stdout):
+        if pipe is not None:
+            with contextlib.suppress(OSError):
+                pipe.close()
 
 
 @functools.cache
@@ -289,11 +402,23 @@ def _libllama() -> Path:
     raise QuantizationFailed(f"llama.cpp's library was not found in {folder}")
 
 
+def _parse_header(data: bytes, path: Path) -> GGUFFile | None:
+    """``data`` (a GGUF header, tensor data not included) parsed as ``path``'s; ``None`` if it is not one."""
+    from pollama.gguf import parse_gguf_header
+
+    try:
+        return parse_gguf_header(data, path)
+    except PollamaError:
+        return None
+
+
 def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
-    """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
+    """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one.
+    A line ``{"header": N}`` is followed by N bytes: the event is then ``{"header": those bytes}``."""
     fd = stdout.fileno()
     os.set_blocking(fd, False)
-    pending = b""
+    pending = bytearray()  # deleting from its front does not copy the rest
+    payload = 0  # bytes still to come after a ``header`` line
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
@@ -301,16 +426,33 @@ def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
                 yield None
                 continue
             try:
-                chunk = os.read(fd, 65536)
+                chunk = os.read(fd, 1 << 20)
             except BlockingIOError:
                 continue
             if not chunk:
                 return
             pending += chunk
-            *lines, pending = pending.split(b"\n")
-            for line in lines:
-                if line.strip():
-                    try:
-                        yield json.loads(line)
-                    except ValueError:
-                        continue
+            while True:
+                if payload:
+                    if len(pending) < payload:
+                        break
+                    data = bytes(pending[:payload])
+                    del pending[:payload]
+                    payload = 0
+                    yield {"header": data}
+                    continue
+                end = pending.find(b"\n")
+                if end < 0:
+                    break
+                line = bytes(pending[:end])
+                del pending[: end + 1]
+                try:
+                    event = json.loads(line)
+                except ValueError:
+                    continue
+                if not isinstance(event, dict):
+                    continue
+                if "header" in event:
+                    payload = int(event["header"])
+                    continue
+                yield event

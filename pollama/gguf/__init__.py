@@ -15,7 +15,7 @@ from pollama.gguf.info import (
     projector_info,
     tensor_list,
 )
-from pollama.gguf.reader import GGUFFile, NotGGUF, SkippedArray, TensorInfo, is_gguf, read_gguf
+from pollama.gguf.reader import GGUFFile, NotGGUF, SkippedArray, TensorInfo, is_gguf, parse_gguf_header, read_gguf
 
 __all__ = [
     "GGUFFile",
@@ -32,6 +32,7 @@ __all__ = [
     "is_projector",
     "kv_cache_bytes",
     "model_info",
+    "parse_gguf_header",
     "projector_info",
     "read_gguf",
     "tensor_list",

@@ -159,8 +159,17 @@ def read_gguf(path: str | Path, *, arrays: str = "small") -> GGUFFile:
             return _Parser(mm, path, size, read_all=arrays == "all").parse()
 
 
+def parse_gguf_header(data: bytes, path: str | Path, *, arrays: str = "small") -> GGUFFile:
+    """A GGUF header held in memory (``data``: the start of a file, at least up to its tensor
+    data), parsed as ``read_gguf`` would parse the file at ``path``; ``file_size`` is then
+    ``len(data)``. Raises as ``read_gguf`` does."""
+    if len(data) < 24:
+        raise NotGGUF()
+    return _Parser(data, Path(path), len(data), read_all=arrays == "all").parse()
+
+
 class _Parser:
-    def __init__(self, buf: mmap.mmap, path: Path, size: int, *, read_all: bool) -> None:
+    def __init__(self, buf: mmap.mmap | bytes, path: Path, size: int, *, read_all: bool) -> None:
         self.buf = buf
         self.view = memoryview(buf)
         self.path = path

@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
             if api_keys is not None:
                 api_keys.close()
             await inference_service.close()
+            await run_in_threadpool(ctx.store.quantizers.close)
 
     app = FastAPI(
         title="pollama", version=__version__, lifespan=lifespan, description="Ollama's API, served by pollama."

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pollama.convert.quantize import Quantizers
 from pollama.errors import ModelNotFound, NotFound, StoreError
 from pollama.names import ModelName, parse_name
 from pollama.store.blobs import BlobReservation, BlobStore, is_blob_filename, parse_digest
@@ -127,6 +128,8 @@ class ModelStore:
         # Held (briefly, never across a yield) while manifests change and while blobs are
         # garbage-collected, by this process's threads and by other processes alike.
         self.lock = StoreLock(root / LOCK_FILE)
+        self.quantizers = Quantizers()
+        """Where creates get their quantizer subprocesses (one kept ready after a quantization)."""
 
     def reserve(self) -> BlobReservation:
         """A reservation of blobs a writer is about to reference (see ``BlobStore.reserve``); a

@@ -20,7 +20,14 @@ import gguf
 import httpx
 import pytest
 
-from pollama.convert.quantize import Quantizer, file_type_id, parse_quantization_type, supported_types
+from pollama.convert.quantize import (
+    Quantizer,
+    Quantizers,
+    _spawn,
+    file_type_id,
+    parse_quantization_type,
+    supported_types,
+)
 from pollama.errors import UnsupportedQuantization
 from pollama.gguf import read_gguf
 from pollama.names import parse_name
@@ -52,7 +59,9 @@ def _tensor_types(path: Path) -> dict[str, str]:
 
 
 def _quantizers(models: Path) -> list[int]:
-    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``) writing into ``models``."""
+    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``, imported by ``python -c``)
+    working in ``models``: with a file there open (its source or its output). A spare one, started
+    ahead and idle, has none."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -60,9 +69,12 @@ def _quantizers(models: Path) -> list[int]:
         try:
             cmdline = (entry / "cmdline").read_bytes()
             state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if b"import _quantize_worker" not in cmdline or state == "Z":
+                continue
+            opened = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except (OSError, IndexError):
             continue
-        if b"pollama/convert/_quantize_worker.py" in cmdline and str(models).encode() in cmdline and state != "Z":
+        if any(path.startswith(f"{models}/") for path in opened):
             pids.append(int(entry.name))
     return pids
 
@@ -357,6 +369,100 @@ def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_
     _wait_until_clean(server.models)
 
 
+def _worker_children(pid: int) -> list[int]:
+    """Live quantizer subprocesses whose parent is ``pid``, busy or spare."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if b"import _quantize_worker" in cmdline and int(stat[1]) == pid and stat[0] != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state == "Z"
+
+
+def test_a_quantizer_is_kept_ready_after_one_and_used_by_the_next(tmp_path: Path, smollm2_f16_gguf: Path) -> None:
+    """After a quantization the next subprocess starts ahead, idle (no file open); the next
+    quantization runs in it, right; unused, it is stopped after ``keep`` seconds."""
+    quantizers = Quantizers(keep=3.0)
+    source = read_gguf(smollm2_f16_gguf)
+    try:
+        assert quantizers.spare_pid() is None
+        with quantizers.start(tmp_path / "a.gguf", "Q4_0") as first:
+            first.begin(smollm2_f16_gguf)
+            list(first.quantize(source))
+            first.digest()
+        spare = quantizers.spare_pid()
+        assert spare is not None and spare != first._process.pid and not _gone(spare)
+        assert _quantizers(tmp_path) == []  # idle: nothing open in the folder
+        with quantizers.start(tmp_path / "b.gguf", "Q8_0") as second:
+            assert second._process.pid == spare and quantizers.spare_pid() is None
+            second.begin(smollm2_f16_gguf)
+            list(second.quantize(source))
+            digest = second.digest()
+        assert digest == file_digest(tmp_path / "b.gguf")
+        assert read_gguf(tmp_path / "b.gguf").metadata["general.file_type"] == file_type_id("Q8_0")
+        last = quantizers.spare_pid()
+        assert last is not None and last != spare
+        deadline = time.monotonic() + 20
+        while not _gone(last):  # expired, killed and reaped
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert quantizers.spare_pid() is None
+    finally:
+        quantizers.close()
+
+
+def test_a_spare_quantizer_whose_parent_goes_exits(tmp_path: Path) -> None:
+    """Started ahead of any job, the subprocess waits on stdin; if that closes, it exits at once."""
+    process = _spawn()
+    try:
+        assert process.stdin is not None
+        time.sleep(0.2)
+        assert process.poll() is None
+        process.stdin.close()
+        assert process.wait(timeout=20) == 3
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_a_killed_server_leaves_no_spare_quantizer(server: ServerProcess, smollm2_f16_gguf: Path) -> None:
+    """The spare a server keeps after a quantizing create goes with the server, even killed."""
+    assert server.process is not None
+    with server.client() as client:
+        digest = upload_blob(client, smollm2_f16_gguf)
+        body = {"model": "smol", "files": {smollm2_f16_gguf.name: digest}, "quantize": "Q4_0", "stream": False}
+        assert client.post("/api/create", json=body, timeout=300).json() == {"status": "success"}
+    deadline = time.monotonic() + 20
+    while not (spares := _worker_children(server.process.pid)):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    (spare,) = spares
+    assert _quantizers(server.models) == []
+    os.kill(server.process.pid, signal.SIGKILL)
+    server.process.wait()
+    deadline = time.monotonic() + 20
+    while not _gone(spare):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
 def test_the_quantizers_own_binding_matches_llama_cpp_pythons() -> None:
     """The subprocess declares ``llama_model_quantize_params`` itself (it does not import
     llama-cpp-python's binding): field for field, offset for offset, the same struct."""
@@ -441,7 +547,9 @@ def test_the_digest_is_taken_while_the_file_is_written(tmp_path: Path, smollm2_f
         digest = quantizer.digest()
     assert quantizer.streamed
     assert digest == file_digest(output)
-    assert read_gguf(output).metadata["general.file_type"] == file_type_id(type_name)
+    written = read_gguf(output)
+    assert written.metadata["general.file_type"] == file_type_id(type_name)
+    assert quantizer.header() == written  # the predicted header, parsed while llama.cpp worked
 
 
 @pytest.mark.parametrize("predicted", [True, False])

@@ -8,8 +8,10 @@ import struct
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from pollama.gguf import read_gguf
+from pollama.errors import InvalidRequest
+from pollama.gguf import NotGGUF, parse_gguf_header, read_gguf
 from pollama.gguf.reader import _shortest_float32
 from tests.conftest import imported_by_a_started_app
 
@@ -33,6 +35,22 @@ def test_smollm2_header_metadata(smollm2_gguf: Path) -> None:
     assert gguf.arch_value("attention.layer_norm_rms_epsilon") == 1e-05
     assert gguf.parameter_count == 134_515_008
     assert gguf.tensors[0].type_name in {"Q4_1", "Q6_K", "Q8_0", "F32"}
+
+
+def test_a_header_in_memory_parses_as_its_file(smollm2_gguf: Path) -> None:
+    """``parse_gguf_header`` on a file's first bytes (header and padding, no tensor data) gives what
+    ``read_gguf`` gives for the file, but for the size; cut short, it is an error, not a guess."""
+    whole = read_gguf(smollm2_gguf)
+    with smollm2_gguf.open("rb") as fh:
+        head = fh.read(whole.data_offset)
+    parsed = parse_gguf_header(head, smollm2_gguf)
+    assert parsed.file_size == whole.data_offset
+    assert parsed.metadata == whole.metadata and parsed.tensors == whole.tensors
+    assert (parsed.path, parsed.version, parsed.data_offset) == (whole.path, whole.version, whole.data_offset)
+    with pytest.raises(InvalidRequest, match="invalid GGUF file"):
+        parse_gguf_header(head[: len(head) // 2], smollm2_gguf)
+    with pytest.raises(NotGGUF):
+        parse_gguf_header(b"GGML" + head[4:], smollm2_gguf)
 
 
 def test_a_started_app_has_not_imported_gguf_or_numpy() -> None:
