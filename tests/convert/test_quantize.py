@@ -58,25 +58,27 @@ def _tensor_types(path: Path) -> dict[str, str]:
     return {t.name: t.tensor_type.name for t in gguf.GGUFReader(path).tensors}
 
 
-def _quantizers(models: Path) -> list[int]:
-    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``, imported by ``python -c``)
-    working in ``models``: with a file there open (its source or its output). A spare one, started
-    ahead and idle, has none."""
-    pids = []
+def _workers() -> Iterator[tuple[int, int, list[str]]]:
+    """Live quantizer subprocesses (``pollama/convert/_quantize_worker.py``, imported by ``python
+    -c``), busy or spare: each one's pid, its parent's pid and the files it has open."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-            if b"import _quantize_worker" not in cmdline or state == "Z":
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if b"import _quantize_worker" not in cmdline or stat[0] == "Z":
                 continue
             opened = [os.readlink(fd) for fd in (entry / "fd").iterdir()]
         except (OSError, IndexError):
             continue
-        if any(path.startswith(f"{models}/") for path in opened):
-            pids.append(int(entry.name))
-    return pids
+        yield int(entry.name), int(stat[1]), opened
+
+
+def _quantizers(models: Path) -> list[int]:
+    """The quantizer subprocesses working in ``models``: with a file there open (its source or its
+    output). A spare one, started ahead and idle, has none."""
+    return [pid for pid, _, opened in _workers() if any(path.startswith(f"{models}/") for path in opened)]
 
 
 def _temporaries(models: Path) -> list[str]:
@@ -369,20 +371,9 @@ def test_a_killed_server_leaves_no_quantizer(server: ServerProcess, smollm2_f16_
     _wait_until_clean(server.models)
 
 
-def _worker_children(pid: int) -> list[int]:
-    """Live quantizer subprocesses whose parent is ``pid``, busy or spare."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if b"import _quantize_worker" in cmdline and int(stat[1]) == pid and stat[0] != "Z":
-            found.append(int(entry.name))
-    return found
+def _worker_children(parent: int) -> list[int]:
+    """The quantizer subprocesses ``parent`` started, busy or spare."""
+    return [pid for pid, ppid, _ in _workers() if ppid == parent]
 
 
 def _gone(pid: int) -> bool:
