@@ -13,13 +13,14 @@ more than everything else it does before llama.cpp starts; for the same reason `
 not before.
 
 It loads llama.cpp, then reads its job from stdin, one line: ``OUTPUT``, ``TYPE`` (the name, for
-messages), ``FTYPE`` (llama.cpp's ``llama_ftype``) and ``THREADS`` (0: every core), separated by
-NUL bytes. It can thus be started ahead of any work, and wait with llama.cpp loaded. Then it reads
-the source's path (one more line), runs ``llama_model_quantize`` and hashes the output (SHA-256,
-the blob's name), reporting on stdout, one JSON object a line:
+messages), ``FTYPE`` (llama.cpp's ``llama_ftype``), ``THREADS`` (0: every core) and ``HEADER`` (a
+path for the predicted header: see below), separated by NUL bytes. It can thus be started ahead
+of any work, and wait with llama.cpp loaded. Then it reads the source's path (one more line),
+runs ``llama_model_quantize`` and hashes the output (SHA-256, the blob's name), reporting on
+stdout, one JSON object a line:
 ``{"tensors": [NAME, ...]}`` with the tensors llama.cpp started since the last such line (read from
-its log, sent at most every ``_PROGRESS_INTERVAL``), ``{"header": BYTES}`` followed by that many
-bytes (the header llama.cpp will write, as soon as it is predicted: see below), ``{"written":
+its log, sent at most every ``_PROGRESS_INTERVAL``), ``{"header": BYTES}`` once the header
+llama.cpp will write is predicted (see below) and written to ``HEADER``, ``{"written":
 true}`` once the file is complete, then ``{"done": true, "digest": "sha256:…", "size": BYTES,
 "streamed": BOOL}``; or ``{"error": MESSAGE, "kind": KIND}`` with the runner protocol's kinds.
 
@@ -32,12 +33,14 @@ the same steps ``llama_model_quantize`` takes, and hashes that header followed b
 bytes as they reach the file. When llama.cpp is done, the header it wrote is compared with the
 predicted one; on any difference (or if the prediction could not be made) the finished file is
 hashed again from its start, so the digest is always the file's (``"streamed": false`` then).
-With ``"streamed": true``, the header sent earlier is byte for byte the one in the file, so the
-parent can read it while llama.cpp still works.
+With ``"streamed": true``, the header in ``HEADER`` is byte for byte the one in the file, so the
+parent can read it while llama.cpp still works. It goes through a file, not down the pipe: a
+parent busy elsewhere (parsing the source's header) would leave megabytes unread in the pipe, and
+every report, llama.cpp's progress included, would wait behind them.
 
 It watches its stdin: the parent writes nothing after the source, so end-of-file means the parent
-is gone, before, during or without any work; it then deletes its output (if it had a job) and
-exits at once.
+is gone, before, during or without any work; it then deletes its output and ``HEADER`` (if it
+had a job) and exits at once.
 """
 
 from __future__ import annotations
@@ -49,7 +52,7 @@ import sys
 import threading
 import time
 
-USAGE = "usage: _quantize_worker.py LIBLLAMA, then on stdin OUTPUT\\0TYPE\\0FTYPE\\0THREADS and SOURCE lines"
+USAGE = "usage: _quantize_worker.py LIBLLAMA, then on stdin OUTPUT\\0TYPE\\0FTYPE\\0THREADS\\0HEADER and SOURCE lines"
 _PROGRESS_INTERVAL = 0.02  # seconds: a small model's tensors take a millisecond or two each
 _GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _GGML_LOG_CONT = 5
@@ -150,7 +153,7 @@ def main(argv: list[str]) -> int:
         lib.llama_backend_init()
     job_ready.wait()  # a quantizer started ahead of its work waits here, llama.cpp loaded
     try:
-        output_path, type_bytes, ftype_text, threads_text = lines[0].split(b"\0")
+        output_path, type_bytes, ftype_text, threads_text, header_path = lines[0].split(b"\0")
         ftype, threads, type_name = int(ftype_text), int(threads_text), type_bytes.decode()
     except ValueError:
         sys.stderr.write(USAGE + "\n")
@@ -166,7 +169,7 @@ def main(argv: list[str]) -> int:
     threading.Thread(target=_preload, daemon=True).start()
     source_path, output = lines[1], os.fsdecode(output_path)
     # The dry run and the header it gives are worked out beside the real run, not before it.
-    hasher = StreamingHash(output)
+    hasher = StreamingHash(output, os.fsdecode(header_path))
     finished = threading.Event()
     thread = threading.Thread(target=hasher.run, args=(lib, params, source_path, log, finished), daemon=True)
     thread.start()
@@ -315,8 +318,9 @@ class StreamingHash:
     bytes after it as they reach the file. ``digest`` stays ``None`` unless, once the file is
     finished, its header is the predicted one and every byte after it was hashed."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, header_path: str) -> None:
         self.path = path
+        self.header_path = header_path  # where the predicted header is written for the parent
         self.digest: str | None = None
         self.size = 0
 
@@ -334,7 +338,8 @@ class StreamingHash:
         header = predicted_header(lib, source, plan, params.ftype) if plan else None
         if header is None:
             return
-        _emit({"header": len(header)}, header)
+        if _write_new(self.header_path, header):
+            _emit({"header": len(header)})
         while not log.writing.wait(0.05):
             if finished.is_set():
                 return
@@ -390,23 +395,40 @@ def _preload() -> None:
     import json  # noqa: F401
 
 
-_SEND = threading.Lock()  # two threads report: llama.cpp's log (progress) and the hash (the header)
+_SEND = threading.Lock()  # two threads report: llama.cpp's log (progress) and the hash (the header's line)
 
 
-def _emit(event: dict[str, object], payload: bytes = b"") -> None:
-    """Write ``event`` as a line on stdout, then ``payload`` (its announced bytes) if any."""
+def _emit(event: dict[str, object]) -> None:
+    """Write ``event`` as a line on stdout."""
     import json  # loaded by ``_preload`` by now, or else here
 
-    data = memoryview(json.dumps(event).encode() + b"\n" + payload)
+    data = memoryview(json.dumps(event).encode() + b"\n")
     with _SEND:
         while data:
             data = data[os.write(1, data) :]
 
 
+def _write_new(path: str, data: bytes) -> bool:
+    """Write ``data`` to a new file at ``path``; False if that cannot be done."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except OSError:
+        return False
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
 def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: threading.Event) -> None:
     """Read stdin into ``lines``: the job (``job_ready`` set), then the source's path
     (``source_ready`` set). End-of-file, at any point, means the parent is gone: delete the
-    output (once the job named it) and exit."""
+    output and the header's file (once the job named them) and exit."""
     pending = b""
     with contextlib.suppress(OSError):
         while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
@@ -416,8 +438,10 @@ def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: 
                 lines.append(line)
                 (job_ready if len(lines) == 1 else source_ready).set()
     if lines:
-        with contextlib.suppress(OSError):
-            os.unlink(lines[0].split(b"\0", 1)[0])
+        fields = lines[0].split(b"\0")
+        for path in {fields[0], fields[-1]}:  # the output and the header's file
+            with contextlib.suppress(OSError):
+                os.unlink(path)
     os._exit(3)
 
 

@@ -23,8 +23,9 @@ Its start is kept off the request's path: ``Quantizer`` starts it (or takes the 
 ``Quantizers`` started ahead, after the last quantization) before the caller has read the source,
 so that the interpreter starts and loads llama.cpp meanwhile, and hands it the source's path as
 soon as it is known, as one line on its stdin. The subprocess hashes the file (SHA-256, the
-blob's name) as llama.cpp writes it, and sends the header llama.cpp is to write as soon as it has
-predicted it, so that the caller parses it meanwhile (``header``), not once the file is done. When
+blob's name) as llama.cpp writes it, and hands over the header llama.cpp is to write (in a file
+next to the output) as soon as it has predicted it, so that the caller parses it meanwhile
+(``header``), not once the file is done. When
 the parent goes away, before or during the work, the subprocess deletes its output and exits, so
 a killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
 the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
@@ -172,11 +173,14 @@ class Quantizer:
         started now; ``on_done`` is called when a quantizer that finished is closed."""
         self.output = output
         self.type_name = type_name
+        # Where the subprocess puts the header it predicts (next to the output: a temporary name too).
+        self._header_file = output.with_name(output.name + ".header")
         self._process = process if process is not None else _spawn()
         self._on_done = on_done
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
-        fields = (os.fsencode(output), type_name.encode(), str(_FTYPES[type_name]).encode(), str(threads).encode())
+        ftype = str(_FTYPES[type_name]).encode()
+        fields = (os.fsencode(output), type_name.encode(), ftype, str(threads).encode(), os.fsencode(self._header_file))
         self._send(b"\0".join(fields))
         self._written = False
         self._predicted: GGUFFile | None = None  # the header llama.cpp is to write, parsed
@@ -223,7 +227,7 @@ class Quantizer:
                 reported = time.monotonic()
                 yield done_bytes / total
             elif "header" in event:
-                self._predicted = _parse_header(event["header"], self.output)
+                self._predicted = self._read_prediction(event["header"])
             elif "tensors" in event:
                 for name in event["tensors"]:
                     done_bytes += weights.get(current, 0)
@@ -248,7 +252,7 @@ class Quantizer:
             if event is None:
                 continue
             if "header" in event:  # a prediction that came after the last tensor
-                self._predicted = _parse_header(event["header"], self.output)
+                self._predicted = self._read_prediction(event["header"])
             if "error" in event:
                 self._fail(event)
             if event.get("done") and isinstance(event.get("digest"), str):
@@ -257,6 +261,16 @@ class Quantizer:
                 self._finished = True
                 return str(event["digest"])  # its exit (or a kill by ``close``) cannot change the file now
         self._fail({})
+
+    def _read_prediction(self, size: object) -> GGUFFile | None:
+        """The predicted header the subprocess wrote (``size`` bytes), parsed; its file is deleted."""
+        try:
+            data = self._header_file.read_bytes()
+        except OSError:
+            return None
+        finally:
+            self._header_file.unlink(missing_ok=True)
+        return _parse_header(data, self.output) if len(data) == size else None
 
     @property
     def finished(self) -> bool:
@@ -290,6 +304,8 @@ class Quantizer:
         finished, call ``on_done``)."""
         _stop_process(self._process)
         self._events.close()
+        with contextlib.suppress(OSError):
+            self._header_file.unlink(missing_ok=True)
         if self._finished and self._on_done is not None:
             on_done, self._on_done = self._on_done, None
             on_done()
@@ -413,12 +429,10 @@ def _parse_header(data: bytes, path: Path) -> GGUFFile | None:
 
 
 def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
-    """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one.
-    A line ``{"header": N}`` is followed by N bytes: the event is then ``{"header": those bytes}``."""
+    """The subprocess's JSON lines as they come, with ``None`` whenever a heartbeat passes without one."""
     fd = stdout.fileno()
     os.set_blocking(fd, False)
-    pending = bytearray()  # deleting from its front does not copy the rest
-    payload = 0  # bytes still to come after a ``header`` line
+    pending = b""
     with selectors.DefaultSelector() as selector:
         selector.register(fd, selectors.EVENT_READ)
         while True:
@@ -426,33 +440,16 @@ def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:
                 yield None
                 continue
             try:
-                chunk = os.read(fd, 1 << 20)
+                chunk = os.read(fd, 65536)
             except BlockingIOError:
                 continue
             if not chunk:
                 return
             pending += chunk
-            while True:
-                if payload:
-                    if len(pending) < payload:
-                        break
-                    data = bytes(pending[:payload])
-                    del pending[:payload]
-                    payload = 0
-                    yield {"header": data}
-                    continue
-                end = pending.find(b"\n")
-                if end < 0:
-                    break
-                line = bytes(pending[:end])
-                del pending[: end + 1]
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                if not isinstance(event, dict):
-                    continue
-                if "header" in event:
-                    payload = int(event["header"])
-                    continue
-                yield event
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except ValueError:
+                        continue

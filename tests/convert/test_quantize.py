@@ -541,6 +541,7 @@ def test_the_digest_is_taken_while_the_file_is_written(tmp_path: Path, smollm2_f
     written = read_gguf(output)
     assert written.metadata["general.file_type"] == file_type_id(type_name)
     assert quantizer.header() == written  # the predicted header, parsed while llama.cpp worked
+    assert not (tmp_path / "out.gguf.header").exists()  # its hand-over file is gone
 
 
 @pytest.mark.parametrize("predicted", [True, False])
@@ -553,7 +554,7 @@ def test_a_streamed_digest_is_kept_only_if_the_header_written_last_is_the_predic
     path, header, body = tmp_path / "out.gguf", b"GGUF" + os.urandom(60), os.urandom(3 << 20)
     written = header if predicted else header[:-1] + b"x"
     path.write_bytes(b"\0" * len(header))
-    hasher, finished = StreamingHash(str(path)), threading.Event()
+    hasher, finished = StreamingHash(str(path), str(tmp_path / "out.gguf.header")), threading.Event()
     fd = os.open(path, os.O_RDONLY)
     follower = threading.Thread(target=hasher.follow, args=(fd, header, finished))
     follower.start()
