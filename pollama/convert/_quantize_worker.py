@@ -13,8 +13,9 @@ more than everything else it does before llama.cpp starts; for the same reason `
 not before.
 
 It loads llama.cpp, then reads its job from stdin, one line: ``OUTPUT``, ``TYPE`` (the name, for
-messages), ``FTYPE`` (llama.cpp's ``llama_ftype``), ``THREADS`` (0: every core) and ``HEADER`` (a
-path for the predicted header: see below), separated by NUL bytes. It can thus be started ahead
+messages), ``FTYPE`` (llama.cpp's ``llama_ftype``), ``THREADS`` (0: every core), ``HEADER`` (a
+path for the predicted header: see below) and ``FOLDER`` (a folder of the parent's holding both,
+or nothing), separated by NUL bytes. It can thus be started ahead
 of any work, and wait with llama.cpp loaded. Then it reads the source's path (one more line),
 runs ``llama_model_quantize`` and hashes the output (SHA-256, the blob's name), reporting on
 stdout, one JSON object a line:
@@ -39,8 +40,8 @@ parent busy elsewhere (parsing the source's header) would leave megabytes unread
 every report, llama.cpp's progress included, would wait behind them.
 
 It watches its stdin: the parent writes nothing after the source, so end-of-file means the parent
-is gone, before, during or without any work; it then deletes its output and ``HEADER`` (if it
-had a job) and exits at once.
+is gone, before, during or without any work; it then deletes its output, ``HEADER`` and
+``FOLDER`` (if it had a job) and exits at once.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ import sys
 import threading
 import time
 
-USAGE = "usage: _quantize_worker.py LIBLLAMA, then on stdin OUTPUT\\0TYPE\\0FTYPE\\0THREADS\\0HEADER and SOURCE lines"
+USAGE = "usage: _quantize_worker.py LIBLLAMA, then on stdin OUTPUT\\0TYPE\\0FTYPE\\0THREADS\\0HEADER\\0FOLDER, SOURCE"
 _PROGRESS_INTERVAL = 0.02  # seconds: a small model's tensors take a millisecond or two each
 _GGML_LOG_ERROR = 4  # ggml_log_level: NONE, DEBUG, INFO, WARN, ERROR, CONT
 _GGML_LOG_CONT = 5
@@ -153,7 +154,7 @@ def main(argv: list[str]) -> int:
         lib.llama_backend_init()
     job_ready.wait()  # a quantizer started ahead of its work waits here, llama.cpp loaded
     try:
-        output_path, type_bytes, ftype_text, threads_text, header_path = lines[0].split(b"\0")
+        output_path, type_bytes, ftype_text, threads_text, header_path, _folder = lines[0].split(b"\0")
         ftype, threads, type_name = int(ftype_text), int(threads_text), type_bytes.decode()
     except ValueError:
         sys.stderr.write(USAGE + "\n")
@@ -428,7 +429,7 @@ def _write_new(path: str, data: bytes) -> bool:
 def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: threading.Event) -> None:
     """Read stdin into ``lines``: the job (``job_ready`` set), then the source's path
     (``source_ready`` set). End-of-file, at any point, means the parent is gone: delete the
-    output and the header's file (once the job named them) and exit."""
+    output, the header's file and the folder (once the job named them) and exit."""
     pending = b""
     with contextlib.suppress(OSError):
         while chunk := os.read(0, 4096):  # the raw descriptor: a buffered reader would block interpreter exit
@@ -438,10 +439,14 @@ def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: 
                 lines.append(line)
                 (job_ready if len(lines) == 1 else source_ready).set()
     if lines:
-        fields = lines[0].split(b"\0")
-        for path in {fields[0], fields[-1]}:  # the output and the header's file
+        output, _, _, _, header, folder, *_ = lines[0].split(b"\0") + [b""] * 6
+        for path in (output, header):
+            if path:
+                with contextlib.suppress(OSError):
+                    os.unlink(path)
+        if folder:
             with contextlib.suppress(OSError):
-                os.unlink(path)
+                os.rmdir(folder)
     os._exit(3)
 
 

@@ -168,9 +168,11 @@ class Quantizer:
         threads: int = 0,
         process: subprocess.Popen[bytes] | None = None,
         on_done: Callable[[], object] | None = None,
+        folder: Path | None = None,
     ) -> None:
         """``process``: a subprocess started ahead (``_spawn``) and given no job yet, else one is
-        started now; ``on_done`` is called when a quantizer that finished is closed."""
+        started now; ``on_done`` is called when a quantizer that finished is closed; ``folder``
+        (the output's, made for it) is removed by the subprocess with the output if this process goes."""
         self.output = output
         self.type_name = type_name
         # Where the subprocess puts the header it predicts (next to the output: a temporary name too).
@@ -180,12 +182,20 @@ class Quantizer:
         assert self._process.stdout is not None
         self._events = _events(self._process.stdout)
         ftype = str(_FTYPES[type_name]).encode()
-        fields = (os.fsencode(output), type_name.encode(), ftype, str(threads).encode(), os.fsencode(self._header_file))
+        fields = (
+            os.fsencode(output),
+            type_name.encode(),
+            ftype,
+            str(threads).encode(),
+            os.fsencode(self._header_file),
+            os.fsencode(folder) if folder is not None else b"",
+        )
         self._send(b"\0".join(fields))
         self._written = False
         self._predicted: GGUFFile | None = None  # the header llama.cpp is to write, parsed
         self._size = 0
         self._finished = False
+        self._held: int | None = None  # the finished output, open
         self.streamed = False
         """Whether the digest was taken as the file was written (else from the finished file)."""
         self.source: Path | None = None
@@ -237,6 +247,8 @@ class Quantizer:
                     yield min(done_bytes / total, 1.0)
             elif event.get("written"):
                 self._written = True
+                with contextlib.suppress(OSError):  # see ``close``
+                    self._held = os.open(self.output, os.O_RDONLY | os.O_CLOEXEC)
                 yield 1.0
                 return
             elif "error" in event:
@@ -301,9 +313,13 @@ class Quantizer:
 
     def close(self) -> None:
         """Kill the subprocess if it still runs, reap it and close its pipes (then, if it had
-        finished, call ``on_done``)."""
+        finished, call ``on_done``). The finished output is held open until then, so that when the
+        caller deletes it (a blob it already had) its pages are given back here, not there."""
         _stop_process(self._process)
         self._events.close()
+        if self._held is not None:
+            os.close(self._held)
+            self._held = None
         with contextlib.suppress(OSError):
             self._header_file.unlink(missing_ok=True)
         if self._finished and self._on_done is not None:
@@ -336,8 +352,8 @@ class Quantizers:
         self._timer: threading.Timer | None = None
         self._closed = False
 
-    def start(self, output: Path, type_name: str, *, threads: int = 0) -> Quantizer:
-        """A ``Quantizer`` into ``output``, in the spare subprocess if one is ready."""
+    def start(self, output: Path, type_name: str, *, threads: int = 0, folder: Path | None = None) -> Quantizer:
+        """A ``Quantizer`` into ``output`` (see its ``folder``), in the spare subprocess if one is ready."""
         with self._lock:
             spare, self._spare = self._spare, None
             if self._timer is not None:
@@ -345,7 +361,7 @@ class Quantizers:
         if spare is not None and spare.poll() is not None:  # it died meanwhile
             _stop_process(spare)
             spare = None
-        return Quantizer(output, type_name, threads=threads, process=spare, on_done=self._start_spare)
+        return Quantizer(output, type_name, threads=threads, process=spare, on_done=self._start_spare, folder=folder)
 
     def spare_pid(self) -> int | None:
         """The spare subprocess's pid, if one waits."""

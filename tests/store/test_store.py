@@ -428,6 +428,23 @@ def test_startup_cleanup_leaves_a_blob_that_is_still_being_written(store: ModelS
     assert [p.name for p in store.blobs.list_files()] == [written.path.name]
 
 
+def test_startup_cleanup_removes_an_abandoned_quantization_folder_only(store: ModelStore) -> None:
+    """A quantization's folder (``.tmp-quantize-*``, llama.cpp's output inside) is locked while
+    its create runs; one left by a killed server goes at the next start, a live one stays."""
+    from pollama.store.create import _QuantizeStaging
+
+    abandoned = store.blobs.root / ".tmp-quantize-abandoned"
+    abandoned.mkdir()
+    (abandoned / "model.gguf").write_bytes(b"half")
+    with _QuantizeStaging(store, "Q4_0", None) as staging:
+        (live,) = [p for p in store.blobs.root.iterdir() if p.name.startswith(".tmp-quantize-") and p != abandoned]
+        ModelStore(store.root).prepare()  # another store object: its own lock file descriptor
+        assert not abandoned.exists() and live.is_dir()
+        staging.stop_unused()
+    assert not live.exists()
+    store.quantizers.close()
+
+
 def test_listing_while_models_are_deleted_never_fails(store: ModelStore) -> None:
     """``entries`` walks ``manifests/`` without the store lock while deletes remove folders under
     it (a model's folder goes with its last tag): a folder gone mid-walk is skipped, not an error
