@@ -25,10 +25,11 @@ so that the interpreter starts and loads llama.cpp meanwhile, and hands it the s
 soon as it is known, as one line on its stdin. The subprocess hashes the file (SHA-256, the
 blob's name) as llama.cpp writes it, and hands over the header llama.cpp is to write (in a file
 next to the output) as soon as it has predicted it, so that the caller parses it meanwhile
-(``header``), not once the file is done. When
-the parent goes away, before or during the work, the subprocess deletes its output and exits, so
-a killed server leaves no quantizer behind. The parent owns the output file (a temporary name in
-the models directory); ``Quantizer`` kills the subprocess whenever it is closed early or fails.
+(``header``), not once the file is done. When the parent goes away, before or during the work,
+the subprocess deletes its output (and the output's folder, if named) and exits, so a killed
+server leaves no quantizer behind. The parent owns the output (a create's is a new file in a
+locked temporary folder of the models directory); ``Quantizer`` kills the subprocess whenever it
+is closed early or fails.
 """
 
 from __future__ import annotations
