@@ -219,7 +219,9 @@ def main() -> None:
                         command.append(str(args.threads))
                     start = time.perf_counter()
                     subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                    return time.perf_counter() - start
+                    elapsed = time.perf_counter() - start
+                    time.sleep(_SETTLE)
+                    return elapsed
 
                 def run_ours(round_no: int) -> float:
                     body = {"model": f"bench-{type_name.lower()}-{round_no}", "files": {f16.name: digest},
@@ -228,18 +230,15 @@ def main() -> None:
                     r = client.post("/api/create", json=body)
                     elapsed = time.perf_counter() - start
                     assert r.status_code == 200 and r.json() == {"status": "success"}, r.text
-                    return elapsed
-
-                def settle() -> float:
                     time.sleep(_SETTLE)
-                    return 0.0
+                    return elapsed
 
                 times_theirs, times_ours, ratios = [], [], []
                 for round_no in range(args.rounds):
                     if round_no % 2:
-                        b, _, a, _ = run_theirs(), settle(), run_ours(round_no), settle()
+                        b, a = run_theirs(), run_ours(round_no)
                     else:
-                        a, _, b, _ = run_ours(round_no), settle(), run_theirs(), settle()
+                        a, b = run_ours(round_no), run_theirs()
                     times_ours.append(a)
                     times_theirs.append(b)
                     ratios.append(b / a)

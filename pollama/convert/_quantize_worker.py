@@ -15,10 +15,9 @@ not before.
 It loads llama.cpp, then reads its job from stdin, one line: ``OUTPUT``, ``TYPE`` (the name, for
 messages), ``FTYPE`` (llama.cpp's ``llama_ftype``), ``THREADS`` (0: every core), ``HEADER`` (a
 path for the predicted header: see below) and ``FOLDER`` (a folder of the parent's holding both,
-or nothing), separated by NUL bytes. It can thus be started ahead
-of any work, and wait with llama.cpp loaded. Then it reads the source's path (one more line),
-runs ``llama_model_quantize`` and hashes the output (SHA-256, the blob's name), reporting on
-stdout, one JSON object a line:
+or nothing), separated by NUL bytes. It can thus be started ahead of any work, and wait with
+llama.cpp loaded. Then it reads the source's path (one more line), runs ``llama_model_quantize``
+and hashes the output (SHA-256, the blob's name), reporting on stdout, one JSON object a line:
 ``{"tensors": [NAME, ...]}`` with the tensors llama.cpp started since the last such line (read from
 its log, sent at most every ``_PROGRESS_INTERVAL``), ``{"header": BYTES}`` once the header
 llama.cpp will write is predicted (see below) and written to ``HEADER``, ``{"written":
@@ -154,7 +153,7 @@ def main(argv: list[str]) -> int:
         lib.llama_backend_init()
     job_ready.wait()  # a quantizer started ahead of its work waits here, llama.cpp loaded
     try:
-        output_path, type_bytes, ftype_text, threads_text, header_path, _folder = lines[0].split(b"\0")
+        output_path, type_bytes, ftype_text, threads_text, header_path, _folder = _job(lines[0])
         ftype, threads, type_name = int(ftype_text), int(threads_text), type_bytes.decode()
     except ValueError:
         sys.stderr.write(USAGE + "\n")
@@ -412,18 +411,20 @@ def _emit(event: dict[str, object]) -> None:
 def _write_new(path: str, data: bytes) -> bool:
     """Write ``data`` to a new file at ``path``; False if that cannot be done."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with open(path, "xb") as fh:
+            fh.write(data)
     except OSError:
         return False
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
     return True
+
+
+def _job(line: bytes) -> list[bytes]:
+    """The job line's fields: output, type, ftype, threads, header file, folder (``ValueError`` if
+    it has another number of them)."""
+    fields = line.split(b"\0")
+    if len(fields) != 6:
+        raise ValueError(f"a job has 6 fields, not {len(fields)}")
+    return fields
 
 
 def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: threading.Event) -> None:
@@ -438,12 +439,11 @@ def _watch_parent(lines: list[bytes], job_ready: threading.Event, source_ready: 
                 line, pending = pending.split(b"\n", 1)
                 lines.append(line)
                 (job_ready if len(lines) == 1 else source_ready).set()
-    if lines:
-        output, _, _, _, header, folder, *_ = lines[0].split(b"\0") + [b""] * 6
+    with contextlib.suppress(IndexError, ValueError):  # no job, or not one: nothing of it to delete
+        output, _, _, _, header, folder = _job(lines[0])
         for path in (output, header):
-            if path:
-                with contextlib.suppress(OSError):
-                    os.unlink(path)
+            with contextlib.suppress(OSError):
+                os.unlink(path)
         if folder:
             with contextlib.suppress(OSError):
                 os.rmdir(folder)

@@ -283,7 +283,14 @@ class Quantizer:
             return None
         finally:
             self._header_file.unlink(missing_ok=True)
-        return _parse_header(data, self.output) if len(data) == size else None
+        if len(data) != size:
+            return None
+        from pollama.gguf import parse_gguf_header
+
+        try:
+            return parse_gguf_header(data, self.output)
+        except PollamaError:  # not a GGUF header after all: the file's own is read instead
+            return None
 
     @property
     def finished(self) -> bool:
@@ -433,16 +440,6 @@ def _libllama() -> Path:
         if (folder / name).exists():
             return folder / name
     raise QuantizationFailed(f"llama.cpp's library was not found in {folder}")
-
-
-def _parse_header(data: bytes, path: Path) -> GGUFFile | None:
-    """``data`` (a GGUF header, tensor data not included) parsed as ``path``'s; ``None`` if it is not one."""
-    from pollama.gguf import parse_gguf_header
-
-    try:
-        return parse_gguf_header(data, path)
-    except PollamaError:
-        return None
 
 
 def _events(stdout: IO[bytes]) -> Generator[dict[str, Any] | None, None, None]:

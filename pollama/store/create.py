@@ -317,7 +317,7 @@ def _locked(path: Path, flags: int) -> int:
     return fd
 
 
-def remove_abandoned_conversions(root: Path) -> None:
+def remove_abandoned_workspaces(root: Path) -> None:
     """Remove conversion folders and outputs, and quantization folders, in ``root`` (``blobs/``)
     whose creator is gone (not locked)."""
     if not root.is_dir():

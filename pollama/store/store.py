@@ -329,9 +329,9 @@ class ModelStore:
         for path in self.blobs.list_files():
             if self.blobs.is_temporary(path):
                 self.blobs.remove_abandoned(path)
-        from pollama.store.create import remove_abandoned_conversions  # create imports this module
+        from pollama.store.create import remove_abandoned_workspaces  # create imports this module
 
-        remove_abandoned_conversions(self.blobs.root)  # a killed safetensors conversion's folder of links
+        remove_abandoned_workspaces(self.blobs.root)  # a killed conversion's or quantization's folder
         if self.manifests_dir.is_dir():
             for path in self.manifests_dir.rglob(".tmp-*"):
                 with contextlib.suppress(FileNotFoundError):
